@@ -1,0 +1,184 @@
+"""One tf.data input pipeline for every dataset.
+
+read (tfds, this process's shard) -> cache -> seeded shuffle -> decode, crop to
+the ROI where the dataset has one, resize to `config.image_size`, scale to
+[0, 1] as the paper does -> optional augmentation -> batch -> prefetch.
+
+Training data order and augmentation are functions of (seed, epoch) only, so a
+run resumed from a checkpoint sees exactly the batches an uninterrupted run
+would. Evaluation pads the last batch and marks padding with mask = 0, so each
+test example counts exactly once whatever the batch size and device count.
+"""
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+AUGMENTATIONS = ("flip", "crop")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """How the pipeline reads one dataset.
+
+  Attributes:
+    tfds_name: the tfds builder name.
+    train_split, test_split: tfds split names.
+    roi_key: feature holding a tfds BBox (ymin, xmin, ymax, xmax in [0, 1]) to
+      crop to before resizing, or None.
+    augmentations: the augmentations that make sense for this dataset
+      (a subset of `AUGMENTATIONS`; e.g. no horizontal flip for traffic signs).
+    class_names: the class names, where the builder only learns them when the
+      data is prepared (tfds's cifar10); None: the builder's ClassLabel names.
+  """
+  tfds_name: str
+  train_split: str = "train"
+  test_split: str = "test"
+  roi_key: str | None = None
+  augmentations: tuple[str, ...] = AUGMENTATIONS
+  class_names: tuple[str, ...] | None = None
+
+
+def get_builder(spec: DatasetSpec, data_dir=None, prepare=True):
+  """The tfds builder, prepared on first use (never downloads when mocked)."""
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+  if prepare:
+    builder.download_and_prepare()
+  return builder
+
+
+def class_names(spec: DatasetSpec, builder) -> list[str]:
+  return list(spec.class_names or builder.info.features["label"].names)
+
+
+def split_size(builder, split) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except KeyError:  # Split sizes are unknown under tfds.testing.mock_data: count.
+    return int(_read(builder, split).reduce(0, lambda n, _: n + 1))
+
+
+def _process_split(builder, split):
+  """This process's share of `split` and its size (all examples are covered)."""
+  if jax.process_count() > 1:
+    split = tfds.split_for_jax_process(split, drop_remainder=False)
+  return split, split_size(builder, split)
+
+
+def _read(builder, split):
+  return builder.as_dataset(
+      split=split, shuffle_files=False,
+      decoders={"image": tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(shuffle_seed=0, add_tfds_id=False))
+
+
+def _preprocess(example, spec: DatasetSpec, image_size):
+  image = tf.io.decode_image(example["image"], channels=0, expand_animations=False)
+  if spec.roi_key is not None:
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    ymin, xmin, ymax, xmax = tf.unstack(example[spec.roi_key])
+    top = tf.cast(tf.round(ymin * shape[0]), tf.int32)
+    left = tf.cast(tf.round(xmin * shape[1]), tf.int32)
+    height = tf.maximum(tf.cast(tf.round(ymax * shape[0]), tf.int32) - top, 1)
+    width = tf.maximum(tf.cast(tf.round(xmax * shape[1]), tf.int32) - left, 1)
+    image = tf.image.crop_to_bounding_box(image, top, left, height, width)
+  image = tf.cast(image, tf.float32) / 255.0
+  if image_size:
+    image = tf.image.resize(image, (image_size, image_size), antialias=True)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+  return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+
+
+def _augment(example, seed, augmentations):
+  """Seeded, stateless augmentation: the same (seed, example) gives the same image."""
+  image = example["image"]
+  if "crop" in augmentations:
+    height, width = image.shape[0], image.shape[1]
+    pad = max(1, height // 8)
+    image = tf.image.resize_with_crop_or_pad(image, height + 2 * pad, width + 2 * pad)
+    image = tf.image.stateless_random_crop(
+        image, (height, width, image.shape[2]), seed=seed)
+  if "flip" in augmentations:
+    image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
+  return {**example, "image": image}
+
+
+def steps_per_epoch(builder, spec: DatasetSpec, global_batch_size: int) -> int:
+  """Full global batches in one epoch of the training split (the rest is dropped)."""
+  n = split_size(builder, spec.train_split)
+  local = n // jax.process_count()  # The smallest process share.
+  steps = local // (global_batch_size // jax.process_count())
+  if steps < 1:
+    raise ValueError(
+        f"batch_size={global_batch_size} is larger than the training split "
+        f"({n} examples): choose batch_size <= {n}")
+  return steps
+
+
+def train_batches(builder, spec: DatasetSpec, *, global_batch_size, image_size,
+                  seed, epoch, start_step=0, augmentations=()):
+  """This process's batches for one training epoch, from `start_step` on.
+
+  The order depends only on (seed, epoch): an epoch resumed at `start_step`
+  yields the batches an uninterrupted epoch yields from that step.
+  """
+  split, count = _process_split(builder, spec.train_split)
+  local_batch = global_batch_size // jax.process_count()
+  steps = steps_per_epoch(builder, spec, global_batch_size)
+  epoch_seed = int(seed) * 1_000_003 + int(epoch)
+
+  ds = _read(builder, split).cache()
+  ds = ds.shuffle(count, seed=epoch_seed, reshuffle_each_iteration=False)
+  ds = ds.map(lambda ex: _preprocess(ex, spec, image_size),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  if augmentations:
+    ds = ds.enumerate().map(
+        lambda i, ex: _augment(
+            ex, tf.stack([tf.constant(epoch_seed, tf.int64), i]), augmentations),
+        num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(local_batch, drop_remainder=True).take(steps).skip(start_step)
+  ds = ds.map(lambda b: {**b, "mask": tf.ones([local_batch], tf.float32)})
+  return tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def eval_steps(builder, split, global_batch_size) -> int:
+  """Evaluation steps so that every process covers its whole share."""
+  n = split_size(builder, split)
+  share = math.ceil(n / jax.process_count())
+  return math.ceil(share / (global_batch_size // jax.process_count()))
+
+
+def eval_batches(builder, spec: DatasetSpec, split, *, global_batch_size,
+                 image_size):
+  """This process's evaluation batches, padded to full size with mask = 0.
+
+  Every process yields `eval_steps` batches (all-padding ones at the end where
+  its share is smaller) so that multi-host collectives stay in step.
+  """
+  name, _ = _process_split(builder, split)
+  local_batch = global_batch_size // jax.process_count()
+  ds = _read(builder, name).map(lambda ex: _preprocess(ex, spec, image_size),
+                                num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(lambda ex: {**ex, "mask": tf.constant(1.0)})
+  ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
+  steps = eval_steps(builder, split, global_batch_size)
+  done = 0
+  for batch in tfds.as_numpy(ds):
+    yield _pad(batch, local_batch)
+    done += 1
+  while done < steps:
+    yield _pad(jax.tree.map(lambda x: x[:0], batch), local_batch)  # pylint: disable=undefined-loop-variable
+    done += 1
+
+
+def _pad(batch, size):
+  n = batch["label"].shape[0]
+  if n == size:
+    return batch
+  return jax.tree.map(
+      lambda x: np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)]),
+      batch)

@@ -1,0 +1,70 @@
+"""Convolutional backbones that return the feature z.
+
+Every backbone ends with the paper's feature layer: Dense(feature_dim) followed
+by BatchNorm and no activation, so z can take any direction on the sphere.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+
+
+class FeatureLayer(nn.Module):
+  """Dense(feature_dim) + BatchNorm, no activation: the feature z."""
+  feature_dim: int
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Dense(self.feature_dim)(x)
+    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
+
+
+class VGGStyleCNN(nn.Module):
+  """3x3 conv stages (ReLU), BatchNorm / pooling / dropout where the spec says.
+
+  `stages` is a sequence of stages; each stage is a sequence of layer specs:
+  an int (3x3 conv with that many filters, ReLU), "bn", "pool" (2x2 max) or a
+  float (dropout rate). Global average pooling and the feature layer follow.
+  """
+  stages: Sequence[Sequence[int | str | float]]
+  feature_dim: int = 512
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for stage in self.stages:
+      for layer in stage:
+        if layer == "bn":
+          x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
+        elif layer == "pool":
+          x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        elif isinstance(layer, float):
+          x = nn.Dropout(layer, deterministic=not train)(x)
+        else:
+          x = nn.relu(nn.Conv(layer, (3, 3), padding="SAME")(x))
+    x = x.mean(axis=(1, 2))
+    return FeatureLayer(self.feature_dim, self.bn_momentum)(x, train)
+
+
+# The paper's CIFAR-10 network: 13 conv layers, GAP, Dense(512) + BN.
+REFERENCE_CNN_STAGES = (
+    (64, 64, "bn", 64, "pool", 0.25),
+    (128, 128, "bn", 128, "pool", 0.25),
+    (256, 256, "bn", 256, 256, 256, "bn"),
+    (512, 512),
+)
+
+# A small network for the 8x8 digits.
+SMALL_CNN_STAGES = (
+    (32, "bn", 32, "pool"),
+    (64, "bn", 64),
+)
+
+
+def reference_cnn(feature_dim=512):
+  return VGGStyleCNN(REFERENCE_CNN_STAGES, feature_dim)
+
+
+def small_cnn(feature_dim=64):
+  return VGGStyleCNN(SMALL_CNN_STAGES, feature_dim)

@@ -1,0 +1,291 @@
+"""Training: state, the data-parallel step, evaluation and the epoch loop.
+
+The step is written once for the global batch and compiled with `jax.jit` over
+a 1-D device mesh ("data"): the batch is sharded over every device of every
+host, the state is replicated, and XLA inserts the gradient all-reduce (and
+the cross-device BatchNorm statistics). The result does not depend on the
+device count, and dropout keys are `fold_in(seed, step)`, so a resumed run
+repeats an uninterrupted one.
+"""
+
+import dataclasses
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from camri import data as data_lib
+from camri import metrics
+from camri import models
+from camri import objectives
+from camri import run_log
+from camri.objectives import Objective
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or Inf."""
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  if config.optimizer == "adam":
+    return optax.adam(config.learning_rate)
+  return optax.sgd(config.learning_rate, momentum=0.9, nesterov=True)
+
+
+def make_model(config, num_classes: int) -> tuple[nn.Module, Objective]:
+  objective = objectives.make_objective(config.loss, num_classes)
+  backbone = models.get_backbone(config.model, config.feature_dim)
+  return models.Classifier(backbone, objective.head), objective
+
+
+def create_train_state(config, model, image_shape) -> TrainState:
+  """Parameters initialised from `config.seed`, on the default device."""
+  variables = jax.jit(model.init, static_argnames="train")(
+      jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32),
+      train=False)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}), tx=make_optimizer(config))
+
+
+def make_train_step(objective: Objective, seed: int):
+  """(state, sums, batch) -> (state, sums): one optimiser step on the global batch."""
+
+  def train_step(state: TrainState, sums, batch):
+    dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
+    mask = batch["mask"]
+
+    def loss_fn(params):
+      outputs, updates = state.apply_fn(
+          {"params": params, "batch_stats": state.batch_stats}, batch["image"],
+          train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+      per_example = objective.loss(outputs, batch["label"])
+      return jnp.sum(per_example * mask) / jnp.sum(mask), (outputs, per_example, updates)
+
+    grads, (outputs, per_example, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    step_sums = metrics.batch_sums(per_example, objective.scores(outputs),
+                                   batch["label"], mask, outputs.get("cosine"))
+    step_sums["nonfinite"] = jnp.sum(~jnp.isfinite(per_example) * mask)
+    return state, metrics.add(sums, step_sums)
+
+  return train_step
+
+
+def make_eval_step(objective: Objective):
+
+  def eval_step(state: TrainState, sums, batch):
+    outputs = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        batch["image"], train=False)
+    per_example = objective.loss(outputs, batch["label"])
+    return metrics.add(sums, metrics.batch_sums(
+        per_example, objective.scores(outputs), batch["label"], batch["mask"],
+        outputs.get("cosine")))
+
+  return eval_step
+
+
+def empty_train_sums(num_classes):
+  return {**metrics.empty(num_classes), "nonfinite": jnp.zeros((), jnp.float32)}
+
+
+@dataclasses.dataclass
+class Sharding:
+  """The device mesh and how arrays are laid out on it."""
+  mesh: jax.sharding.Mesh
+  replicated: jax.sharding.NamedSharding
+  batch: jax.sharding.NamedSharding
+
+  @classmethod
+  def over_all_devices(cls):
+    mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    return cls(mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+               jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+
+  def put_batch(self, local_batch):
+    """A global array from this process's slice of the batch."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.batch, x), local_batch)
+
+
+class StopRequest:
+  """Set by SIGTERM / SIGINT: the loop finishes its step, checkpoints and exits."""
+
+  def __init__(self):
+    self.signal = None
+
+  def install(self):
+    if threading.current_thread() is not threading.main_thread():
+      return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal is not None:  # A second signal: stop at once.
+      sys.exit(128 + signum)
+    self.signal = signal.Signals(signum).name
+
+  def __bool__(self):
+    return self.signal is not None
+
+
+def checkpoint_manager(workdir, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def _checkpoint_args(state, train_sums, save: bool):
+  wrap = ocp.args.StandardSave if save else ocp.args.StandardRestore
+  return ocp.args.Composite(state=wrap(state), train_sums=wrap(train_sums))
+
+
+def restore_latest(manager: ocp.CheckpointManager, state, train_sums):
+  """The newest checkpoint that restores, or None; unreadable ones are skipped."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, (state, train_sums))
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=_checkpoint_args(*abstract, save=False))
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("checkpoint at step %d is unreadable (%s: %s); trying an older one",
+                      step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+      continue
+    return step, restored["state"], restored["train_sums"]
+  return None
+
+
+def image_shape(builder, image_size: int) -> tuple[int, int, int]:
+  height, width, channels = builder.info.features["image"].shape
+  if image_size:
+    return (image_size, image_size, channels)
+  if height is None or width is None:
+    raise ValueError("config.image_size=0 is invalid: this dataset's images vary "
+                     "in size, set image_size (e.g. 32)")
+  return (height, width, channels)
+
+
+def _check_finite(train_sums, step, last_saved):
+  bad_steps = int(jax.device_get(train_sums["nonfinite"]))
+  if bad_steps:
+    raise NonFiniteLossError(
+        f"the training loss became NaN or Inf at step {step - bad_steps + 1}; "
+        f"stopped without saving, the last good checkpoint (step {last_saved}) "
+        "is kept: lower config.learning_rate or check the data")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stop: StopRequest | None = None) -> list[dict[str, float]]:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint.
+
+  Args:
+    config: a validated config (important classes as indices).
+    workdir: the run directory.
+    stop: set by a signal handler to checkpoint and return early; by default a
+      new one that handles SIGTERM and SIGINT.
+
+  Returns:
+    metrics.csv's rows so far.
+  """
+  stop = stop if stop is not None else StopRequest()
+  spec = data_lib.get_spec(config.dataset)
+  builder = data_lib.get_builder(spec, config.data_dir)
+  num_classes = builder.info.features["label"].num_classes
+  important = tuple(config.loss.important_classes)
+  shape = image_shape(builder, config.image_size)
+  steps_per_epoch = data_lib.steps_per_epoch(builder, spec, config.batch_size)
+  total_steps = steps_per_epoch * config.num_epochs
+
+  sharding = Sharding.over_all_devices()
+  model, objective = make_model(config, num_classes)
+  state = jax.device_put(create_train_state(config, model, shape), sharding.replicated)
+  fresh_sums = lambda: jax.device_put(empty_train_sums(num_classes), sharding.replicated)
+  train_sums = fresh_sums()
+
+  manager = checkpoint_manager(workdir, config.keep_checkpoints)
+  log = run_log.MetricsLog(workdir, enabled=jax.process_index() == 0)
+  step = 0
+  restored = restore_latest(manager, state, train_sums)
+  if restored is not None:
+    step, state, train_sums = restored
+    if jax.process_index() == 0:
+      print(f"resuming from the checkpoint at step {step} (epoch "
+            f"{step // steps_per_epoch} of {config.num_epochs} done)", flush=True)
+  log.truncate(step // steps_per_epoch)
+  last_saved = step
+
+  train_step = jax.jit(make_train_step(objective, config.seed), donate_argnums=(0, 1),
+                       out_shardings=(sharding.replicated, sharding.replicated))
+  eval_step = jax.jit(make_eval_step(objective), donate_argnums=1,
+                      out_shardings=sharding.replicated)
+  show_bar = config.progress_bar and jax.process_index() == 0
+  check_every = max(1, min(50, steps_per_epoch // 4))
+  stop.install()
+
+  for epoch in range(step // steps_per_epoch, config.num_epochs):
+    start = step - epoch * steps_per_epoch
+    if start == 0:
+      train_sums = fresh_sums()
+    batches = data_lib.train_batches(
+        builder, spec, global_batch_size=config.batch_size,
+        image_size=config.image_size, seed=config.seed, epoch=epoch,
+        start_step=start, augmentations=tuple(config.augment))
+    with tqdm.tqdm(total=steps_per_epoch, initial=start, disable=not show_bar,
+                   desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step",
+                   leave=False, dynamic_ncols=True) as bar:
+      for batch in batches:
+        state, train_sums = train_step(state, train_sums, sharding.put_batch(batch))
+        step += 1
+        bar.update()
+        if step % check_every == 0:
+          _check_finite(train_sums, step, last_saved)
+          bar.set_postfix(loss=f"{float(train_sums['loss_sum'] / train_sums['count']):.4f}")
+        if stop:
+          break
+    _check_finite(train_sums, step, last_saved)
+    epoch_done = step == (epoch + 1) * steps_per_epoch
+    if epoch_done:
+      eval_sums = metrics.empty(num_classes)
+      for batch in data_lib.eval_batches(
+          builder, spec, spec.test_split, global_batch_size=config.eval_batch_size,
+          image_size=config.image_size):
+        eval_sums = eval_step(state, eval_sums, sharding.put_batch(batch))
+      row = {**metrics.summarize(train_sums, important, "train"),
+             **metrics.summarize(eval_sums, important, "test", per_class=True)}
+      log.write(epoch + 1, row, step)
+      if jax.process_index() == 0:
+        tqdm.tqdm.write(
+            f"epoch {epoch + 1}/{config.num_epochs}  train_loss {row['train_loss']:.4f}  "
+            f"test_loss {row['test_loss']:.4f}  test_accuracy {row['test_accuracy']:.4f}  "
+            f"test_recall {row['test_recall']:.4f}")
+    if step != last_saved:
+      manager.save(step, args=_checkpoint_args(state, train_sums, save=True))
+      last_saved = step
+    if stop:
+      break
+
+  manager.wait_until_finished()
+  manager.close()
+  log.close()
+  if stop:
+    logging.warning("%s received: checkpoint saved at step %d of %d", stop.signal, step,
+                    total_steps)
+  return log.rows

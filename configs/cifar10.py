@@ -1,0 +1,34 @@
+r"""CIFAR-10 with the paper's settings (Nishiyama et al., IJCNN 2022).
+
+reference_cnn (13 conv layers, GAP, Dense(512) + BN), Adam lr 1e-3, batch 64,
+300 epochs, inputs in [0, 1], no augmentation; CAMRI on cat (class 3) with
+m = 4*pi/64 and s = 16.
+
+Argument string (optional), comma-separated key=value:
+  loss=camri|arcface|normface|cross_entropy|...   important=<name or index>
+  margin=<k, meaning k*pi/64>   scale=<s>
+  e.g. --config configs/cifar10.py:important=dog,margin=5
+The authors' other settings: dog m = 5*pi/64, s = 16; airplane m = 4*pi/64, s = 8.
+"""
+
+import math
+
+from camri import config_lib
+
+
+def get_config(arg=None):
+  args = config_lib.parse_arg(arg, loss="camri", important="cat", margin="4", scale="16")
+  config = config_lib.base_config()
+  config.dataset = "cifar10"
+  config.image_size = 0  # Native 32x32.
+  config.model = "reference_cnn"
+  config.feature_dim = 512
+  config.num_epochs = 300
+  config.batch_size = 64
+  config.eval_batch_size = 500
+  config.learning_rate = 1e-3
+  config.loss.name = args.loss
+  config.loss.important_classes = (args.important,)
+  config.loss.margin = (float(args.margin) * math.pi / 64,)
+  config.loss.scale = float(args.scale)
+  return config

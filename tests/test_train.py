@@ -1,0 +1,125 @@
+"""Training: data-parallel equivalence, the paper's CIFAR-10 model, resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from camri import metrics
+from camri import prepare
+from camri import run_log
+from camri import train
+from configs import cifar10
+
+
+def _sharding(devices):
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",),
+                           axis_types=(jax.sharding.AxisType.Auto,))
+  return train.Sharding(mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+                        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+
+
+def _losses_on(devices, config, batches, num_classes=10):
+  sharding = _sharding(devices)
+  model, objective = train.make_model(config, num_classes)
+  state = jax.device_put(train.create_train_state(config, model, batches[0]["image"].shape[1:]),
+                         sharding.replicated)
+  step = jax.jit(train.make_train_step(objective, config.seed),
+                 out_shardings=(sharding.replicated, sharding.replicated))
+  losses = []
+  for batch in batches:
+    sums = jax.device_put(train.empty_train_sums(num_classes), sharding.replicated)
+    state, sums = step(state, sums, sharding.put_batch(batch))
+    losses.append(float(sums["loss_sum"] / sums["count"]))
+  return np.array(losses), jax.device_get(state.params)
+
+
+def test_one_and_two_devices_give_the_same_training(digits_config):
+  assert jax.device_count() == 2
+  config, _ = prepare.validated_config(digits_config)
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.random((8, 8, 8, 1), np.float32),
+              "label": rng.integers(0, 10, 8).astype(np.int32),
+              "mask": np.ones(8, np.float32)} for _ in range(4)]
+  one, params_one = _losses_on(jax.devices()[:1], config, batches)
+  two, params_two = _losses_on(jax.devices()[:2], config, batches)
+  assert np.all(np.isfinite(one)) and one[-1] < one[0]
+  np.testing.assert_allclose(two, one, rtol=2e-5)
+  # (Biases right before a BatchNorm get pure round-off gradients, which Adam
+  # scales up to lr-sized steps: compare the class weights, not every leaf.)
+  np.testing.assert_allclose(params_two["head"]["kernel"], params_one["head"]["kernel"],
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_train_step_loss_is_the_masked_mean_of_the_objective(digits_config):
+  config, _ = prepare.validated_config(digits_config)
+  sharding = _sharding(jax.devices())
+  model, objective = train.make_model(config, 10)
+  state = train.create_train_state(config, model, (8, 8, 1))
+  rng = np.random.default_rng(1)
+  batch = {"image": rng.random((4, 8, 8, 1), np.float32),
+           "label": np.array([8, 1, 2, 8], np.int32),
+           "mask": np.array([1, 1, 1, 0], np.float32)}
+  outputs, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                              batch["image"], train=True, mutable=["batch_stats"],
+                              rngs={"dropout": jax.random.key(0)})
+  expected = objective.loss(outputs, jnp.asarray(batch["label"]))[:3]
+  step = jax.jit(train.make_train_step(objective, config.seed))
+  _, sums = step(state, train.empty_train_sums(10), sharding.put_batch(batch))
+  assert float(sums["count"]) == 3.0
+  np.testing.assert_allclose(float(sums["loss_sum"]), float(expected.sum()), rtol=1e-5)
+  assert float(jnp.sum(sums["confusion"])) == 3.0
+
+
+def test_reference_cnn_trains_on_mocked_cifar10(tmp_path):
+  config = cifar10.get_config()
+  config.num_epochs = 1
+  config.batch_size = 8
+  config.eval_batch_size = 6
+  config.progress_bar = False
+  config.data_dir = str(tmp_path / "tfds")
+  with tfds.testing.mock_data(num_examples=16):
+    config = prepare.prepare_run(config, str(tmp_path / "run"))
+    rows = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert config.loss.important_classes == (3,)  # "cat".
+  record = run_log.read_config(tmp_path / "run")
+  assert record["class_names"][3] == "cat" and record["model"] == "reference_cnn"
+  assert len(rows) == 1 and np.isfinite(rows[0]["train_loss"])
+  # 16 mocked test images, eval batch 6: every image counted once.
+  recalls_defined = [k for k in range(10) if np.isfinite(rows[0][f"test_recall_{k}"])]
+  assert recalls_defined
+
+
+def test_rerun_resumes_and_a_finished_run_is_not_retrained(digits_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  digits_config.num_epochs = 2
+  config = prepare.prepare_run(digits_config, workdir)
+  first = train.train_and_evaluate(config, workdir)
+  assert [r["epoch"] for r in first] == [1, 2]
+  again = train.train_and_evaluate(config, workdir)  # Finished: nothing to do.
+  assert again == first
+  digits_config.num_epochs = 3
+  config = prepare.prepare_run(digits_config, workdir)
+  longer = train.train_and_evaluate(config, workdir)
+  assert [r["epoch"] for r in longer] == [1, 2, 3]
+  assert longer[:2] == first
+  assert run_log.read_metrics(workdir) == longer
+  assert longer[-1]["test_accuracy"] >= 0.9
+
+
+def test_metrics_summary_matches_hand_computed_values():
+  cos = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, -1.0]])
+  labels = jnp.array([1, 0, 0, 2])
+  sums = metrics.batch_sums(jnp.array([1.0, 2.0, 3.0, 4.0]), cos, labels,
+                            jnp.array([1.0, 1.0, 1.0, 0.0]), cosine=cos)
+  out = metrics.summarize(sums, [0], "test", per_class=True)
+  assert out["test_loss"] == pytest.approx(2.0)
+  assert out["test_accuracy"] == pytest.approx(1.0)
+  assert out["test_recall"] == pytest.approx(1.0)
+  assert out["test_recall_1"] == pytest.approx(1.0)
+  assert np.isnan(out["test_recall_2"])  # Its only example is padding.
+  # Class 0: angles 0 and 60 degrees -> mean 30, population variance 900.
+  assert out["test_angle_mean_0"] == pytest.approx(30.0, abs=1e-4)
+  assert out["test_angle_var_0"] == pytest.approx(900.0, rel=1e-4)
+  assert out["test_angle_mean_1"] == pytest.approx(0.0, abs=1e-4)
