@@ -7,6 +7,7 @@ Every run's output (stdout and stderr of its command) is appended to
 import concurrent.futures
 import dataclasses
 import datetime
+import getpass
 import os
 import queue
 import shlex
@@ -107,6 +108,16 @@ def submit_submitit(runs, folder, options, cluster="slurm", cwd=None):
   cwd = cwd or os.getcwd()
   return executor.map_array(slurm_task, [list(r.command) for r in runs],
                             [r.workdir for r in runs], [cwd] * len(runs))
+
+
+def queued_slurm_jobs():
+  """Ids of this user's jobs in squeue, array tasks one by one ("123_4"); empty without squeue."""
+  try:
+    result = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser()],
+                            capture_output=True, text=True, check=False)
+  except FileNotFoundError:
+    return frozenset()
+  return frozenset(result.stdout.split()) if result.returncode == 0 else frozenset()
 
 
 def sbatch_script(runs, options, log_dir, cwd=None):

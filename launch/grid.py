@@ -19,7 +19,8 @@ workdir whose launch.json holds other overrides.
 Re-running a grid skips finished runs: metrics.csv has a row with epoch ==
 num_epochs of the run's config.json. Any other run (new, or with only
 config.json or fewer rows) is run with its same command; `camri.main` resumes
-it from its checkpoints.
+it from its checkpoints. On Slurm, a run whose job (recorded in launch.json) is
+still in squeue is skipped as well.
 
 Executors: `local` runs --parallel subprocesses at a time and waits;
 `slurm` submits one job array through submitit (--cluster local|debug run the
@@ -123,37 +124,50 @@ def status(run):
   return "unfinished" if os.path.isdir(run.workdir) else "new"
 
 
+def read_launch_file(workdir):
+  """The workdir's launch.json as a dict ({} when absent)."""
+  path = os.path.join(workdir, LAUNCH_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
 def check_workdir(run):
   """Raises when the run's workdir was launched with other overrides or another config."""
-  path = os.path.join(run.workdir, LAUNCH_FILE)
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    previous = json.load(f)
-  if previous.get("overrides") != _jsonable(run.overrides) or previous.get("config") != run.config:
+  previous = read_launch_file(run.workdir)
+  if previous and (previous.get("overrides") != _jsonable(run.overrides)
+                   or previous.get("config") != run.config):
     raise ValueError(f"workdir {run.workdir} holds a run of config {previous.get('config')!r} with "
                      f"overrides {previous.get('overrides')}, not {run.config!r} with {run.overrides}")
 
 
-def write_launch_file(run):
+def write_launch_file(run, **extra):
+  """Records the run's config, overrides and command (and e.g. its Slurm job id) in its workdir."""
   os.makedirs(run.workdir, exist_ok=True)
   with open(os.path.join(run.workdir, LAUNCH_FILE), "w") as f:
     json.dump({"config": run.config, "overrides": _jsonable(run.overrides),
-               "command": list(run.command)}, f, indent=2)
+               "command": list(run.command), **extra}, f, indent=2)
 
 
-def pending(runs, out=None):
-  """The runs that are not finished; prints how many are skipped, resumed and new."""
+def pending(runs, queued=frozenset(), out=None):
+  """The runs to start: not finished, and not a Slurm job in `queued` (ids of queued jobs).
+
+  Prints how many are skipped, queued, resumed and new.
+  """
   out = out or sys.stderr
-  counts = {"finished": 0, "unfinished": 0, "new": 0}
+  counts = {"finished": 0, "queued": 0, "unfinished": 0, "new": 0}
   todo = []
   for run in runs:
     check_workdir(run)
     state = status(run)
+    if state == "unfinished" and read_launch_file(run.workdir).get("slurm_job_id") in queued:
+      state = "queued"
     counts[state] += 1
-    if state != "finished":
+    if state in ("unfinished", "new"):
       todo.append(run)
-  print(f"{len(runs)} runs: {counts['finished']} finished (skipped), "
+  queued_text = f"{counts['queued']} queued or running on Slurm (skipped), " if counts["queued"] else ""
+  print(f"{len(runs)} runs: {counts['finished']} finished (skipped), {queued_text}"
         f"{counts['unfinished']} unfinished (resumed), {counts['new']} new", file=out)
   return todo
 
@@ -229,11 +243,15 @@ def slurm_options(args):
 def launch(runs, args, out=None, log=None):
   """Runs, submits or prints (to `out`) the runs that are not finished; progress to `log`.
 
+  With the slurm executor on a real cluster, runs whose recorded job is still in
+  squeue are skipped too, so re-running a grid while its jobs run submits nothing twice.
+
   Returns:
     The names of the runs that failed (local, or slurm with --wait).
   """
   out, log = out or sys.stdout, log or sys.stderr
-  todo = pending(runs, out=log)
+  on_slurm = args.executor == "slurm" and args.cluster == "slurm"
+  todo = pending(runs, queued=executors.queued_slurm_jobs() if on_slurm else frozenset(), out=log)
   if not todo:
     return []
   root = os.path.abspath(args.root)
@@ -249,12 +267,15 @@ def launch(runs, args, out=None, log=None):
   if args.executor == "local":
     devices = [d for d in args.cuda_devices.split(",") if d]
     statuses = executors.run_local(todo, parallel=args.parallel or 1, cuda_devices=devices)
-    failed = [name for name, s in statuses.items() if s != 0]
-    for name in failed:
-      print(f"failed: {name} (log: {os.path.join(root, name, executors.LOG_FILE)})", file=log)
-    return failed
+    failed = [run for run in todo if statuses[run.name] != 0]
+    for run in failed:
+      print(f"failed: {run.name} (log: {os.path.join(run.workdir, executors.LOG_FILE)})", file=log)
+    return [run.name for run in failed]
   jobs = executors.submit_submitit(todo, os.path.join(root, "_submitit"), slurm_options(args),
                                    cluster=args.cluster)
+  if on_slurm:
+    for run, job in zip(todo, jobs):
+      write_launch_file(run, slurm_job_id=job.job_id)
   print(f"submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks)", file=log)
   if not args.wait:
     return []

@@ -298,3 +298,23 @@ def test_submitit_reports_a_failed_task(tmp_path, fake_env, monkeypatch, capsys)
           "--executor", "slurm", "--cluster", "debug", "--gpus", "0", "--wait"]
   assert grid.main(args) == 1
   assert "failed: seed=0" in capsys.readouterr().err
+
+
+def test_runs_whose_slurm_job_is_still_queued_are_not_submitted_again(tmp_path, monkeypatch, capsys):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  squeue = bin_dir / "squeue"
+  squeue.write_text("#!/bin/sh\nprintf '77_0\\n77_1\\n'\n")  # array 77: tasks 0 and 1 still queued
+  squeue.chmod(0o755)
+  monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+  root = tmp_path / "runs"
+  runs = grid.expand("c.py", hyper.sweep("seed", [0, 1, 2]), root)
+  grid.write_launch_file(runs[0], slurm_job_id="77_0")
+  grid.write_launch_file(runs[1], slurm_job_id="76_1")  # an ended job: submitted again
+  args = ["--config", "c.py", "--sweep", "seed=0,1,2", "--root", str(root), "--executor", "slurm",
+          "--dry-run"]
+  assert grid.main(args) == 0
+  captured = capsys.readouterr()
+  assert "1 queued or running on Slurm (skipped), 1 unfinished (resumed), 1 new" in captured.err
+  commands = parse_job_array(captured.out)
+  assert len(commands) == 2 and runs[1].workdir in commands[0] and runs[2].workdir in commands[1]
