@@ -151,6 +151,9 @@ def _as_tuple(value):
 def read_result(workdir, policy):
   """A run's `RunResult` at the epoch policy, or None when it has no such epoch."""
   config = rundir.read_config(workdir)
+  for field in ("dataset", "num_epochs", "loss.name"):
+    if rundir.get_field(config, field) is None:
+      raise ValueError(f"{workdir}/{rundir.CONFIG_FILE} has no field {field}")
   num_epochs = rundir.get_field(config, "num_epochs")
   row = select_row(rundir.read_metrics(workdir), num_epochs, policy)
   if row is None:
@@ -200,6 +203,8 @@ def load_results(root, policy, warn=None):
     for key, value in _flatten(rundir.read_config(workdir)).items():
       if key.split(".")[0] not in NOT_EXPERIMENT:
         experiment[result.dataset][key].add(value)
+  if not results and not left_out:
+    warn(f"no run directories (with {rundir.CONFIG_FILE}) under {root}")
   if left_out:
     warn(f"{len(left_out)} runs have no row for the {describe_epoch_policy(policy)}, left out: "
          + ", ".join(left_out[:5]) + (" ..." if len(left_out) > 5 else ""))

@@ -25,7 +25,8 @@ still in squeue is skipped as well.
 Executors: `local` runs --parallel subprocesses at a time and waits;
 `slurm` submits one job array through submitit (--cluster local|debug run the
 same path on this machine); `dry` prints the commands. With --dry-run,
-`slurm` prints an sbatch job-array script instead of submitting.
+`slurm` prints an sbatch job-array script instead of submitting. A run's
+output goes to <workdir>/launch.log.
 """
 
 import argparse
@@ -291,6 +292,7 @@ def launch(runs, args, out=None, log=None):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m launch.grid", description=__doc__.split("\n\n")[0],
+                                   epilog=__doc__.split("\n\n", 2)[2],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("sweep_file", nargs="?", help="path/to/sweep.py[:arg] defining get_sweep(arg)")
   parser.add_argument("--config", help="base config (without a sweep file)")

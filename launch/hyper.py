@@ -30,7 +30,7 @@ def field_name(key):
   """'config.loss.margin' or 'loss.margin' -> 'loss.margin'."""
   if not isinstance(key, str) or not _FIELD.fullmatch(key):
     raise ValueError(f"sweep field must be a dotted name like 'config.loss.margin', got {key!r}")
-  return key.removeprefix("config.") if key != "config" else key
+  return key.removeprefix("config.")
 
 
 def sweep(key, values):

@@ -235,3 +235,19 @@ def test_runs_differing_beyond_the_loss_are_pooled_with_a_warning(tmp_path):
   warnings = []
   report.load_results(root, "last", warn=warnings.append)
   assert warnings == ["runs of dataset toy differ in num_epochs; they are pooled"]
+
+
+def test_a_config_without_a_needed_field_is_named(tmp_path):
+  write_run(str(tmp_path), "r", "camri", 0, [(1, 0.5, (0.5,) * 3)], num_epochs=1)
+  path = tmp_path / "r" / "config.json"
+  config = json.loads(path.read_text())
+  del config["dataset"]
+  path.write_text(json.dumps(config))
+  with pytest.raises(ValueError, match="config.json has no field dataset"):
+    report.load_results(str(tmp_path), "last")
+
+
+def test_no_runs_warns(tmp_path):
+  warnings = []
+  assert report.load_results(str(tmp_path), "last", warn=warnings.append) == []
+  assert warnings == [f"no run directories (with config.json) under {tmp_path}"]
