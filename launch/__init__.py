@@ -1,0 +1,1 @@
+"""Grids of camri runs: sweeps (`launch.hyper`), executors, the paper's protocol."""
