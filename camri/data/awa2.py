@@ -10,7 +10,8 @@ Features:
   label: class index 0..49 in the order of the archive's classes.txt
     ('antelope' is 0, 'dolphin' is 49); names are spelled as there, e.g.
     'grizzly+bear', and are also the image folder names.
-  filename: the image's path under JPEGImages/, e.g. 'antelope/antelope_10001.jpg'.
+  filename: the image's path under JPEGImages/, e.g.
+    'antelope/antelope_10001.jpg'.
 
 Split: AwA2 has no standard classification split (its proposed splits are for
 zero-shot learning, with disjoint classes), so this builder makes one:
@@ -113,7 +114,7 @@ class Awa2(tfds.core.GeneratorBasedBuilder):
 
 
 def check_class_names(classes_txt: str) -> None:
-  """Raises ValueError unless classes.txt lists CLASS_NAMES as 1..50 in order."""
+  """Raises ValueError unless classes.txt lists CLASS_NAMES 1..50 in order."""
   rows = [line.split() for line in classes_txt.splitlines() if line.strip()]
   expected = [[str(i + 1), name] for i, name in enumerate(CLASS_NAMES)]
   if rows != expected:
@@ -127,7 +128,7 @@ def check_class_names(classes_txt: str) -> None:
 
 
 def files_by_label(members: Sequence[str]) -> dict[int, list[str]]:
-  """Image paths under JPEGImages/ ('<class>/<file>'), sorted, by class index."""
+  """Image paths under JPEGImages/ ('<class>/<file>'), sorted, by label."""
   files = {}
   for member in members:
     if not member.startswith(_IMAGE_DIR) or member.endswith("/"):

@@ -1,8 +1,9 @@
 """Archives a tfds builder reads from its manual download directory.
 
 GTSRB and AwA2 cannot be downloaded by tfds: the user downloads the archives
-and puts them, unextracted, in the builder's `manual_dir` (by default
-`<data_dir>/downloads/manual`, or `tfds.download.DownloadConfig(manual_dir=...)`).
+and puts them, unextracted, in the builder's `manual_dir`: by default
+`<data_dir>/downloads/manual`, or the directory given by
+`tfds.download.DownloadConfig(manual_dir=...)`.
 A builder lists the archives it needs as `Archive`s; `require_archives` checks
 all of them before any work and raises `MissingArchiveError`, whose message is
 one line naming each missing file, where to download it and the directory to
@@ -38,13 +39,14 @@ def download_instructions(archives: Sequence[Archive], homepage: str) -> str:
 
 
 def manual_dir(dl_manager) -> epath.Path:
-  """The manual directory of a tfds DownloadManager, whether it exists or not."""
+  """The manual directory of a tfds DownloadManager, existing or not."""
   try:
     return dl_manager.manual_dir
   except AssertionError:
     # tfds raises a multi-line error when the directory is missing or empty;
     # require_archives reports the same fact in one line instead.
-    return epath.Path(dl_manager._manual_dir)  # pylint: disable=protected-access
+    path = dl_manager._manual_dir  # pylint: disable=protected-access
+    return epath.Path(path)
 
 
 def require_archives(dl_manager,

@@ -38,7 +38,9 @@ def _csv(rows, with_class=True):
 
 def write_archives(directory, seed=0, train_classes=(0, 14, 42),
                    csv_class_of=None):
-  """Writes the three GTSRB archives; returns {split: {member: (image, roi, label)}}.
+  """Writes the three GTSRB archives.
+
+  Returns {split: {member: (image, roi, label)}}.
 
   csv_class_of: optional {member: ClassId} overriding what the CSV says.
   """
