@@ -29,11 +29,11 @@ class MissingArchiveError(FileNotFoundError):
 
 def download_instructions(archives: Sequence[Archive], homepage: str) -> str:
   """Text for a builder's MANUAL_DOWNLOAD_INSTRUCTIONS."""
-  lines = [f"Download from {homepage}, without extracting them:"]
-  lines += [f"  {a.filename}  ({a.url})" for a in archives]
+  lines = [f"Download (see {homepage}):"]
+  lines += [f"  {a.filename}  from {a.url}" for a in archives]
   lines.append(
-      "and put them in the manual directory: <data_dir>/downloads/manual by "
-      "default, or the one given by "
+      "and put the zip file(s), unextracted, in the manual directory: "
+      "<data_dir>/downloads/manual by default, or the directory given by "
       "tfds.download.DownloadConfig(manual_dir=...).")
   return "\n".join(lines)
 
