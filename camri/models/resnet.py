@@ -1,0 +1,218 @@
+"""ResNet backbones (He et al., CVPR 2016) ending in the paper's feature layer.
+
+The trunk follows google/flax examples/imagenet/models.py (ResNetBlock,
+BottleneckResNetBlock, stage sizes, zero-initialised last BatchNorm scale of
+each block, BatchNorm momentum 0.9 and epsilon 1e-5). After global average
+pooling comes the feature layer of the CAMRI paper, Dense(feature_dim) +
+BatchNorm with no activation; its output is the feature z:
+
+    z = BN(W_f . mean_{h,w} trunk(x) + b_f)          (N, feature_dim)
+
+The class weights belong to the head, not here.
+
+`small_inputs=True` replaces the ImageNet stem (7x7 stride-2 conv, 3x3 stride-2
+max pool) by one 3x3 stride-1 conv, the usual ResNet for 32x32 images
+(e.g. CIFAR), which keeps the spatial size until the second stage.
+
+Inputs are images (N, H, W, C) in [0, 1], not mean/std normalised; the first
+BatchNorm absorbs the scale.
+
+`load_pretrained` overlays a params pytree saved with orbax onto freshly
+initialised params, e.g. to start the trunk from ImageNet weights.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+import functools
+from typing import Any
+
+from etils import epath
+import flax.linen as nn
+from flax import traverse_util
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+ModuleDef = Any
+
+
+class ResNetBlock(nn.Module):
+  """Basic residual block: two 3x3 convolutions."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable
+  strides: tuple[int, int] = (1, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (3, 3), self.strides)(x)
+    y = self.norm()(y)
+    y = self.act(y)
+    y = self.conv(self.filters, (3, 3))(y)
+    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), self.strides,
+                           name="conv_proj")(residual)
+      residual = self.norm(name="norm_proj")(residual)
+    return self.act(residual + y)
+
+
+class BottleneckResNetBlock(nn.Module):
+  """Bottleneck residual block: 1x1, 3x3, 1x1 (4x filters) convolutions."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable
+  strides: tuple[int, int] = (1, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (1, 1))(x)
+    y = self.norm()(y)
+    y = self.act(y)
+    y = self.conv(self.filters, (3, 3), self.strides)(y)
+    y = self.norm()(y)
+    y = self.act(y)
+    y = self.conv(self.filters * 4, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros_init())(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters * 4, (1, 1), self.strides,
+                           name="conv_proj")(residual)
+      residual = self.norm(name="norm_proj")(residual)
+    return self.act(residual + y)
+
+
+class ResNet(nn.Module):
+  """ResNet trunk, global average pool, then the feature layer (module doc).
+
+  Attributes:
+    stage_sizes: blocks per stage; stage i has num_filters * 2**i filters.
+    block_cls: ResNetBlock or BottleneckResNetBlock.
+    feature_dim: size of the feature z.
+    num_filters: filters of the stem and the first stage.
+    small_inputs: 3x3 stride-1 stem without max pool (32x32 images).
+    dtype: computation dtype; the feature is returned as float32.
+    act: activation of the trunk (none after the feature layer).
+    axis_name: named mapped axis (e.g. under jax.shard_map) over which
+      BatchNorm averages batch statistics; None under jax.jit, where the
+      batch is one global array.
+  """
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  feature_dim: int = 512
+  num_filters: int = 64
+  small_inputs: bool = False
+  dtype: Any = jnp.float32
+  act: Callable = nn.relu
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=0.9,
+        epsilon=1e-5, dtype=self.dtype, axis_name=self.axis_name)
+
+    if self.small_inputs:
+      x = conv(self.num_filters, (3, 3), padding=[(1, 1), (1, 1)],
+               name="conv_init")(x)
+    else:
+      x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
+               name="conv_init")(x)
+    x = norm(name="bn_init")(x)
+    x = self.act(x)
+    if not self.small_inputs:
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    for i, block_size in enumerate(self.stage_sizes):
+      for j in range(block_size):
+        strides = (2, 2) if i > 0 and j == 0 else (1, 1)
+        x = self.block_cls(self.num_filters * 2**i, strides=strides,
+                           conv=conv, norm=norm, act=self.act)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.feature_dim, dtype=self.dtype, name="feature_dense")(x)
+    x = norm(name="feature_norm")(x)
+    return jnp.asarray(x, jnp.float32)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
+                             block_cls=ResNetBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                             block_cls=BottleneckResNetBlock)
+
+# Modules of the feature layer; every other top-level module is the trunk.
+FEATURE_MODULES = ("feature_dense", "feature_norm")
+
+
+def load_pretrained(params: Mapping[str, Any], path) -> dict[str, Any]:
+  """Overlays the modules of a checkpointed pytree onto `params`.
+
+  The checkpoint is a nested dict saved with
+  `ocp.StandardCheckpointer().save(path, tree)`: the `params` (or the
+  `batch_stats`) of a ResNet of the same stage sizes, e.g. of a flax ImageNet
+  ResNet, or only its trunk. Every top-level module (conv_init, bn_init,
+  ResNetBlock_0, ...) that both have is taken from the checkpoint, and must
+  match exactly: the same nested names and leaf shapes. Modules only the
+  checkpoint has (an ImageNet classifier) are ignored; modules only `params`
+  has (typically the feature layer) keep their values. Leaves are cast to the
+  dtype of the leaf they replace.
+
+  Args:
+    params: the pytree to start from, e.g. `variables["params"]`.
+    path: the checkpoint directory.
+
+  Returns:
+    A new pytree with the structure of `params`.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: a shared module differs in structure or shapes, or the two
+      have no module in common (one-line messages).
+  """
+  path = epath.Path(path).expanduser().resolve()
+  if not path.exists():
+    raise FileNotFoundError(f"No pretrained checkpoint at {path}.")
+  restored = ocp.StandardCheckpointer().restore(path)
+  if not isinstance(restored, Mapping):
+    raise ValueError(f"The checkpoint at {path} holds a "
+                     f"{type(restored).__name__}, not a dict of modules.")
+  shared = [name for name in params if name in restored]
+  if not shared:
+    raise ValueError(
+        f"The checkpoint at {path} shares no module with the model: it has "
+        f"{sorted(restored)[:8]}, the model {sorted(params)[:8]}.")
+  merged = dict(params)
+  for name in shared:
+    merged[name] = _replace_module(name, params[name], restored[name], path)
+  return merged
+
+
+def _replace_module(name, target, source, path):
+  """`source` cast to `target`'s dtypes if both have the same names, shapes."""
+  target_leaves, source_leaves = _leaves(target), _leaves(source)
+  if set(target_leaves) != set(source_leaves):
+    missing = sorted(_join(k) for k in set(target_leaves) - set(source_leaves))
+    extra = sorted(_join(k) for k in set(source_leaves) - set(target_leaves))
+    raise ValueError(
+        f"Module {name} of the checkpoint at {path} does not match the "
+        f"model's: missing {missing[:4]}, unexpected {extra[:4]}.")
+  for key, leaf in target_leaves.items():
+    if tuple(source_leaves[key].shape) != tuple(leaf.shape):
+      raise ValueError(
+          f"{_join((name, *key))} has shape {tuple(source_leaves[key].shape)} "
+          f"in the checkpoint at {path}, the model needs {tuple(leaf.shape)}.")
+  merged = {key: jnp.asarray(source_leaves[key], dtype=leaf.dtype)
+            for key, leaf in target_leaves.items()}
+  if not isinstance(target, Mapping):
+    return merged[()]
+  return traverse_util.unflatten_dict(merged)
+
+
+def _leaves(tree):
+  if isinstance(tree, Mapping):
+    return traverse_util.flatten_dict(tree)
+  return {(): tree}
+
+
+def _join(key):
+  return "/".join(key) or "<leaf>"
