@@ -11,6 +11,9 @@ import subprocess
 import sys
 
 import pytest
+# Imported before any test runs: submitit configures logging handlers on import,
+# bound to whatever sys.stderr is then, and a test's capsys stream is closed after it.
+import submitit  # noqa: F401  pylint: disable=unused-import
 
 from launch import executors
 from launch import grid
