@@ -167,7 +167,8 @@ def test_nirvana_hinge_is_selected_by_the_config(tfds_dir):
 
 
 def _check_trained(workdir, name, accuracy):
-  record = json.load(open(os.path.join(workdir, "config.json")))
+  with open(os.path.join(workdir, "config.json")) as f:
+    record = json.load(f)
   for field, default in config_lib.LOSS_DEFAULTS[name].items():
     assert record["loss"][field] == (list(default) if isinstance(default, tuple) else default)
   assert accuracy >= 0.8, f"{name}: test accuracy {accuracy:.3f} after 2 epochs"
