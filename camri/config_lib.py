@@ -40,9 +40,49 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "camri"
   c.loss.important_classes = ()  # Class indices or names.
-  c.loss.margin = (4 * math.pi / 64,)  # Radians: one, or one per important class.
-  c.loss.scale = 16.0
+  # Hyperparameters (docs/losses.md). None: the loss's own default from
+  # LOSS_DEFAULTS, filled in by `validate` for the fields the loss reads, so
+  # `loss.name=arcface` gets ArcFace's margin and scale while a value set in a
+  # config file or on the command line wins.
+  c.loss.margin = config_dict.placeholder(tuple)  # One, or one per important class.
+  c.loss.scale = config_dict.placeholder(float)
+  c.loss.important_weight = config_dict.placeholder(float)
+  c.loss.fn_weight = config_dict.placeholder(float)
+  c.loss.fp_weight = config_dict.placeholder(float)
+  c.loss.radius = config_dict.placeholder(float)
+  c.loss.hinge = config_dict.placeholder(bool)
+  c.loss.hinge_margin = config_dict.placeholder(float)
+  c.loss.cc_weight = config_dict.placeholder(float)
+  c.loss.reduction = config_dict.placeholder(int)
+  c.loss.alpha = config_dict.placeholder(float)
+  c.loss.beta = config_dict.placeholder(float)
+  c.loss.likelihood_weight = config_dict.placeholder(float)
+  c.loss.num_heads = config_dict.placeholder(int)
+  c.loss.hsic_weight = config_dict.placeholder(float)
   return c
+
+
+# Each loss's defaults for the `config.loss` fields it reads (docs/losses.md).
+# Margin-family defaults are their papers' (CAMRI's: the authors' CIFAR-10 cat
+# setting); see docs/losses.md for where a default is this project's choice.
+LOSS_DEFAULTS: dict[str, dict[str, object]] = {
+    "cross_entropy": {},
+    "wce": {"important_weight": 2.0},
+    "rwwce": {"fn_weight": 2.0, "fp_weight": 1.0},
+    "camri": {"margin": (4 * math.pi / 64,), "scale": 16.0},
+    "arcface": {"margin": (0.5,), "scale": 64.0},
+    "cosface": {"margin": (0.35,), "scale": 64.0},
+    "class_sensitive_cosface": {"margin": (0.35,), "scale": 16.0},
+    "normface": {"scale": 16.0},
+    # hinge_margin None: the centres' distance / 10 (`default_hinge_margin`).
+    "nirvana": {"radius": 200.0, "hinge": False, "hinge_margin": None},
+    "cc_loss": {"cc_weight": 1.0, "reduction": 16},
+    "competing_ratio": {"alpha": 1.0, "beta": 1.0},
+    "lgm": {"alpha": 0.1, "likelihood_weight": 0.01},
+    "em_softmax": {"num_heads": 2, "margin": (0.5,), "hsic_weight": 0.1},
+}
+# Losses whose margin is an angle added to theta: radians in [0, pi).
+ANGULAR_MARGIN_LOSSES = ("camri", "arcface")
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -87,12 +127,16 @@ def resolve_classes(field: str, classes: Sequence[int | str],
 def validate(config, *, datasets: Sequence[str], models: Sequence[str],
              losses: dict[str, Sequence[str]], augmentations: Sequence[str],
              class_names: Sequence[str] | None, device_count: int):
-  """Checks `config` and returns a copy with important classes as indices.
+  """Checks `config` and returns the copy a run uses.
+
+  In the copy the important classes are indices, and each `config.loss` field
+  the loss reads that is None holds the loss's default from `LOSS_DEFAULTS`.
 
   Args:
     config: the run's ConfigDict.
     datasets, models: the known names.
-    losses: known loss name -> the `config.loss` fields it uses.
+    losses: known loss name -> the `config.loss` fields it reads (checked with
+      `LOSS_FIELD_CHECKS`).
     augmentations: the augmentations this dataset allows.
     class_names: the dataset's class names (None: the dataset is unknown).
     device_count: devices the global batch is split over.
@@ -126,23 +170,75 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
   resolved = config.copy_and_resolve_references()
   important = resolve_classes("loss.important_classes",
                               config.loss.important_classes, class_names)
+  with resolved.unlocked():
+    resolved.loss.important_classes = important
+    for field, default in LOSS_DEFAULTS.get(config.loss.name, {}).items():
+      if field in used and resolved.loss.get(field) is None:
+        resolved.loss[field] = default
+  _check_loss_fields(resolved, used, len(class_names))
+  return resolved
+
+
+def _real(value):
+  return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def _integer(value):
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+_POSITIVE = (lambda v: _real(v) and v > 0, "must be > 0")
+_NON_NEGATIVE = (lambda v: _real(v) and v >= 0, "must be >= 0")
+# config.loss field -> (check, what is allowed), for the fields a loss reads.
+LOSS_FIELD_CHECKS = {
+    "scale": _POSITIVE,
+    "important_weight": _POSITIVE,
+    "fn_weight": _POSITIVE,
+    "fp_weight": _NON_NEGATIVE,
+    "radius": _POSITIVE,
+    "hinge": (lambda v: isinstance(v, bool), "must be True or False"),
+    "hinge_margin": (lambda v: v is None or (_real(v) and v >= 0),
+                     "must be >= 0, or None for the centres' distance / 10"),
+    "cc_weight": _NON_NEGATIVE,
+    "reduction": (lambda v: _integer(v) and v >= 1, "must be an integer >= 1"),
+    "alpha": _NON_NEGATIVE,
+    "beta": _NON_NEGATIVE,
+    "likelihood_weight": _NON_NEGATIVE,
+    "num_heads": (lambda v: _integer(v) and v >= 1, "must be an integer >= 1"),
+    "hsic_weight": _NON_NEGATIVE,
+}
+
+
+def _check_loss_fields(config, used, num_classes):
+  """The range checks of the `config.loss` fields that loss `config.loss.name` reads."""
+  loss = config.loss
+  important = loss.important_classes
   if "important_classes" in used and not important:
-    _fail("loss.important_classes", tuple(config.loss.important_classes),
-          f"loss {config.loss.name!r} needs at least one important class")
+    _fail("loss.important_classes", tuple(important),
+          f"loss {loss.name!r} needs at least one important class")
   if "margin" in used:
-    margins = tuple(config.loss.margin)
-    if not margins or any(not isinstance(m, numbers.Real) or not 0 <= m < math.pi
-                           for m in margins):
-      _fail("loss.margin", margins, "margins are radians in [0, pi)")
+    margins = tuple(loss.margin) if isinstance(loss.margin, (tuple, list)) else loss.margin
+    if loss.name in ANGULAR_MARGIN_LOSSES:
+      ok, allowed = (lambda m: _real(m) and 0 <= m < math.pi), "margins are radians in [0, pi)"
+    else:
+      ok, allowed = (lambda m: _real(m) and m >= 0), "margins must be >= 0"
+    if not isinstance(margins, tuple) or not margins or not all(ok(m) for m in margins):
+      _fail("loss.margin", margins, allowed)
     if "important_classes" in used and len(margins) not in (1, len(important)):
       _fail("loss.margin", margins,
             f"give one margin or one per important class ({len(important)})")
-  if "scale" in used and not (isinstance(config.loss.scale, numbers.Real)
-                              and config.loss.scale > 0):
-    _fail("loss.scale", config.loss.scale, "must be > 0")
-  with resolved.unlocked():
-    resolved.loss.important_classes = important
-  return resolved
+    if "important_classes" not in used and len(margins) != 1:
+      _fail("loss.margin", margins, f"loss {loss.name!r} takes one margin")
+  for field in used:
+    if field in LOSS_FIELD_CHECKS:
+      ok, allowed = LOSS_FIELD_CHECKS[field]
+      if not ok(loss[field]):
+        _fail(f"loss.{field}", loss[field], allowed)
+  if loss.name == "nirvana" and config.feature_dim < num_classes - 1:
+    _fail("feature_dim", config.feature_dim,
+          f"loss 'nirvana' puts {num_classes} centres on a simplex: needs feature_dim "
+          f">= num_classes - 1 = {num_classes - 1}")
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

@@ -1,9 +1,16 @@
 """Objectives: a loss from `camri.losses`, the head it needs, and its prediction rule.
 
 `config.loss.name` picks an entry of `OBJECTIVES`; its hyperparameters come from
-`config.loss`. The prediction rule returns (N, K) scores whose argmax is the
-predicted class, so accuracy and recall are right for every loss (no margin is
-applied at inference).
+`config.loss` (validated, with each loss's defaults filled in, by
+`config_lib.validate`). The prediction rule returns (N, K) scores whose argmax
+is the predicted class, so accuracy and recall are right for every loss (no
+margin is applied at inference):
+
+    logits of a linear head        cross_entropy, wce, rwwce, competing_ratio, cc_loss
+    cos(theta_k) (argmax cosine)   camri, arcface, cosface, class_sensitive_cosface, normface
+    -||z - c_k||^2 (nearest simplex centre)   nirvana
+    -1/2 ||z - mu_k||^2 (nearest Gaussian mean)   lgm
+    mean_v softmax(z W^v) (ensemble average)   em_softmax
 """
 
 from collections.abc import Callable
@@ -11,11 +18,9 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import optax
 
 from camri import losses
-from camri.models import AngularHead, LinearHead
+from camri.models import heads
 
 Outputs = dict[str, jax.Array]
 
@@ -25,7 +30,8 @@ class Objective:
   """What training and evaluation need to know about a loss.
 
   Attributes:
-    head: the head module mapping features to `Outputs`.
+    head: the head module mapping features to `Outputs`; the model's outputs
+      are `{"features": z, **head(z)}`.
     loss: (outputs, labels) -> (N,) per-example losses.
     scores: outputs -> (N, K) scores; their argmax is the prediction.
   """
@@ -34,53 +40,139 @@ class Objective:
   scores: Callable[[Outputs], jax.Array]
 
 
-def _cosine_scores(outputs):
+def _logits(outputs):
+  return outputs["logits"]
+
+
+def _cosine(outputs):
   return outputs["cosine"]
 
 
-def _margin_softmax(num_classes, margins, scale, kind="additive_angular"):
-  margins = jnp.asarray(margins, jnp.float32)
+def _linear(num_classes, loss):
+  """A linear head, `loss(logits, labels)`, argmax-logits prediction."""
+  return Objective(heads.LinearHead(num_classes),
+                   lambda o, labels: loss(o["logits"], labels), _logits)
 
-  def loss(outputs, labels):
-    logits = losses.margin_logits(outputs["cosine"], labels, margins, scale, kind)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
-  return Objective(AngularHead(num_classes), loss, _cosine_scores)
+def _angular(num_classes, loss):
+  """An angular head, `loss(features, weights, labels)`, argmax-cosine prediction."""
+  return Objective(heads.AngularHead(num_classes),
+                   lambda o, labels: loss(o["features"], o["weights"], labels), _cosine)
 
 
 def cross_entropy(cfg, num_classes):
   del cfg
+  return _linear(num_classes, losses.cross_entropy)
+
+
+def wce(cfg, num_classes):
+  weights = losses.class_weights(num_classes, cfg.important_classes, cfg.important_weight)
+  return _linear(num_classes,
+                 lambda logits, labels: losses.weighted_cross_entropy(logits, labels, weights))
+
+
+def rwwce(cfg, num_classes):
+  fn_weights, fp_weights = losses.rwwce_weights(
+      num_classes, cfg.important_classes, cfg.fn_weight, cfg.fp_weight)
+  return _linear(num_classes, lambda logits, labels: losses.rwwce_loss(
+      logits, labels, fn_weights, fp_weights))
+
+
+def competing_ratio(cfg, num_classes):
+  return _linear(num_classes, lambda logits, labels: losses.competing_ratio_loss(
+      logits, labels, cfg.alpha, cfg.beta))
+
+
+def cc_loss(cfg, num_classes):
 
   def loss(outputs, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels)
+    return losses.cc_loss(outputs["logits"], outputs["attention"], labels, cfg.cc_weight)
 
-  return Objective(LinearHead(num_classes), loss, lambda o: o["logits"])
+  return Objective(heads.ChannelAttentionHead(num_classes, cfg.reduction), loss, _logits)
 
 
 def camri(cfg, num_classes):
   margins = losses.margin_vector(num_classes, cfg.important_classes, cfg.margin)
-  return _margin_softmax(num_classes, margins, cfg.scale)
+  return _angular(num_classes, lambda f, w, labels: losses.camri_loss(
+      f, w, labels, margins, cfg.scale))
 
 
 def arcface(cfg, num_classes):
-  return _margin_softmax(num_classes, [cfg.margin[0]] * num_classes, cfg.scale)
+  return _angular(num_classes, lambda f, w, labels: losses.arcface_loss(
+      f, w, labels, cfg.margin[0], cfg.scale))
+
+
+def cosface(cfg, num_classes):
+  return _angular(num_classes, lambda f, w, labels: losses.cosface_loss(
+      f, w, labels, cfg.margin[0], cfg.scale))
+
+
+def class_sensitive_cosface(cfg, num_classes):
+  margins = losses.margin_vector(num_classes, cfg.important_classes, cfg.margin,
+                                 default=losses.NO_MARGIN["additive_cosine"])
+  return _angular(num_classes, lambda f, w, labels: losses.class_sensitive_cosface_loss(
+      f, w, labels, margins, cfg.scale))
 
 
 def normface(cfg, num_classes):
-  return _margin_softmax(num_classes, [0.0] * num_classes, cfg.scale)
+  return _angular(num_classes, lambda f, w, labels: losses.normface_loss(
+      f, w, labels, cfg.scale))
 
 
-# name -> (constructor, the config.loss fields it reads beyond the name).
+def nirvana(cfg, num_classes):
+  if cfg.hinge:
+    margin = (cfg.hinge_margin if cfg.hinge_margin is not None
+              else losses.default_hinge_margin(num_classes, cfg.radius))
+    loss = lambda o, labels: losses.nirvana_hinge_loss(
+        o["features"], o["centers"], labels, margin)
+  else:
+    loss = lambda o, labels: losses.nirvana_loss(o["features"], o["centers"], labels)
+  return Objective(heads.SimplexHead(num_classes, cfg.radius), loss,
+                   lambda o: losses.nearest_center_scores(o["features"], o["centers"]))
+
+
+def lgm(cfg, num_classes):
+
+  def loss(outputs, labels):
+    return losses.lgm_loss(outputs["features"], outputs["means"], labels, cfg.alpha,
+                           cfg.likelihood_weight)
+
+  return Objective(heads.GaussianMeansHead(num_classes), loss,
+                   lambda o: losses.lgm_scores(o["features"], o["means"]))
+
+
+def em_softmax(cfg, num_classes):
+
+  def loss(outputs, labels):
+    return losses.em_softmax_loss(outputs["features"], outputs["weights"], labels,
+                                  cfg.margin[0], cfg.hsic_weight)
+
+  return Objective(heads.EnsembleHead(num_classes, cfg.num_heads), loss,
+                   lambda o: losses.em_softmax_scores(o["features"], o["weights"]))
+
+
+# name -> (constructor, the config.loss fields it reads beyond the name). The
+# fields' defaults are in `config_lib.LOSS_DEFAULTS`; docs/losses.md has the table.
 OBJECTIVES: dict[str, tuple[Callable[..., Objective], tuple[str, ...]]] = {
     "cross_entropy": (cross_entropy, ()),
+    "wce": (wce, ("important_classes", "important_weight")),
+    "rwwce": (rwwce, ("important_classes", "fn_weight", "fp_weight")),
     "camri": (camri, ("important_classes", "margin", "scale")),
     "arcface": (arcface, ("margin", "scale")),
+    "cosface": (cosface, ("margin", "scale")),
+    "class_sensitive_cosface": (class_sensitive_cosface,
+                                ("important_classes", "margin", "scale")),
     "normface": (normface, ("scale",)),
+    "nirvana": (nirvana, ("radius", "hinge", "hinge_margin")),
+    "cc_loss": (cc_loss, ("cc_weight", "reduction")),
+    "competing_ratio": (competing_ratio, ("alpha", "beta")),
+    "lgm": (lgm, ("alpha", "likelihood_weight")),
+    "em_softmax": (em_softmax, ("num_heads", "margin", "hsic_weight")),
 }
 
 
 def make_objective(loss_config, num_classes: int) -> Objective:
-  """The objective named by `loss_config.name`, with its hyperparameters."""
+  """The objective named by `loss_config.name`, with its (validated) hyperparameters."""
   if loss_config.name not in OBJECTIVES:
     raise ValueError(f"config.loss.name={loss_config.name!r} is unknown: "
                      f"choose one of {sorted(OBJECTIVES)}")

@@ -6,7 +6,8 @@ m = 4*pi/64 and s = 16.
 
 Argument string (optional), comma-separated key=value:
   loss=camri|arcface|normface|cross_entropy|...   important=<name or index>
-  margin=<k, meaning k*pi/64>   scale=<s>
+  margin=<k, meaning k*pi/64>   scale=<s>   (unset: the loss's default,
+  config_lib.LOSS_DEFAULTS; CAMRI's is the cat setting m = 4*pi/64, s = 16)
   e.g. --config configs/cifar10.py:important=dog,margin=5
 The authors' other settings: dog m = 5*pi/64, s = 16; airplane m = 4*pi/64, s = 8.
 """
@@ -17,7 +18,7 @@ from camri import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, loss="camri", important="cat", margin="4", scale="16")
+  args = config_lib.parse_arg(arg, loss="camri", important="cat", margin="", scale="")
   config = config_lib.base_config()
   config.dataset = "cifar10"
   config.image_size = 0  # Native 32x32.
@@ -29,6 +30,8 @@ def get_config(arg=None):
   config.learning_rate = 1e-3
   config.loss.name = args.loss
   config.loss.important_classes = (args.important,)
-  config.loss.margin = (float(args.margin) * math.pi / 64,)
-  config.loss.scale = float(args.scale)
+  if args.margin:
+    config.loss.margin = (float(args.margin) * math.pi / 64,)
+  if args.scale:
+    config.loss.scale = float(args.scale)
   return config

@@ -3,11 +3,11 @@ r"""Quickstart: CAMRI on scikit-learn's 8x8 digits (ships offline), a few epochs
   python -m camri.main --config configs/digits.py --workdir runs/digits
 
 Argument string (optional), comma-separated key=value:
-  loss=camri|arcface|normface|cross_entropy   important=<class index>
-  e.g. --config configs/digits.py:loss=cross_entropy
+  loss=<any config.loss.name, docs/losses.md>   important=<class index>
+  e.g. --config configs/digits.py:loss=arcface
+The loss's hyperparameters are its defaults (config_lib.LOSS_DEFAULTS) unless
+set on the command line, e.g. --config.loss.margin=0.3 --config.loss.scale=8.
 """
-
-import math
 
 from camri import config_lib
 
@@ -24,6 +24,4 @@ def get_config(arg=None):
   config.learning_rate = 1e-3
   config.loss.name = args.loss
   config.loss.important_classes = (args.important,)
-  config.loss.margin = (4 * math.pi / 64,)
-  config.loss.scale = 16.0
   return config

@@ -45,8 +45,9 @@ from launch import hyper
 
 DATASETS = ("digits", "cifar10", "gtsrb", "awa2")
 ROLES = ("worst1", "worst2", "median")
-# The config field with the weight of the important classes in WCE and RWWCE.
-WEIGHT_FIELD = "loss.weight"
+# The config field with the weight of the important classes in WCE and RWWCE
+# (RWWCE's false-negative cost; its false-positive cost stays at its default).
+WEIGHT_FIELDS = {"wce": "loss.important_weight", "rwwce": "loss.fn_weight"}
 GRIDS = {
     "paper": dict(margins=tuple(k * math.pi / 64 for k in (1, 2, 4, 5, 8)),
                   scales=(8.0, 16.0, 32.0),
@@ -64,7 +65,8 @@ def stage2_sweep(classes, seeds, margins, scales, weights):
   """CAMRI, ArcFace (margins x scales), WCE, RWWCE (weights) x seeds for each {role: class}."""
   angular = hyper.product(hyper.sweep("loss.name", ["camri", "arcface"]),
                           hyper.sweep("loss.margin", margins), hyper.sweep("loss.scale", scales))
-  weighted = hyper.product(hyper.sweep("loss.name", ["wce", "rwwce"]), hyper.sweep(WEIGHT_FIELD, weights))
+  weighted = hyper.union(*[hyper.product(hyper.fixed("loss.name", name), hyper.sweep(field, weights))
+                           for name, field in WEIGHT_FIELDS.items()])
   return hyper.union(*[
       hyper.product(hyper.fixed("loss.important_classes", k), hyper.fixed("tag", role),
                     hyper.union(angular, weighted), hyper.sweep("seed", range(seeds)))

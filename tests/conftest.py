@@ -3,8 +3,12 @@
 import os
 
 # Before JAX starts: every test runs data-parallel over 2 simulated devices.
+# XLA's CPU compile, not the tiny models' compute, dominates the tests' time:
+# LLVM optimisation level 0 compiles about 5x faster (only the compiled code's
+# speed changes).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=2").strip()
+                           " --xla_force_host_platform_device_count=2"
+                           " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 

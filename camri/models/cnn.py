@@ -2,6 +2,9 @@
 
 Every backbone ends with the paper's feature layer: Dense(feature_dim) followed
 by BatchNorm and no activation, so z can take any direction on the sphere.
+With `return_feature_map=True` a backbone returns `(z, feature_map)`, the
+last convolutional feature map before pooling (N, H, W, C), for heads that
+read it (CC-Loss's channel attention).
 """
 
 from collections.abc import Sequence
@@ -26,13 +29,14 @@ class VGGStyleCNN(nn.Module):
   `stages` is a sequence of stages; each stage is a sequence of layer specs:
   an int (3x3 conv with that many filters, ReLU), "bn", "pool" (2x2 max) or a
   float (dropout rate). Global average pooling and the feature layer follow.
+  Returns z, or `(z, feature_map)` with `return_feature_map`.
   """
   stages: Sequence[Sequence[int | str | float]]
   feature_dim: int = 512
   bn_momentum: float = 0.9
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, return_feature_map: bool = False):
     for stage in self.stages:
       for layer in stage:
         if layer == "bn":
@@ -43,8 +47,8 @@ class VGGStyleCNN(nn.Module):
           x = nn.Dropout(layer, deterministic=not train)(x)
         else:
           x = nn.relu(nn.Conv(layer, (3, 3), padding="SAME")(x))
-    x = x.mean(axis=(1, 2))
-    return FeatureLayer(self.feature_dim, self.bn_momentum)(x, train)
+    z = FeatureLayer(self.feature_dim, self.bn_momentum)(x.mean(axis=(1, 2)), train)
+    return (z, x) if return_feature_map else z
 
 
 # The paper's CIFAR-10 network: 13 conv layers, GAP, Dense(512) + BN.
