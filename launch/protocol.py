@@ -39,7 +39,7 @@ import math
 import os
 import sys
 
-from camri import rundir
+from camri import run_log
 from launch import grid
 from launch import hyper
 
@@ -79,10 +79,10 @@ def pick_classes(workdirs):
   """
   per_run = []
   for workdir in workdirs:
-    config = rundir.read_config(workdir)
-    num_epochs = rundir.get_field(config, "num_epochs")
-    (row,) = [r for r in rundir.read_metrics(workdir) if r["epoch"] == num_epochs]
-    num_classes = rundir.get_field(config, "num_classes")
+    config = run_log.read_config(workdir)
+    num_epochs = run_log.get_field(config, "num_epochs")
+    (row,) = [r for r in run_log.read_metrics(workdir) if r["epoch"] == num_epochs]
+    num_classes = run_log.get_field(config, "num_classes")
     per_run.append([row[f"test_recall_{k}"] for k in range(num_classes)])
   if len({len(r) for r in per_run}) != 1:
     raise ValueError("the cross-entropy runs have different numbers of classes")
@@ -135,7 +135,7 @@ def main(argv=None):
             "not finished; run this command again once they are", file=log)
       return 0
     classes, mean_recall = pick_classes([run.workdir for run in stage1])
-    class_names = rundir.get_field(rundir.read_config(stage1[0].workdir), "class_names")
+    class_names = run_log.get_field(run_log.read_config(stage1[0].workdir), "class_names")
     write_classes(os.path.join(root, CLASSES_FILE), classes, mean_recall, class_names, args.seeds)
     print("important classes: " + ", ".join(
         f"{role} = {k}" + (f" ({class_names[k]})" if class_names else "") + f", recall {mean_recall[k]:.4f}"
