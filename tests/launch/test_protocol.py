@@ -52,8 +52,10 @@ def test_stage2_sweep_has_every_method_role_and_seed():
   assert len(runs) == 2 * (2 * 2 * 1 + 2 * 2) * 2
   assert {"loss.important_classes": 4, "tag": "median", "loss.name": "arcface", "loss.margin": 0.2,
           "loss.scale": 16.0, "seed": 1} in runs
-  assert {"loss.important_classes": 0, "tag": "worst1", "loss.name": "rwwce", protocol.WEIGHT_FIELD: 5.0,
-          "seed": 0} in runs
+  assert {"loss.important_classes": 0, "tag": "worst1", "loss.name": "rwwce", "loss.fn_weight": 5.0,
+          "loss.fp_weight": 1.0, "seed": 0} in runs
+  assert {"loss.important_classes": 4, "tag": "median", "loss.name": "wce", "loss.important_weight": 2.0,
+          "seed": 1} in runs
   assert not any("loss.margin" in r for r in runs if r["loss.name"] in ("wce", "rwwce"))
 
 
@@ -74,7 +76,7 @@ def test_local_protocol_runs_both_stages_then_nothing(tmp_path, fake_env, capsys
   run = root / "loss.important_classes=3,loss.margin=0.19635,loss.name=camri,loss.scale=16,seed=1,tag=worst2"
   config = json.loads((run / "config.json").read_text())
   assert config["loss"]["important_classes"] == [3] and config["tag"] == "worst2" and config["seed"] == 1
-  assert (root / "loss.important_classes=1,loss.name=wce,loss.weight=5,seed=0,tag=median").is_dir()
+  assert (root / "loss.important_classes=1,loss.important_weight=5,loss.name=wce,seed=0,tag=median").is_dir()
 
   assert protocol.main(args(tmp_path, "--executor", "local")) == 0
   err = capsys.readouterr().err
