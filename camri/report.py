@@ -98,6 +98,7 @@ class Row:
   accuracy: Stats | None
   paper_recall: float | None = None
   paper_accuracy: float | None = None
+  chosen: tuple | None = None  # The selected setting as in `RunResult.setting`.
 
 
 def stats(values):
@@ -138,8 +139,8 @@ def select_row(rows, num_epochs, policy):
   return by_epoch.get(policy)
 
 
-def _hashable(value):
-  return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+def hashable(value):
+  return tuple(hashable(v) for v in value) if isinstance(value, list) else value
 
 
 def _as_tuple(value):
@@ -172,7 +173,7 @@ def read_result(workdir, policy):
     role = run_log.get_field(config, "tag") or "class" + "+".join(map(str, classes))
     recall = math.fsum(class_recall[k] for k in classes) / len(classes)
   loss = run_log.get_field(config, "loss") or {}
-  setting = tuple(sorted((k, _hashable(v)) for k, v in loss.items() if k not in NOT_SETTING))
+  setting = tuple(sorted((k, hashable(v)) for k, v in loss.items() if k not in NOT_SETTING))
   return RunResult(workdir=workdir, dataset=run_log.get_field(config, "dataset"), method=method,
                    role=role, classes=classes, setting=setting, seed=run_log.get_field(config, "seed"),
                    accuracy=row["test_accuracy"], recall=recall, class_recall=class_recall,
@@ -185,7 +186,7 @@ def _flatten(config, prefix=""):
     if isinstance(value, dict):
       flat.update(_flatten(value, f"{prefix}{key}."))
     else:
-      flat[f"{prefix}{key}"] = _hashable(value)
+      flat[f"{prefix}{key}"] = hashable(value)
   return flat
 
 
@@ -219,18 +220,18 @@ def _order(values, preferred):
   return sorted(values, key=lambda v: (preferred.index(v) if v in preferred else len(preferred), v))
 
 
-def _format_value(value):
+def format_value(value):
   if isinstance(value, tuple) and len(value) == 1:
     value = value[0]
   if isinstance(value, float):
     return format(value, ".5g")
   if isinstance(value, tuple):
-    return "(" + ", ".join(_format_value(v) for v in value) + ")"
+    return "(" + ", ".join(format_value(v) for v in value) + ")"
   return str(value)
 
 
 def _setting_label(setting, shown):
-  return ", ".join(f"{k}={_format_value(v)}" for k, v in setting if k in shown) or "-"
+  return ", ".join(f"{k}={format_value(v)}" for k, v in setting if k in shown) or "-"
 
 
 def _role_classes(results, dataset):
@@ -271,11 +272,11 @@ def build_table(results, reference=None, warn=None):
     for role in _order(role_classes, ROLE_ORDER):
       classes = role_classes[role]
 
-      def row(method, setting, kept, total, recall, accuracy):
+      def row(method, setting, kept, total, recall, accuracy, chosen=None):
         paper = reference.get((dataset, role, method), (None, None))
         names = next((r.class_names for r in results if r.dataset == dataset), ())
         return Row(dataset, role, classes, tuple(names[k] for k in classes if k < len(names)),
-                   method, setting, kept, total, recall, accuracy, *paper)
+                   method, setting, kept, total, recall, accuracy, *paper, chosen=chosen)
 
       if ce:
         rows.append(row(BASELINE, "-", None, None,
@@ -294,7 +295,7 @@ def build_table(results, reference=None, warn=None):
         if kept:
           best = max(kept, key=lambda s: (s[1].mean, s[2].mean))  # max keeps the first of ties
           rows.append(row(method, _setting_label(best[0], shown[method]), len(kept), len(summaries),
-                          best[1], best[2]))
+                          best[1], best[2], chosen=best[0]))
         else:
           rows.append(row(method, "-", 0, len(summaries), None, None))
   return rows
