@@ -413,6 +413,8 @@ def plot_grid(root, out_dir, policy="last", warn=None):
   """Writes the `grid` plots of the module docstring for the runs under root; returns the paths."""
   warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
   results = report.load_results(root, policy, warn=warn)
+  if not results:
+    raise ValueError(f"no runs under {root} have a row for the {report.describe_epoch_policy(policy)}")
   rows = report.build_table(results, warn=warn)
   written = []
   for (dataset, role), groups in _selected_groups(results, rows).items():

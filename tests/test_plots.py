@@ -90,3 +90,10 @@ def test_loss_surface_values_at_points():
   assert camri_important[1] == pytest.approx(expected, rel=1e-5)
   with pytest.raises(ValueError, match="loss must be one of"):
     plots.loss_surface("cosface", points, weights, 0, margin, scale)
+
+
+def test_grid_without_runs_is_an_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    plots.main(["grid", str(tmp_path), "--out", str(tmp_path / "plots")])
+  assert exit_info.value.code == 2
+  assert f"error: no runs under {tmp_path}" in capsys.readouterr().err
