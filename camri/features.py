@@ -51,7 +51,7 @@ def load_config(workdir, data_dir=None) -> ml_collections.ConfigDict:
   return config
 
 
-def test_features(workdir, data_dir=None) -> RunFeatures:
+def load_test_features(workdir, data_dir=None) -> RunFeatures:
   """Restores the run's newest checkpoint and passes its test split through the model.
 
   Args:

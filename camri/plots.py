@@ -488,7 +488,7 @@ def _important(config):
 def plot_run_angles(workdirs, path, data_dir=None):
   """Angle histograms of runs, from their newest checkpoints (see `camri.features`)."""
   from camri import features as features_lib  # pylint: disable=g-import-not-at-top  # JAX, TF.
-  loaded = [features_lib.test_features(w, data_dir) for w in workdirs]
+  loaded = [features_lib.load_test_features(w, data_dir) for w in workdirs]
   groups = {label: (f.angles, f.labels) for label, f in zip(_run_labels(workdirs), loaded)}
   important = sorted({k for f in loaded for k in _important(f.config)})
   return plot_angle_histograms(groups, path, loaded[0].class_names, important,
@@ -499,7 +499,7 @@ def plot_run_angles(workdirs, path, data_dir=None):
 def plot_run_features_2d(workdirs, path, data_dir=None):
   """The 2-D feature plot of runs with feature_dim 2, from their newest checkpoints."""
   from camri import features as features_lib  # pylint: disable=g-import-not-at-top
-  loaded = [features_lib.test_features(w, data_dir) for w in workdirs]
+  loaded = [features_lib.load_test_features(w, data_dir) for w in workdirs]
   panels = {}
   for label, workdir, f in zip(_run_labels(workdirs), workdirs, loaded):
     last = run_log.read_metrics(workdir)[-1]

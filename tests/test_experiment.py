@@ -28,21 +28,24 @@ def _grid(root):
   return status, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(scope="module")
-def digits_grid(tfds_dir, tmp_path_factory):
-  """Runs the grid twice (subprocesses read the session's digits through TFDS_DATA_DIR)."""
-  root = tmp_path_factory.mktemp("runs")
-  with pytest.MonkeyPatch.context() as patch:
-    patch.chdir(REPO)
-    patch.setenv("TFDS_DATA_DIR", tfds_dir)
-    patch.setenv("PYTHONPATH", REPO)
-    first = _grid(root)
-    second = _grid(root)
-  return root, first, second
+def test_digits_grid_end_to_end(tfds_dir, tmp_path, monkeypatch, capsys):
+  # One test, not several sharing a module fixture: pytest-xdist would run such
+  # a fixture once per worker, i.e. train the grid twice.
+  root = tmp_path / "runs"
+  monkeypatch.chdir(REPO)
+  monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)  # The subprocesses read the session's digits.
+  monkeypatch.setenv("PYTHONPATH", REPO)
+  workdirs = check_one_command_runs_the_grid_and_a_second_starts_nothing(root)
+  check_the_report_prints_the_table(root, capsys)
+  camri_run, ce_run = workdirs[0], workdirs[2]  # Angular head, linear head.
+  loaded = {w: features.load_test_features(w, data_dir=tfds_dir) for w in (camri_run, ce_run)}
+  for workdir, run in loaded.items():
+    check_metrics_angle_statistics_match_the_checkpointed_features(workdir, run)
+  check_grid_and_angle_plots(root, loaded, camri_run, tfds_dir, tmp_path / "plots")
 
 
-def test_one_command_runs_the_grid_and_a_second_starts_nothing(digits_grid):
-  root, (status, out, err), (status2, out2, err2) = digits_grid
+def check_one_command_runs_the_grid_and_a_second_starts_nothing(root):
+  status, out, err = _grid(root)
   assert status == 0, err
   assert "3 runs: 0 finished (skipped), 0 unfinished (resumed), 3 new" in err
   assert out.count("start ") == 3 and out.count("done ") == 3
@@ -56,16 +59,18 @@ def test_one_command_runs_the_grid_and_a_second_starts_nothing(digits_grid):
     with open(os.path.join(workdir, "launch.log")) as f:
       assert "done: epoch 1" in f.read()
 
-  assert status2 == 0
-  assert "3 runs: 3 finished (skipped), 0 unfinished (resumed), 0 new" in err2
-  assert "start" not in out2
+  status, out, err = _grid(root)
+  assert status == 0
+  assert "3 runs: 3 finished (skipped), 0 unfinished (resumed), 0 new" in err
+  assert "start" not in out
   for workdir in workdirs:  # One command line per launch in each run's log: no second start.
     with open(os.path.join(workdir, "launch.log")) as f:
       assert sum(line.startswith("# ") and "camri.main" in line for line in f) == 1
+  return workdirs
 
 
-def test_the_report_prints_the_table(digits_grid, capsys):
-  root = digits_grid[0]
+def check_the_report_prints_the_table(root, capsys):
+  capsys.readouterr()
   assert report.main([str(root)]) == 0
   out = capsys.readouterr().out
   lines = [line for line in out.splitlines() if line.startswith("| digits")]
@@ -75,42 +80,31 @@ def test_the_report_prints_the_table(digits_grid, capsys):
   assert "| camri |" in lines[1] and "/2 |" in lines[1]
 
 
-@pytest.fixture(scope="module")
-def checkpointed(digits_grid, tfds_dir):
-  """{workdir: RunFeatures} of a CAMRI run (angular head) and the CE run (linear head)."""
-  return {w: features.test_features(w, data_dir=tfds_dir)
-          for w in run_log.find_runs(digits_grid[0])[::2]}
+def check_metrics_angle_statistics_match_the_checkpointed_features(workdir, run):
+  (row,) = run_log.read_metrics(workdir)
+  assert run.features.shape == (360, 64) and run.labels.shape == (360,)
+  np.testing.assert_allclose(np.linalg.norm(run.class_weights, axis=0), 1.0, rtol=1e-5)
+  unit = run.features / np.linalg.norm(run.features, axis=1, keepdims=True)
+  np.testing.assert_allclose(unit @ run.class_weights, run.cosine, atol=1e-5)
+  if run.config["loss"]["name"] == "camri":  # (Cross-entropy predicts from its biased logits.)
+    assert np.mean(np.argmax(run.cosine, 1) == run.labels) == pytest.approx(row["test_accuracy"])
+  for k in range(10):
+    angles = run.angles[run.labels == k]
+    assert row[f"test_angle_mean_{k}"] == pytest.approx(angles.mean(), abs=1e-3)
+    assert row[f"test_angle_var_{k}"] == pytest.approx(angles.var(), rel=1e-3, abs=1e-2)
 
 
-def test_metrics_angle_statistics_match_the_checkpointed_features(checkpointed):
-  for workdir, run in checkpointed.items():
-    (row,) = run_log.read_metrics(workdir)
-    assert run.features.shape == (360, 64) and run.labels.shape == (360,)
-    norms = np.linalg.norm(run.class_weights, axis=0)
-    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
-    np.testing.assert_allclose(run.class_weights.T @ (run.features / np.linalg.norm(
-        run.features, axis=1, keepdims=True)).T, run.cosine.T, atol=1e-5)
-    if run.config["loss"]["name"] == "camri":  # (Cross-entropy predicts from its biased logits.)
-      assert np.mean(np.argmax(run.cosine, 1) == run.labels) == pytest.approx(row["test_accuracy"])
-    for k in range(10):
-      angles = run.angles[run.labels == k]
-      assert row[f"test_angle_mean_{k}"] == pytest.approx(angles.mean(), abs=1e-3)
-      assert row[f"test_angle_var_{k}"] == pytest.approx(angles.var(), rel=1e-3, abs=1e-2)
-
-
-def test_grid_and_angle_plots_of_the_runs(digits_grid, checkpointed, tfds_dir, tmp_path):
-  root = digits_grid[0]
-  paths = plots.plot_grid(str(root), str(tmp_path), warn=lambda message: None)
+def check_grid_and_angle_plots(root, loaded, camri_run, tfds_dir, out_dir):
+  paths = plots.plot_grid(str(root), str(out_dir), warn=lambda message: None)
   assert sorted(os.path.basename(p) for p in paths) == [
       "angle_stats_digits_class8.png", "class_recall_digits_class8.png",
       "curves_digits_class8.png", "margin_digits_class8.png"]
   paths.append(plots.plot_angle_histograms(
-      {os.path.basename(w): (f.angles, f.labels) for w, f in checkpointed.items()},
-      str(tmp_path / "histograms.png"), important=(8,)))
-  camri_run = run_log.find_runs(root)[1]  # The CLI's path: restore, then plot.
-  assert plots.main(["angles", camri_run, "--out", str(tmp_path / "angles.png"),
-                     "--data-dir", tfds_dir]) == 0
-  paths.append(str(tmp_path / "angles.png"))
+      {os.path.basename(w): (f.angles, f.labels) for w, f in loaded.items()},
+      str(out_dir / "histograms.png"), important=(8,)))
+  # The CLI's path: restore, then plot.
+  assert plots.main(["angles", camri_run, "--out", str(out_dir / "angles.png"), "--data-dir", tfds_dir]) == 0
+  paths.append(str(out_dir / "angles.png"))
   for p in paths:
     with open(p, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
