@@ -4,7 +4,7 @@ r"""The paper's Table 1 for any grid of runs.
         [--out FILE] [--reference]
 
 Reads every run directory under RUNS_DIR (config.json + metrics.csv, see
-`camri.rundir`) and groups the runs by dataset x role x method x setting:
+`camri.run_log`) and groups the runs by dataset x role x method x setting:
 
 - method: config `loss.name`.
 - setting: the loss hyperparameters, every `loss.*` field but `name` and
@@ -46,7 +46,7 @@ import io
 import math
 import sys
 
-from camri import rundir
+from camri import run_log
 
 BASELINE = "cross_entropy"
 ROLE_ORDER = ("worst1", "worst2", "median")
@@ -98,6 +98,7 @@ class Row:
   accuracy: Stats | None
   paper_recall: float | None = None
   paper_accuracy: float | None = None
+  chosen: tuple | None = None  # The selected setting as in `RunResult.setting`.
 
 
 def stats(values):
@@ -138,8 +139,8 @@ def select_row(rows, num_epochs, policy):
   return by_epoch.get(policy)
 
 
-def _hashable(value):
-  return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+def hashable(value):
+  return tuple(hashable(v) for v in value) if isinstance(value, list) else value
 
 
 def _as_tuple(value):
@@ -150,33 +151,33 @@ def _as_tuple(value):
 
 def read_result(workdir, policy):
   """A run's `RunResult` at the epoch policy, or None when it has no such epoch."""
-  config = rundir.read_config(workdir)
+  config = run_log.read_config(workdir)
   for field in ("dataset", "num_epochs", "loss.name"):
-    if rundir.get_field(config, field) is None:
-      raise ValueError(f"{workdir}/{rundir.CONFIG_FILE} has no field {field}")
-  num_epochs = rundir.get_field(config, "num_epochs")
-  row = select_row(rundir.read_metrics(workdir), num_epochs, policy)
+    if run_log.get_field(config, field) is None:
+      raise ValueError(f"{workdir}/{run_log.CONFIG_FILE} has no field {field}")
+  num_epochs = run_log.get_field(config, "num_epochs")
+  row = select_row(run_log.read_metrics(workdir), num_epochs, policy)
   if row is None:
     return None
-  num_classes = rundir.get_field(config, "num_classes")
+  num_classes = run_log.get_field(config, "num_classes")
   if num_classes is None:
     num_classes = sum(1 for k in row if k.startswith("test_recall_") and k[12:].isdigit())
   class_recall = tuple(row[f"test_recall_{k}"] for k in range(num_classes))
-  method = rundir.get_field(config, "loss.name")
-  classes = tuple(int(k) for k in _as_tuple(rundir.get_field(config, "loss.important_classes")))
+  method = run_log.get_field(config, "loss.name")
+  classes = tuple(int(k) for k in _as_tuple(run_log.get_field(config, "loss.important_classes")))
   if method == BASELINE:
     role, recall = None, float("nan")
   else:
     if not classes:
       raise ValueError(f"{workdir}: loss.important_classes is empty for method {method!r}")
-    role = rundir.get_field(config, "tag") or "class" + "+".join(map(str, classes))
+    role = run_log.get_field(config, "tag") or "class" + "+".join(map(str, classes))
     recall = math.fsum(class_recall[k] for k in classes) / len(classes)
-  loss = rundir.get_field(config, "loss") or {}
-  setting = tuple(sorted((k, _hashable(v)) for k, v in loss.items() if k not in NOT_SETTING))
-  return RunResult(workdir=workdir, dataset=rundir.get_field(config, "dataset"), method=method,
-                   role=role, classes=classes, setting=setting, seed=rundir.get_field(config, "seed"),
+  loss = run_log.get_field(config, "loss") or {}
+  setting = tuple(sorted((k, hashable(v)) for k, v in loss.items() if k not in NOT_SETTING))
+  return RunResult(workdir=workdir, dataset=run_log.get_field(config, "dataset"), method=method,
+                   role=role, classes=classes, setting=setting, seed=run_log.get_field(config, "seed"),
                    accuracy=row["test_accuracy"], recall=recall, class_recall=class_recall,
-                   class_names=tuple(rundir.get_field(config, "class_names") or ()))
+                   class_names=tuple(run_log.get_field(config, "class_names") or ()))
 
 
 def _flatten(config, prefix=""):
@@ -185,7 +186,7 @@ def _flatten(config, prefix=""):
     if isinstance(value, dict):
       flat.update(_flatten(value, f"{prefix}{key}."))
     else:
-      flat[f"{prefix}{key}"] = _hashable(value)
+      flat[f"{prefix}{key}"] = hashable(value)
   return flat
 
 
@@ -194,17 +195,17 @@ def load_results(root, policy, warn=None):
   warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
   results, left_out = [], []
   experiment = collections.defaultdict(lambda: collections.defaultdict(set))
-  for workdir in rundir.find_runs(root):
+  for workdir in run_log.find_runs(root):
     result = read_result(workdir, policy)
     if result is None:
       left_out.append(workdir)
       continue
     results.append(result)
-    for key, value in _flatten(rundir.read_config(workdir)).items():
+    for key, value in _flatten(run_log.read_config(workdir)).items():
       if key.split(".")[0] not in NOT_EXPERIMENT:
         experiment[result.dataset][key].add(value)
   if not results and not left_out:
-    warn(f"no run directories (with {rundir.CONFIG_FILE}) under {root}")
+    warn(f"no run directories (with {run_log.CONFIG_FILE}) under {root}")
   if left_out:
     warn(f"{len(left_out)} runs have no row for the {describe_epoch_policy(policy)}, left out: "
          + ", ".join(left_out[:5]) + (" ..." if len(left_out) > 5 else ""))
@@ -219,18 +220,18 @@ def _order(values, preferred):
   return sorted(values, key=lambda v: (preferred.index(v) if v in preferred else len(preferred), v))
 
 
-def _format_value(value):
+def format_value(value):
   if isinstance(value, tuple) and len(value) == 1:
     value = value[0]
   if isinstance(value, float):
     return format(value, ".5g")
   if isinstance(value, tuple):
-    return "(" + ", ".join(_format_value(v) for v in value) + ")"
+    return "(" + ", ".join(format_value(v) for v in value) + ")"
   return str(value)
 
 
 def _setting_label(setting, shown):
-  return ", ".join(f"{k}={_format_value(v)}" for k, v in setting if k in shown) or "-"
+  return ", ".join(f"{k}={format_value(v)}" for k, v in setting if k in shown) or "-"
 
 
 def _role_classes(results, dataset):
@@ -271,11 +272,11 @@ def build_table(results, reference=None, warn=None):
     for role in _order(role_classes, ROLE_ORDER):
       classes = role_classes[role]
 
-      def row(method, setting, kept, total, recall, accuracy):
+      def row(method, setting, kept, total, recall, accuracy, chosen=None):
         paper = reference.get((dataset, role, method), (None, None))
         names = next((r.class_names for r in results if r.dataset == dataset), ())
         return Row(dataset, role, classes, tuple(names[k] for k in classes if k < len(names)),
-                   method, setting, kept, total, recall, accuracy, *paper)
+                   method, setting, kept, total, recall, accuracy, *paper, chosen=chosen)
 
       if ce:
         rows.append(row(BASELINE, "-", None, None,
@@ -294,7 +295,7 @@ def build_table(results, reference=None, warn=None):
         if kept:
           best = max(kept, key=lambda s: (s[1].mean, s[2].mean))  # max keeps the first of ties
           rows.append(row(method, _setting_label(best[0], shown[method]), len(kept), len(summaries),
-                          best[1], best[2]))
+                          best[1], best[2], chosen=best[0]))
         else:
           rows.append(row(method, "-", 0, len(summaries), None, None))
   return rows

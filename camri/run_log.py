@@ -1,5 +1,12 @@
 """A run's directory: its config, its per-epoch metrics.csv and TensorBoard events.
 
+The one place that reads and writes run directories, for training (`MetricsLog`),
+the launcher (`is_finished`) and the report (`find_runs`, `read_config`,
+`read_metrics`). A workdir holds `config.json` (the resolved config, with
+`num_classes` and `class_names`) and `metrics.csv` (one row per epoch, `epoch`
+1-based); a run is finished when metrics.csv has a row with epoch == the
+config's num_epochs.
+
 metrics.csv is rewritten whole through a temporary file and an atomic rename at
 every epoch, so a process killed at any moment leaves either the old or the new
 file, never a torn one. On resume, rows past the restored checkpoint's epoch are
@@ -12,10 +19,9 @@ import math
 import os
 from pathlib import Path
 
-import tensorflow as tf
-
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
+CHECKPOINT_DIR = "checkpoints"
 
 
 def _atomic_write(path: Path, text: str):
@@ -28,6 +34,7 @@ def _atomic_write(path: Path, text: str):
 
 
 def read_config(workdir) -> dict | None:
+  """The run's config.json as a dict, or None when the file is absent."""
   path = Path(workdir) / CONFIG_FILE
   return json.loads(path.read_text()) if path.exists() else None
 
@@ -36,14 +43,50 @@ def write_config(workdir, config_dict: dict):
   _atomic_write(Path(workdir) / CONFIG_FILE, json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
 
 
+def _number(key, text):
+  if key == "epoch":
+    return int(text)
+  return float(text) if text not in ("", None) else math.nan
+
+
 def read_metrics(workdir) -> list[dict[str, float]]:
-  """metrics.csv's rows as dicts of floats (epoch as int)."""
+  """metrics.csv's rows as dicts of floats (epoch as int, empty cells NaN); [] when absent."""
   path = Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
   with open(path, newline="") as f:
-    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-            for row in csv.DictReader(f)]
+    return [{k: _number(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def get_field(config: dict, path: str, default=None):
+  """config["loss"]["margin"] for path "loss.margin" (a flat dotted key works too)."""
+  if path in config:
+    return config[path]
+  value = config
+  for part in path.split("."):
+    if not isinstance(value, dict) or part not in value:
+      return default
+    value = value[part]
+  return value
+
+
+def is_finished(workdir) -> bool:
+  """Whether metrics.csv has a row with epoch == num_epochs of config.json."""
+  config = read_config(workdir)
+  num_epochs = None if config is None else get_field(config, "num_epochs")
+  if num_epochs is None:
+    return False
+  return any(row["epoch"] == int(num_epochs) for row in read_metrics(workdir))
+
+
+def find_runs(root) -> list[str]:
+  """Every directory under root (root included) holding a config.json, sorted."""
+  found = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if d != CHECKPOINT_DIR and not d.startswith("."))
+    if CONFIG_FILE in filenames:
+      found.append(dirpath)
+  return sorted(found)
 
 
 class MetricsLog:
@@ -53,8 +96,12 @@ class MetricsLog:
     self.workdir = Path(workdir)
     self.enabled = enabled
     self.rows = read_metrics(workdir) if enabled else []
-    self._tb = (tf.summary.create_file_writer(str(self.workdir / "tensorboard"))
-                if enabled else None)
+    self._tb = self._summary = None
+    if enabled:
+      # Imported here: readers of run directories (report, launcher) don't need TensorFlow.
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._summary = tf.summary
+      self._tb = tf.summary.create_file_writer(str(self.workdir / "tensorboard"))
 
   def truncate(self, last_epoch: int):
     """Forgets rows after `last_epoch` (they were not checkpointed)."""
@@ -71,7 +118,7 @@ class MetricsLog:
     with self._tb.as_default(step=step):
       for key, value in row.items():
         if math.isfinite(value):
-          tf.summary.scalar(key, value)
+          self._summary.scalar(key, value)
     self._tb.flush()
 
   def _flush(self):

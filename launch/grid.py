@@ -40,7 +40,7 @@ import re
 import shlex
 import sys
 
-from camri import rundir
+from camri import run_log
 from launch import executors
 from launch import hyper
 
@@ -120,7 +120,7 @@ def expand(config, sweep, root, module="camri.main", python=sys.executable):
 
 def status(run):
   """'finished', 'unfinished' (its workdir exists) or 'new'."""
-  if rundir.is_finished(run.workdir):
+  if run_log.is_finished(run.workdir):
     return "finished"
   return "unfinished" if os.path.isdir(run.workdir) else "new"
 

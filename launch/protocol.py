@@ -15,9 +15,11 @@ median = the one at index K // 2 (for an even K the upper of the two middle
 classes; K >= 4 so that the three differ). Written, with the recalls, to
 RUNS_DIR/<dataset>/important_classes.json.
 
-Stage 2: for each role, CAMRI and ArcFace over margins x scales, WCE and RWWCE
-over the important class's weight, x seeds, each run with
-`--config.loss.important_classes=<k> --config.tag=<role>`. The margins are
+Stage 2: for each role, CAMRI and ArcFace over margins x scales (both set
+explicitly), WCE over the important class's weight (`loss.important_weight`) and
+RWWCE over the cost of missing it (`loss.fn_weight`, with `loss.fp_weight=1`),
+x seeds, each run with `--config.loss.important_classes=<k> --config.tag=<role>`
+(config names as in docs/losses.md). The margins are
 k*pi/64 as in the authors' code. `--grid paper` (k in 1, 2, 4, 5, 8; scales
 8, 16, 32; weights 2, 5, 10, 20: 38 settings, x 3 roles x seeds) is our
 choice around the authors' released settings (4pi/64 and 5pi/64 with scale
@@ -39,15 +41,18 @@ import math
 import os
 import sys
 
-from camri import rundir
+from camri import run_log
 from launch import grid
 from launch import hyper
 
 DATASETS = ("digits", "cifar10", "gtsrb", "awa2")
 ROLES = ("worst1", "worst2", "median")
-# The config field with the weight of the important classes in WCE and RWWCE
-# (RWWCE's false-negative cost; its false-positive cost stays at its default).
-WEIGHT_FIELDS = {"wce": "loss.important_weight", "rwwce": "loss.fn_weight"}
+# The swept weight of the important classes (config names of docs/losses.md):
+# WCE's class weight, and RWWCE's cost of missing an important class (C_FN);
+# RWWCE's false-positive cost is set to RWWCE_FP_WEIGHT, its default, explicitly.
+WCE_WEIGHT_FIELD = "loss.important_weight"
+RWWCE_WEIGHT_FIELD = "loss.fn_weight"
+RWWCE_FP_FIELD, RWWCE_FP_WEIGHT = "loss.fp_weight", 1.0
 GRIDS = {
     "paper": dict(margins=tuple(k * math.pi / 64 for k in (1, 2, 4, 5, 8)),
                   scales=(8.0, 16.0, 32.0),
@@ -65,8 +70,10 @@ def stage2_sweep(classes, seeds, margins, scales, weights):
   """CAMRI, ArcFace (margins x scales), WCE, RWWCE (weights) x seeds for each {role: class}."""
   angular = hyper.product(hyper.sweep("loss.name", ["camri", "arcface"]),
                           hyper.sweep("loss.margin", margins), hyper.sweep("loss.scale", scales))
-  weighted = hyper.union(*[hyper.product(hyper.fixed("loss.name", name), hyper.sweep(field, weights))
-                           for name, field in WEIGHT_FIELDS.items()])
+  weighted = hyper.union(
+      hyper.product(hyper.fixed("loss.name", "wce"), hyper.sweep(WCE_WEIGHT_FIELD, weights)),
+      hyper.product(hyper.fixed("loss.name", "rwwce"), hyper.sweep(RWWCE_WEIGHT_FIELD, weights),
+                    hyper.fixed(RWWCE_FP_FIELD, RWWCE_FP_WEIGHT)))
   return hyper.union(*[
       hyper.product(hyper.fixed("loss.important_classes", k), hyper.fixed("tag", role),
                     hyper.union(angular, weighted), hyper.sweep("seed", range(seeds)))
@@ -81,10 +88,10 @@ def pick_classes(workdirs):
   """
   per_run = []
   for workdir in workdirs:
-    config = rundir.read_config(workdir)
-    num_epochs = rundir.get_field(config, "num_epochs")
-    (row,) = [r for r in rundir.read_metrics(workdir) if r["epoch"] == num_epochs]
-    num_classes = rundir.get_field(config, "num_classes")
+    config = run_log.read_config(workdir)
+    num_epochs = run_log.get_field(config, "num_epochs")
+    (row,) = [r for r in run_log.read_metrics(workdir) if r["epoch"] == num_epochs]
+    num_classes = run_log.get_field(config, "num_classes")
     per_run.append([row[f"test_recall_{k}"] for k in range(num_classes)])
   if len({len(r) for r in per_run}) != 1:
     raise ValueError("the cross-entropy runs have different numbers of classes")
@@ -137,7 +144,7 @@ def main(argv=None):
             "not finished; run this command again once they are", file=log)
       return 0
     classes, mean_recall = pick_classes([run.workdir for run in stage1])
-    class_names = rundir.get_field(rundir.read_config(stage1[0].workdir), "class_names")
+    class_names = run_log.get_field(run_log.read_config(stage1[0].workdir), "class_names")
     write_classes(os.path.join(root, CLASSES_FILE), classes, mean_recall, class_names, args.seeds)
     print("important classes: " + ", ".join(
         f"{role} = {k}" + (f" ({class_names[k]})" if class_names else "") + f", recall {mean_recall[k]:.4f}"

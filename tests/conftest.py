@@ -14,6 +14,12 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # pylint: disable=g-import-not-at-top
 
+# submitit configures logging when first imported (logging.config.dictConfig),
+# which closes every existing handler; imported inside a test that captures
+# output (capsys), that closes absl's handler's stream, i.e. pytest's capture.
+# Imported here, while sys.stderr is the session's stream, it closes nothing.
+import submitit  # pylint: disable=g-import-not-at-top,unused-import  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):

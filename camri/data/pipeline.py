@@ -47,7 +47,14 @@ def get_builder(spec: DatasetSpec, data_dir=None, prepare=True):
   """The tfds builder, prepared on first use (never downloads when mocked)."""
   builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
   if prepare:
-    builder.download_and_prepare()
+    try:
+      builder.download_and_prepare()
+    except FileExistsError:
+      # Another process (a parallel run of a grid) prepared it first: tfds
+      # renames a complete copy into place, so theirs is ready to read.
+      builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+      if not builder.is_prepared():
+        raise
   return builder
 
 

@@ -53,7 +53,9 @@ def test_stage2_sweep_has_every_method_role_and_seed():
   assert {"loss.important_classes": 4, "tag": "median", "loss.name": "arcface", "loss.margin": 0.2,
           "loss.scale": 16.0, "seed": 1} in runs
   assert {"loss.important_classes": 0, "tag": "worst1", "loss.name": "rwwce", "loss.fn_weight": 5.0,
-          "seed": 0} in runs
+          "loss.fp_weight": 1.0, "seed": 0} in runs
+  assert {"loss.important_classes": 4, "tag": "median", "loss.name": "wce", "loss.important_weight": 2.0,
+          "seed": 1} in runs
   assert not any("loss.margin" in r for r in runs if r["loss.name"] in ("wce", "rwwce"))
 
 

@@ -1,0 +1,31 @@
+"""Preparing a dataset while another process (a parallel grid run) prepares it too."""
+
+import pytest
+import tensorflow_datasets as tfds
+
+from camri.data import pipeline
+
+
+class _Builder:
+  """Stands in for a tfds builder whose copy another process renamed into place first."""
+
+  def __init__(self, prepared):
+    self.prepared = prepared
+
+  def download_and_prepare(self):
+    raise FileExistsError("Cannot rename .../incomplete.X. Destination .../1.0.0 already exists.")
+
+  def is_prepared(self):
+    return self.prepared
+
+
+def test_the_copy_another_process_prepared_is_used(monkeypatch):
+  builders = iter([_Builder(False), _Builder(True)])
+  monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: next(builders))
+  assert pipeline.get_builder(pipeline.DatasetSpec("x")).prepared
+
+
+def test_a_rename_failure_without_a_prepared_copy_is_raised(monkeypatch):
+  monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: _Builder(False))
+  with pytest.raises(FileExistsError):
+    pipeline.get_builder(pipeline.DatasetSpec("x"))

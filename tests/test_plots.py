@@ -1,0 +1,99 @@
+"""camri.plots: every plot writes a PNG from small synthetic inputs; loss contours' values."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from camri import losses
+from camri import plots
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+  with open(path, "rb") as f:
+    assert f.read(8) == PNG
+  assert os.path.getsize(path) > 5_000
+
+
+def metrics_rows(epochs, offset):
+  return [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e + offset,
+           "test_accuracy": 0.5 + 0.1 * e, "test_recall": 0.4 + 0.1 * e + offset} for e in epochs]
+
+
+def test_training_curves(tmp_path):
+  groups = {"cross_entropy": [metrics_rows([1, 2, 3], 0.0), metrics_rows([1, 2, 3], 0.02)],
+            "camri": [metrics_rows([1, 2], 0.05)]}  # One shorter run: its epoch 3 is not drawn.
+  assert_png(plots.plot_training_curves(groups, str(tmp_path / "curves.png"), title="t"))
+
+
+def test_class_recall_and_angle_stats(tmp_path):
+  rng = np.random.default_rng(0)
+  recall = {"cross_entropy": rng.uniform(0.7, 1.0, (3, 4)), "camri": rng.uniform(0.7, 1.0, (3, 4))}
+  assert_png(plots.plot_class_recall(recall, str(tmp_path / "recall.png"), ["a", "b", "c", "d"], (1,)))
+  angles = {label: (rng.uniform(20, 60, (3, 4)), rng.uniform(10, 90, (3, 4))) for label in recall}
+  assert_png(plots.plot_angle_stats(angles, str(tmp_path / "angles.png"), important=(2,)))
+
+
+def test_margin_sweep(tmp_path):
+  series = {"camri (scale=16)": [(4 * math.pi / 64, [0.9, 0.92], [0.8, 0.81]),
+                                 (8 * math.pi / 64, [0.95, 0.93], [0.79, 0.8])],
+            "arcface (scale=16)": [(4 * math.pi / 64, [0.88], [0.8])]}
+  assert_png(plots.plot_margin_sweep(series, str(tmp_path / "margin.png"),
+                                     baseline=("cross_entropy", [0.85, 0.87], [0.8, 0.82])))
+
+
+def test_angle_histograms_and_features_2d(tmp_path):
+  rng = np.random.default_rng(1)
+  labels = np.repeat(np.arange(3), 20)
+  groups = {"ce": (rng.uniform(10, 70, 60), labels), "camri": (rng.uniform(5, 40, 60), labels)}
+  assert_png(plots.plot_angle_histograms(groups, str(tmp_path / "hist.png"), ("x", "y", "z"), (0,)))
+  weights = plots.contour_weights()
+  features = weights[:, labels].T * 3.0 + rng.normal(0, 0.5, (60, 2))
+  panels = {"ce": (features, labels, weights), "camri": (features * 2, labels, weights)}
+  assert_png(plots.plot_features_2d(panels, str(tmp_path / "f2d.png"), important=(0,)))
+  with pytest.raises(ValueError, match="feature_dim 2"):
+    plots.plot_features_2d({"3d": (np.ones((2, 3)), np.zeros(2, int), np.ones((3, 3)))},
+                           str(tmp_path / "bad.png"))
+
+
+def test_loss_contours_png(tmp_path):
+  assert_png(plots.plot_loss_contours(str(tmp_path / "contours.png"), resolution=21))
+
+
+def test_loss_surface_values_at_points():
+  weights = plots.contour_weights()  # W0 at 90 degrees, W1 at 210, W2 at 330; unit norms.
+  points = np.array([[0.0, 2.0], [2.0, 0.0], [-1.0, -1.0]], np.float32)
+  margin, scale = 0.3, 8.0
+  # Cross-entropy over z @ W, by hand: logits of (0, 2) are (2, -1, -1).
+  ce = plots.loss_surface("cross_entropy", points, weights, 0, margin, scale)
+  assert ce[0] == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + 2 * math.exp(-1))), rel=1e-5)
+  # The margin losses against camri.losses and NumPy.
+  labels = np.zeros(3, np.int32)
+  normface = plots.loss_surface("normface", points, weights, 0, margin, scale)
+  np.testing.assert_allclose(normface, losses.normface_loss(points, weights, labels, scale), rtol=1e-6)
+  arcface = plots.loss_surface("arcface", points, weights, 1, margin, scale)
+  np.testing.assert_allclose(arcface, losses.arcface_loss(points, weights, labels + 1, margin, scale),
+                             rtol=1e-6)
+  camri_important = plots.loss_surface("camri", points, weights, 0, margin, scale, important=0)
+  camri_other = plots.loss_surface("camri", points, weights, 1, margin, scale, important=0)
+  # CAMRI is ArcFace for the important class's samples and NormFace for the others'.
+  np.testing.assert_allclose(camri_important,
+                             plots.loss_surface("arcface", points, weights, 0, margin, scale), rtol=1e-6)
+  np.testing.assert_allclose(camri_other,
+                             plots.loss_surface("normface", points, weights, 1, margin, scale), rtol=1e-6)
+  # Point (2, 0) is at 0 degrees: 90 degrees from W0, 150 from W1 and 30 from W2.
+  cos = np.cos(np.radians([90.0 + 180 * margin / math.pi, 150.0, 30.0]))
+  expected = -(scale * cos[0]) + np.log(np.sum(np.exp(scale * cos)))
+  assert camri_important[1] == pytest.approx(expected, rel=1e-5)
+  with pytest.raises(ValueError, match="loss must be one of"):
+    plots.loss_surface("cosface", points, weights, 0, margin, scale)
+
+
+def test_grid_without_runs_is_an_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    plots.main(["grid", str(tmp_path), "--out", str(tmp_path / "plots")])
+  assert exit_info.value.code == 2
+  assert f"error: no runs under {tmp_path}" in capsys.readouterr().err
