@@ -16,8 +16,9 @@ from camri import models
 from camri import objectives
 from camri import run_log
 from camri.config_lib import ConfigError
+from camri.data import MissingArchiveError
 
-__all__ = ["ConfigError", "prepare_run", "validated_config"]
+__all__ = ["ConfigError", "MissingArchiveError", "prepare_run", "validated_config"]
 
 
 def setup_runtime():
@@ -68,6 +69,9 @@ def prepare_run(config, workdir: str):
 
   Raises:
     ConfigError: with a one-line message, before anything is written.
+    MissingArchiveError: the dataset's archives are not in its manual
+      directory (a one-line message naming each file, its download URL and
+      the directory), before anything is written.
   """
   resolved, class_names = validated_config(config)
   record = _run_record(resolved, class_names)
