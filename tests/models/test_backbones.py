@@ -78,15 +78,16 @@ def test_create_train_state_starts_from_config_init_checkpoint(classifier, tmp_p
   _assert_equal(state.params["head"], variables["params"]["head"])
 
 
-def test_init_checkpoint_that_does_not_fit_is_a_one_line_config_error(
-    classifier, tmp_path):
-  _, _, variables = classifier
-  path = _save(tmp_path / "ckpt", {"Conv_0": {"kernel": np.zeros((5, 5, 1, 2), np.float32),
-                                              "bias": np.zeros((2,), np.float32)}})
+def test_init_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(
+    digits_config, tmp_path):
+  digits_config.init_checkpoint = _save(
+      tmp_path / "ckpt", {"Conv_0": {"kernel": np.zeros((5, 5, 1, 2), np.float32),
+                                     "bias": np.zeros((2,), np.float32)}})
   with pytest.raises(config_lib.ConfigError, match=r"^config.init_checkpoint='.*ckpt' is "
                      r"invalid: Conv_0/\w+ has shape .* the model needs") as e:
-    models.load_backbone(variables, path)
+    prepare.prepare_run(digits_config, str(tmp_path / "run"))
   assert "\n" not in str(e.value)
+  assert not (tmp_path / "run").exists()
 
 
 def test_missing_init_checkpoint_is_refused_before_anything_runs(digits_config, tmp_path):
