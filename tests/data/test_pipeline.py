@@ -168,15 +168,19 @@ def _encoded(image, fmt):
 
 
 def test_centre_crop_keeps_the_aspect_ratio_and_greyscale_decodes_to_rgb():
-  wide = np.zeros((10, 30, 1), np.uint8)
-  wide[:, 10:20] = 200  # The centre square; the sides are black.
+  # 16x48, the centre 16x16 square grey, the sides black: aligned to JPEG's
+  # 8x8 blocks, so the JPEG keeps each region's value.
+  wide = np.zeros((16, 48, 1), np.uint8)
+  wide[:, 16:32] = 200
   spec = data.get_spec("awa2")
   assert spec.centre_crop
   out = pipeline._preprocess(  # pylint: disable=protected-access
-      {"image": _encoded(wide, "jpeg"), "label": 7}, spec, 16, (None, None, 3))
-  assert out["image"].shape == (16, 16, 3) and int(out["label"]) == 7
-  # A greyscale JPEG decodes to 3 equal channels; the centre is all that is left.
-  np.testing.assert_allclose(out["image"], 200 / 255, atol=0.03)
+      {"image": _encoded(wide, "jpeg"), "label": 7}, spec, 8, (None, None, 3))
+  assert out["image"].shape == (8, 8, 3) and int(out["label"]) == 7
+  # A greyscale JPEG decodes to 3 equal channels; only the centre is left.
+  image = out["image"].numpy()
+  np.testing.assert_array_equal(image[..., 0], image[..., 2])
+  np.testing.assert_allclose(image, 200 / 255, atol=0.01)
   squashed = pipeline._preprocess(  # pylint: disable=protected-access
-      {"image": _encoded(wide, "png"), "label": 7}, data.DatasetSpec("x"), 16, (None, None, 3))
-  assert squashed["image"][:, 0].numpy().max() < 0.05  # Without: the black sides stay.
+      {"image": _encoded(wide, "png"), "label": 7}, data.DatasetSpec("x"), 8, (None, None, 3))
+  np.testing.assert_allclose(squashed["image"][:, 0], 0)  # Without: the black sides stay.
