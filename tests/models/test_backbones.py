@@ -68,11 +68,11 @@ def test_load_backbone_takes_the_backbone_from_the_checkpoint(
                 else variables["batch_stats"]["backbone"])
 
 
-def test_create_train_state_starts_from_config_init_checkpoint(classifier, tmp_path):
-  config, model, variables = classifier
+def test_run_starts_from_config_init_checkpoint(classifier, digits_config, tmp_path):
+  _, model, variables = classifier
   saved = _shifted(variables["params"]["backbone"], 0.25)
-  config = config.copy_and_resolve_references()
-  config.init_checkpoint = _save(tmp_path / "ckpt", saved)
+  digits_config.init_checkpoint = _save(tmp_path / "ckpt", saved)
+  config = prepare.prepare_run(digits_config, str(tmp_path / "run"))  # It fits.
   state = train.create_train_state(config, model, (8, 8, 1))
   _assert_equal(state.params["backbone"], saved)
   _assert_equal(state.params["head"], variables["params"]["head"])
