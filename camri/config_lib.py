@@ -10,6 +10,7 @@ field, the value and what is allowed.
 from collections.abc import Sequence
 import math
 import numbers
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -27,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment = ()  # A subset of the dataset's allowed augmentations.
   c.model = "small_cnn"
   c.feature_dim = 64
+  # Orbax checkpoint of the backbone's params (or {"params", "batch_stats"})
+  # to start from, e.g. ImageNet weights; None: random initialisation.
+  c.init_checkpoint = config_dict.placeholder(str)
   c.num_epochs = 10
   c.batch_size = 64
   c.eval_batch_size = 256
@@ -157,6 +161,10 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
       _fail(field, config[field], f"must be divisible by the device count ({device_count})")
   if not isinstance(config.image_size, numbers.Integral) or config.image_size < 0:
     _fail("image_size", config.image_size, "must be an integer >= 0 (0: keep the dataset's size)")
+  checkpoint = config.get("init_checkpoint")
+  if checkpoint is not None and not os.path.isdir(os.path.expanduser(checkpoint)):
+    _fail("init_checkpoint", checkpoint,
+          "no such directory: give an orbax checkpoint directory of the backbone's params")
   if not (isinstance(config.learning_rate, numbers.Real) and config.learning_rate > 0):
     _fail("learning_rate", config.learning_rate, "must be > 0")
   if not isinstance(config.seed, numbers.Integral) or config.seed < 0:
@@ -254,3 +262,39 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
                         f"{sorted(defaults)}")
     args[key] = value
   return args
+
+
+def number_arg(key: str, value: str, kind=float):
+  """`kind(value)` of an argument-string value, or a one-line ConfigError."""
+  try:
+    return kind(value)
+  except ValueError:
+    raise ConfigError(f"config argument {key}={value!r} is invalid: must be "
+                      f"{'an integer' if kind is int else 'a number'}") from None
+
+
+def dataset_config(arg: str | None, *, dataset: str, important: str,
+                   loss: str = "camri", **defaults) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """`base_config()` for `dataset` with the loss set from an argument string.
+
+  Every dataset config takes the keys
+    loss=<name>   important=<class name or index; empty: none>
+    margin=<k, meaning k*pi/64>   scale=<s>
+  (the authors write margins as k*pi/64) and the dataset's own `defaults`.
+  Without margin= or scale=, the loss's own defaults apply (`LOSS_DEFAULTS`).
+  Several important classes: --config.loss.important_classes='(3,5)'.
+
+  Returns:
+    (config, args): the config with dataset and loss set from the arguments
+    (margin in radians), and all parsed arguments, as strings.
+  """
+  args = parse_arg(arg, loss=loss, important=important, margin="", scale="", **defaults)
+  config = base_config()
+  config.dataset = dataset
+  config.loss.name = args.loss
+  config.loss.important_classes = (args.important,) if args.important else ()
+  if args.margin:
+    config.loss.margin = (number_arg("margin", args.margin) * math.pi / 64,)
+  if args.scale:
+    config.loss.scale = number_arg("scale", args.scale)
+  return config, args

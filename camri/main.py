@@ -38,7 +38,7 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   try:
     config = prepare.prepare_run(_CONFIG.value, _WORKDIR.value)
-  except prepare.ConfigError as e:
+  except (prepare.ConfigError, prepare.MissingArchiveError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
@@ -46,6 +46,9 @@ def main(argv):
   stop = train.StopRequest()
   try:
     rows = train.train_and_evaluate(config, _WORKDIR.value, stop)
+  except prepare.ConfigError as e:  # E.g. config.init_checkpoint does not fit.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   except train.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)

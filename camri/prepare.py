@@ -5,10 +5,12 @@ losses, resolves important classes by name, refuses a workdir that holds a
 different run, prepares the dataset, and only then writes config.json.
 """
 
+import functools
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 
 from camri import config_lib
 from camri import data as data_lib
@@ -16,8 +18,9 @@ from camri import models
 from camri import objectives
 from camri import run_log
 from camri.config_lib import ConfigError
+from camri.data import MissingArchiveError
 
-__all__ = ["ConfigError", "prepare_run", "validated_config"]
+__all__ = ["ConfigError", "MissingArchiveError", "prepare_run", "validated_config"]
 
 
 def setup_runtime():
@@ -44,6 +47,21 @@ def validated_config(config):
   return resolved, class_names
 
 
+def _check_init_checkpoint(config, num_classes):
+  """Raises ConfigError unless config.init_checkpoint fits the model's backbone.
+
+  Only shapes are built (jax.eval_shape): no parameters are initialised.
+  """
+  from camri import train  # pylint: disable=g-import-not-at-top
+  model, _ = train.make_model(config, num_classes)
+  builder = data_lib.get_builder(data_lib.get_spec(config.dataset), config.data_dir,
+                                 prepare=False)
+  images = jnp.zeros((1, *train.image_shape(builder, config.image_size)))
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             jax.random.key(0), images)
+  models.load_backbone(variables, config.init_checkpoint)
+
+
 def _run_record(config, class_names) -> dict:
   record = json.loads(config.to_json_best_effort())
   record["class_names"] = list(class_names)
@@ -68,8 +86,13 @@ def prepare_run(config, workdir: str):
 
   Raises:
     ConfigError: with a one-line message, before anything is written.
+    MissingArchiveError: the dataset's archives are not in its manual
+      directory (a one-line message naming each file, its download URL and
+      the directory), before anything is written.
   """
   resolved, class_names = validated_config(config)
+  if resolved.init_checkpoint:
+    _check_init_checkpoint(resolved, len(class_names))
   record = _run_record(resolved, class_names)
   previous = run_log.read_config(workdir)
   if previous is not None:

@@ -55,10 +55,12 @@ def make_model(config, num_classes: int) -> tuple[nn.Module, Objective]:
 
 
 def create_train_state(config, model, image_shape) -> TrainState:
-  """Parameters initialised from `config.seed`, on the default device."""
+  """Parameters initialised from `config.seed` (and `config.init_checkpoint`)."""
   variables = jax.jit(model.init, static_argnames="train")(
       jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32),
       train=False)
+  if config.get("init_checkpoint"):
+    variables = models.load_backbone(variables, config.init_checkpoint)
   return TrainState.create(
       apply_fn=model.apply, params=variables["params"],
       batch_stats=variables.get("batch_stats", {}), tx=make_optimizer(config))

@@ -12,15 +12,12 @@ Argument string (optional), comma-separated key=value:
 The authors' other settings: dog m = 5*pi/64, s = 16; airplane m = 4*pi/64, s = 8.
 """
 
-import math
-
 from camri import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, loss="camri", important="cat", margin="", scale="")
-  config = config_lib.base_config()
-  config.dataset = "cifar10"
+  config, _ = config_lib.dataset_config(
+      arg, dataset="cifar10", important="cat")
   config.image_size = 0  # Native 32x32.
   config.model = "reference_cnn"
   config.feature_dim = 512
@@ -28,10 +25,4 @@ def get_config(arg=None):
   config.batch_size = 64
   config.eval_batch_size = 500
   config.learning_rate = 1e-3
-  config.loss.name = args.loss
-  config.loss.important_classes = (args.important,)
-  if args.margin:
-    config.loss.margin = (float(args.margin) * math.pi / 64,)
-  if args.scale:
-    config.loss.scale = float(args.scale)
   return config

@@ -1,8 +1,9 @@
 """One tf.data input pipeline for every dataset.
 
 read (tfds, this process's shard) -> cache -> seeded shuffle -> decode, crop to
-the ROI where the dataset has one, resize to `config.image_size`, scale to
-[0, 1] as the paper does -> optional augmentation -> batch -> prefetch.
+the ROI where the dataset has one (or to the centre square where the dataset
+keeps the aspect ratio), resize to `config.image_size`, scale to [0, 1] as the
+paper does -> optional augmentation -> batch -> prefetch.
 
 Training data order and augmentation are functions of (seed, epoch) only, so a
 run resumed from a checkpoint sees exactly the batches an uninterrupted run
@@ -34,6 +35,9 @@ class DatasetSpec:
       (a subset of `AUGMENTATIONS`; e.g. no horizontal flip for traffic signs).
     class_names: the class names, where the builder only learns them when the
       data is prepared (tfds's cifar10); None: the builder's ClassLabel names.
+    centre_crop: crop the largest centred square before resizing, so that
+      images of any aspect ratio are resized without distortion (AwA2);
+      False: resize the whole image (or ROI) to a square.
   """
   tfds_name: str
   train_split: str = "train"
@@ -41,6 +45,7 @@ class DatasetSpec:
   roi_key: str | None = None
   augmentations: tuple[str, ...] = AUGMENTATIONS
   class_names: tuple[str, ...] | None = None
+  centre_crop: bool = False
 
 
 def get_builder(spec: DatasetSpec, data_dir=None, prepare=True):
@@ -76,6 +81,11 @@ def _process_split(builder, split):
   return split, split_size(builder, split)
 
 
+def _stored_shape(builder) -> tuple[int | None, ...]:
+  """The image feature's (height, width, channels); None where they vary."""
+  return tuple(builder.info.features["image"].shape)
+
+
 def _read(builder, split):
   return builder.as_dataset(
       split=split, shuffle_files=False,
@@ -83,20 +93,45 @@ def _read(builder, split):
       read_config=tfds.ReadConfig(shuffle_seed=0, add_tfds_id=False))
 
 
-def _preprocess(example, spec: DatasetSpec, image_size):
-  image = tf.io.decode_image(example["image"], channels=0, expand_animations=False)
+def _crop(image, top, left, bottom, right):
+  """image[top:bottom, left:right], clipped to the image and at least 1x1."""
+  shape = tf.shape(image)
+  top = tf.clip_by_value(top, 0, shape[0] - 1)
+  left = tf.clip_by_value(left, 0, shape[1] - 1)
+  height = tf.clip_by_value(bottom - top, 1, shape[0] - top)
+  width = tf.clip_by_value(right - left, 1, shape[1] - left)
+  return tf.image.crop_to_bounding_box(image, top, left, height, width)
+
+
+def _preprocess(example, spec: DatasetSpec, image_size, stored_shape):
+  """Decoded, cropped, resized image in [0, 1] and its int32 label.
+
+  Images decode to the stored channel count (a greyscale JPEG among RGB ones
+  still gives 3 channels). image_size = 0 keeps the stored size, which must
+  then be fixed.
+
+  The ROI box is normalised (ymin, xmin, ymax, xmax); the crop is
+  image[round(ymin * h):round(ymax * h), round(xmin * w):round(xmax * w)],
+  the pixels of the box as the builder stored it (GTSRB's Roi.X1..Roi.Y2).
+  """
+  image = tf.io.decode_image(example["image"], channels=stored_shape[-1] or 0,
+                             expand_animations=False)
+  size = tf.shape(image)[:2]
   if spec.roi_key is not None:
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    ymin, xmin, ymax, xmax = tf.unstack(example[spec.roi_key])
-    top = tf.cast(tf.round(ymin * shape[0]), tf.int32)
-    left = tf.cast(tf.round(xmin * shape[1]), tf.int32)
-    height = tf.maximum(tf.cast(tf.round(ymax * shape[0]), tf.int32) - top, 1)
-    width = tf.maximum(tf.cast(tf.round(xmax * shape[1]), tf.int32) - left, 1)
-    image = tf.image.crop_to_bounding_box(image, top, left, height, width)
+    scale = tf.cast(tf.tile(size, [2]), tf.float32)
+    box = tf.cast(tf.round(tf.cast(example[spec.roi_key], tf.float32) * scale),
+                  tf.int32)
+    image = _crop(image, box[0], box[1], box[2], box[3])
+  elif spec.centre_crop:
+    side = tf.reduce_min(size)
+    top, left = (size[0] - side) // 2, (size[1] - side) // 2
+    image = _crop(image, top, left, top + side, left + side)
   image = tf.cast(image, tf.float32) / 255.0
   if image_size:
     image = tf.image.resize(image, (image_size, image_size), antialias=True)
     image = tf.clip_by_value(image, 0.0, 1.0)
+  else:
+    image = tf.ensure_shape(image, stored_shape)
   return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
 
@@ -140,7 +175,8 @@ def train_batches(builder, spec: DatasetSpec, *, global_batch_size, image_size,
 
   ds = _read(builder, split).cache()
   ds = ds.shuffle(count, seed=epoch_seed, reshuffle_each_iteration=False)
-  ds = ds.map(lambda ex: _preprocess(ex, spec, image_size),
+  stored = _stored_shape(builder)
+  ds = ds.map(lambda ex: _preprocess(ex, spec, image_size, stored),
               num_parallel_calls=tf.data.AUTOTUNE)
   if augmentations:
     ds = ds.enumerate().map(
@@ -168,8 +204,10 @@ def eval_batches(builder, spec: DatasetSpec, split, *, global_batch_size,
   """
   name, _ = _process_split(builder, split)
   local_batch = global_batch_size // jax.process_count()
-  ds = _read(builder, name).map(lambda ex: _preprocess(ex, spec, image_size),
-                                num_parallel_calls=tf.data.AUTOTUNE)
+  stored = _stored_shape(builder)
+  ds = _read(builder, name).map(
+      lambda ex: _preprocess(ex, spec, image_size, stored),
+      num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda ex: {**ex, "mask": tf.constant(1.0)})
   ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
   steps = eval_steps(builder, split, global_batch_size)

@@ -18,7 +18,8 @@ Inputs are images (N, H, W, C) in [0, 1], not mean/std normalised; the first
 BatchNorm absorbs the scale.
 
 `load_pretrained` overlays a params pytree saved with orbax onto freshly
-initialised params, e.g. to start the trunk from ImageNet weights.
+initialised params, e.g. to start the trunk from ImageNet weights;
+`load_pretrained_variables` does the same for params and batch statistics.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -170,12 +171,24 @@ def load_pretrained(params: Mapping[str, Any], path) -> dict[str, Any]:
       have no module in common (one-line messages).
   """
   path = epath.Path(path).expanduser().resolve()
+  return overlay_pretrained(params, restore_pretrained(path), path)
+
+
+def restore_pretrained(path) -> Mapping[str, Any]:
+  """The nested dict saved at `path` (see `load_pretrained`), as NumPy arrays."""
+  path = epath.Path(path).expanduser().resolve()
   if not path.exists():
     raise FileNotFoundError(f"No pretrained checkpoint at {path}.")
   restored = ocp.StandardCheckpointer().restore(path)
   if not isinstance(restored, Mapping):
     raise ValueError(f"The checkpoint at {path} holds a "
                      f"{type(restored).__name__}, not a dict of modules.")
+  return restored
+
+
+def overlay_pretrained(params: Mapping[str, Any], restored: Mapping[str, Any],
+                       path) -> dict[str, Any]:
+  """`load_pretrained` on an already restored tree; `path` names it in errors."""
   shared = [name for name in params if name in restored]
   if not shared:
     raise ValueError(
@@ -184,6 +197,31 @@ def load_pretrained(params: Mapping[str, Any], path) -> dict[str, Any]:
   merged = dict(params)
   for name in shared:
     merged[name] = _replace_module(name, params[name], restored[name], path)
+  return merged
+
+
+def load_pretrained_variables(variables: Mapping[str, Any],
+                              path) -> dict[str, Any]:
+  """`load_pretrained` for flax variables {"params": ..., "batch_stats": ...}.
+
+  The checkpoint is either a params tree (as `load_pretrained` reads; the
+  batch statistics keep their values) or a saved variables dict with
+  "params" and optionally "batch_stats" (pretrained BatchNorm statistics),
+  each overlaid on the same collection of `variables`.
+  """
+  path = epath.Path(path).expanduser().resolve()
+  restored = restore_pretrained(path)
+  if "params" in restored:
+    collections = {c: restored[c] for c in ("params", "batch_stats")
+                   if c in restored}
+  else:
+    collections = {"params": restored}
+  merged = dict(variables)
+  for collection, tree in collections.items():
+    if collection not in variables:
+      raise ValueError(f"The checkpoint at {path} has {collection}, which "
+                       f"the model does not.")
+    merged[collection] = overlay_pretrained(variables[collection], tree, path)
   return merged
 
 

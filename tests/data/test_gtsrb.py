@@ -1,94 +1,14 @@
 """The gtsrb builder on tiny archives in the official layout (offline)."""
 
-import io
-import zipfile
-
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
 from camri.data import gtsrb
 from camri.data import manual
-
-_HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
-_TRAIN_DIR = "GTSRB/Final_Training/Images/"
-_TEST_DIR = "GTSRB/Final_Test/Images/"
-
-
-def _ppm(image):
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format="PPM")
-  return buf.getvalue()
-
-
-def _random_image(rng, height, width):
-  return rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-
-
-def _csv(rows, with_class=True):
-  header = _HEADER if with_class else _HEADER.rsplit(";", 1)[0]
-  lines = [header]
-  for name, image, roi, label in rows:
-    fields = [name, image.shape[1], image.shape[0], *roi]
-    lines.append(";".join(map(str, fields + [label] if with_class else fields)))
-  # The official CSVs end lines with CRLF.
-  return ("\r\n".join(lines) + "\r\n").encode()
-
-
-def write_archives(directory, seed=0, train_classes=(0, 14, 42),
-                   csv_class_of=None):
-  """Writes the three GTSRB archives.
-
-  Returns {split: {member: (image, roi, label)}}.
-
-  csv_class_of: optional {member: ClassId} overriding what the CSV says.
-  """
-  rng = np.random.default_rng(seed)
-  csv_class_of = csv_class_of or {}
-  expected = {"train": {}, "test": {}}
-  with zipfile.ZipFile(directory / "GTSRB_Final_Training_Images.zip",
-                       "w") as zf:
-    zf.writestr("GTSRB/Readme-Images.txt", "readme")
-    for label in train_classes:
-      folder = f"{_TRAIN_DIR}{label:05d}/"
-      rows = []
-      for track, count in ((0, 2), (1, 1)):
-        for i in range(count):
-          height, width = rng.integers(15, 40, size=2)
-          image = _random_image(rng, height, width)
-          roi = (3, 4, width - 2, height - 5)
-          name = f"{track:05d}_{i:05d}.ppm"
-          zf.writestr(folder + name, _ppm(image))
-          rows.append((name, image, roi,
-                       csv_class_of.get(folder + name, label)))
-          expected["train"][folder + name] = (image, roi, label)
-      zf.writestr(f"{folder}GT-{label:05d}.csv", _csv(rows))
-  test_rows = []
-  with zipfile.ZipFile(directory / "GTSRB_Final_Test_Images.zip", "w") as zf:
-    for i, label in enumerate((14, 3, 14, 41)):
-      height, width = rng.integers(15, 40, size=2)
-      image = _random_image(rng, height, width)
-      roi = (5, 6, width - 5, height - 4)
-      name = f"{i:05d}.ppm"
-      zf.writestr(_TEST_DIR + name, _ppm(image))
-      test_rows.append((name, image, roi, label))
-      expected["test"][_TEST_DIR + name] = (image, roi, label)
-    zf.writestr(_TEST_DIR + "GT-final_test.test.csv",
-                _csv(test_rows, with_class=False))
-  with zipfile.ZipFile(directory / "GTSRB_Final_Test_GT.zip", "w") as zf:
-    zf.writestr("GT-final_test.csv", _csv(test_rows))
-  return expected
-
-
-def prepare(tmp_path, manual_dir):
-  builder = gtsrb.Gtsrb(data_dir=tmp_path / "tfds")
-  builder.download_and_prepare(
-      download_dir=tmp_path / "downloads",
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir, try_download_gcs=False))
-  return builder
-
+from tests.data.gtsrb_archives import TRAIN_DIR
+from tests.data.gtsrb_archives import prepare
+from tests.data.gtsrb_archives import write_archives
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
@@ -141,7 +61,7 @@ def test_train_label_is_the_class_folder(built):
 def test_csv_class_id_disagreeing_with_folder_is_an_error(tmp_path):
   manual_dir = tmp_path / "manual"
   manual_dir.mkdir()
-  member = _TRAIN_DIR + "00014/00001_00000.ppm"
+  member = TRAIN_DIR + "00014/00001_00000.ppm"
   write_archives(manual_dir, csv_class_of={member: 13})
   with pytest.raises(ValueError, match="00014/00001_00000.ppm has ClassId 13"):
     prepare(tmp_path, manual_dir)

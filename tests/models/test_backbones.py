@@ -1,0 +1,98 @@
+"""The backbone registry and starting a run's backbone from a checkpoint."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from camri import config_lib
+from camri import models
+from camri import prepare
+from camri import train
+
+
+@pytest.mark.parametrize("name, small_inputs, last_stage", [
+    ("resnet18", False, 512), ("resnet18_small_inputs", True, 512),
+    ("resnet50", False, 2048), ("resnet50_small_inputs", True, 2048)])
+def test_resnets_are_registered_with_their_stem(name, small_inputs, last_stage):
+  backbone = models.get_backbone(name, 24)
+  assert backbone.small_inputs is small_inputs and backbone.feature_dim == 24
+  variables = jax.eval_shape(functools.partial(backbone.init, train=False),
+                             jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
+  kernel = variables["params"]["conv_init"]["kernel"]
+  assert kernel.shape == ((3, 3, 3, 64) if small_inputs else (7, 7, 3, 64))
+  assert variables["params"]["feature_dense"]["kernel"].shape == (last_stage, 24)
+
+
+def _save(path, tree):
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, tree)
+  checkpointer.wait_until_finished()
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def classifier(tfds_dir):
+  """configs/digits.py's config, model and its variables for seed 0."""
+  from configs import digits  # pylint: disable=g-import-not-at-top
+  config = digits.get_config()
+  config.data_dir = tfds_dir
+  config, _ = prepare.validated_config(config)
+  model, _ = train.make_model(config, 10)
+  state = train.create_train_state(config, model, (8, 8, 1))
+  return config, model, {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _shifted(tree, by):
+  return jax.tree.map(lambda x: np.asarray(x) + by, tree)
+
+
+def _assert_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.parametrize("with_batch_stats", [False, True])
+def test_load_backbone_takes_the_backbone_from_the_checkpoint(
+    classifier, tmp_path, with_batch_stats):
+  _, _, variables = classifier
+  saved = _shifted({c: tree["backbone"] for c, tree in variables.items()}, 0.5)
+  tree = saved if with_batch_stats else saved["params"]
+  loaded = models.load_backbone(variables, _save(tmp_path / "ckpt", tree))
+  _assert_equal(loaded["params"]["backbone"], saved["params"])
+  _assert_equal(loaded["params"]["head"], variables["params"]["head"])
+  _assert_equal(loaded["batch_stats"]["backbone"], saved["batch_stats"] if with_batch_stats
+                else variables["batch_stats"]["backbone"])
+
+
+def test_run_starts_from_config_init_checkpoint(classifier, digits_config, tmp_path):
+  _, model, variables = classifier
+  saved = _shifted(variables["params"]["backbone"], 0.25)
+  digits_config.init_checkpoint = _save(tmp_path / "ckpt", saved)
+  config = prepare.prepare_run(digits_config, str(tmp_path / "run"))  # It fits.
+  state = train.create_train_state(config, model, (8, 8, 1))
+  _assert_equal(state.params["backbone"], saved)
+  _assert_equal(state.params["head"], variables["params"]["head"])
+
+
+def test_init_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(
+    digits_config, tmp_path):
+  digits_config.init_checkpoint = _save(
+      tmp_path / "ckpt", {"Conv_0": {"kernel": np.zeros((5, 5, 1, 2), np.float32),
+                                     "bias": np.zeros((2,), np.float32)}})
+  with pytest.raises(config_lib.ConfigError, match=r"^config.init_checkpoint='.*ckpt' is "
+                     r"invalid: Conv_0/\w+ has shape .* the model needs") as e:
+    prepare.prepare_run(digits_config, str(tmp_path / "run"))
+  assert "\n" not in str(e.value)
+  assert not (tmp_path / "run").exists()
+
+
+def test_missing_init_checkpoint_is_refused_before_anything_runs(digits_config, tmp_path):
+  digits_config.init_checkpoint = str(tmp_path / "nowhere")
+  with pytest.raises(config_lib.ConfigError, match=r"config.init_checkpoint='.*nowhere' "
+                     "is invalid: no such directory"):
+    prepare.prepare_run(digits_config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
