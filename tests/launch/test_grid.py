@@ -2,33 +2,19 @@
 
 import ast
 import csv
-import io
 import json
 import os
 import re
 import shlex
 import subprocess
-import sys
 
 import pytest
-# Imported before any test runs: submitit configures logging handlers on import,
-# bound to whatever sys.stderr is then, and a test's capsys stream is closed after it.
-import submitit  # noqa: F401  pylint: disable=unused-import
 
 from launch import executors
 from launch import grid
 from launch import hyper
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FAKE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture
-def fake_env(monkeypatch):
-  """Makes `python -m fake_main` (and `launch`, for submitit's workers) importable in subprocesses."""
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join([FAKE_DIR, REPO]))
-  monkeypatch.delenv("FAKE_MAIN_STOP_AFTER", raising=False)
-  monkeypatch.delenv("FAKE_MAIN_SLEEP", raising=False)
 
 
 def calls(workdir):

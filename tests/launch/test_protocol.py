@@ -12,13 +12,6 @@ from camri import report
 from launch import protocol
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FAKE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-@pytest.fixture
-def fake_env(monkeypatch):
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join([FAKE_DIR, REPO]))
-  monkeypatch.delenv("FAKE_MAIN_STOP_AFTER", raising=False)
 
 
 def write_ce_run(workdir, recalls, num_epochs=2):
