@@ -6,16 +6,15 @@ file, never a torn one. On resume, rows past the restored checkpoint's epoch are
 dropped, so the file ends with exactly one row per epoch.
 """
 
-import csv
 import json
 import math
 import os
 from pathlib import Path
 
-import tensorflow as tf
+from camri.rundir import CONFIG_FILE, METRICS_FILE, read_config, read_metrics
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.csv"
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "MetricsLog", "read_config", "read_metrics",
+           "write_config"]
 
 
 def _atomic_write(path: Path, text: str):
@@ -27,23 +26,8 @@ def _atomic_write(path: Path, text: str):
   os.replace(tmp, path)
 
 
-def read_config(workdir) -> dict | None:
-  path = Path(workdir) / CONFIG_FILE
-  return json.loads(path.read_text()) if path.exists() else None
-
-
 def write_config(workdir, config_dict: dict):
   _atomic_write(Path(workdir) / CONFIG_FILE, json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
-
-
-def read_metrics(workdir) -> list[dict[str, float]]:
-  """metrics.csv's rows as dicts of floats (epoch as int)."""
-  path = Path(workdir) / METRICS_FILE
-  if not path.exists():
-    return []
-  with open(path, newline="") as f:
-    return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-            for row in csv.DictReader(f)]
 
 
 class MetricsLog:
@@ -53,8 +37,13 @@ class MetricsLog:
     self.workdir = Path(workdir)
     self.enabled = enabled
     self.rows = read_metrics(workdir) if enabled else []
-    self._tb = (tf.summary.create_file_writer(str(self.workdir / "tensorboard"))
-                if enabled else None)
+    self._tb = self._summary = None
+    if enabled:
+      # Imported here, not at the top: checking a run's config.json before it
+      # starts must not wait for TensorFlow.
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._summary = tf.summary
+      self._tb = tf.summary.create_file_writer(str(self.workdir / "tensorboard"))
 
   def truncate(self, last_epoch: int):
     """Forgets rows after `last_epoch` (they were not checkpointed)."""
@@ -71,7 +60,7 @@ class MetricsLog:
     with self._tb.as_default(step=step):
       for key, value in row.items():
         if math.isfinite(value):
-          tf.summary.scalar(key, value)
+          self._summary.scalar(key, value)
     self._tb.flush()
 
   def _flush(self):

@@ -31,6 +31,7 @@ from camri import metrics
 from camri import models
 from camri import objectives
 from camri import run_log
+from camri.data import pipeline
 from camri.objectives import Objective
 
 
@@ -173,16 +174,6 @@ def restore_latest(manager: ocp.CheckpointManager, state, train_sums):
   return None
 
 
-def image_shape(builder, image_size: int) -> tuple[int, int, int]:
-  height, width, channels = builder.info.features["image"].shape
-  if image_size:
-    return (image_size, image_size, channels)
-  if height is None or width is None:
-    raise ValueError("config.image_size=0 is invalid: this dataset's images vary "
-                     "in size, set image_size (e.g. 32)")
-  return (height, width, channels)
-
-
 def _check_finite(train_sums, step, last_saved):
   bad_steps = int(jax.device_get(train_sums["nonfinite"]))
   if bad_steps:
@@ -210,8 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   builder = data_lib.get_builder(spec, config.data_dir)
   num_classes = builder.info.features["label"].num_classes
   important = tuple(config.loss.important_classes)
-  shape = image_shape(builder, config.image_size)
-  steps_per_epoch = data_lib.steps_per_epoch(builder, spec, config.batch_size)
+  shape = data_lib.image_shape(builder, config.image_size)
+  steps_per_epoch = pipeline.steps_per_epoch(builder, spec, config.batch_size)
   total_steps = steps_per_epoch * config.num_epochs
 
   sharding = Sharding.over_all_devices()
@@ -244,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     start = step - epoch * steps_per_epoch
     if start == 0:
       train_sums = fresh_sums()
-    batches = data_lib.train_batches(
+    batches = pipeline.train_batches(
         builder, spec, global_batch_size=config.batch_size,
         image_size=config.image_size, seed=config.seed, epoch=epoch,
         start_step=start, augmentations=tuple(config.augment))
@@ -264,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     epoch_done = step == (epoch + 1) * steps_per_epoch
     if epoch_done:
       eval_sums = metrics.empty(num_classes)
-      for batch in data_lib.eval_batches(
+      for batch in pipeline.eval_batches(
           builder, spec, spec.test_split, global_batch_size=config.eval_batch_size,
           image_size=config.image_size):
         eval_sums = eval_step(state, eval_sums, sharding.put_batch(batch))
