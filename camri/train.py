@@ -59,13 +59,18 @@ def make_model(config, num_classes: int) -> tuple[nn.Module, Objective]:
 
 
 def create_train_state(config, model, image_shape) -> TrainState:
-  """Parameters initialised from `config.seed`, on the default device."""
+  """Parameters initialised from `config.seed`, on the default device.
+
+  The step is an int32 array, not a weakly typed 0, so that a new run and one
+  restored from a checkpoint compile the same train step.
+  """
   variables = jax.jit(model.init, static_argnames="train")(
       jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32),
       train=False)
-  return TrainState.create(
+  state = TrainState.create(
       apply_fn=model.apply, params=variables["params"],
       batch_stats=variables.get("batch_stats", {}), tx=make_optimizer(config))
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def make_train_step(objective: Objective, seed: int):
