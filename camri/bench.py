@@ -29,6 +29,7 @@ def main(argv):
   from camri import train  # pylint: disable=g-import-not-at-top
 
   prepare.setup_runtime()
+  prepare.keep_accelerators_for_jax()
   if _STEPS.value < 1:
     print(f"error: --steps={_STEPS.value} is invalid: must be >= 1", file=sys.stderr)
     sys.exit(2)
@@ -36,7 +37,7 @@ def main(argv):
     config, class_names = prepare.validated_config(_CONFIG.value)
     spec = train.data_lib.get_spec(config.dataset)
     builder = train.data_lib.get_builder(spec, config.data_dir, prepare=False)
-    shape = train.image_shape(builder, config.image_size)
+    shape = train.data_lib.image_shape(builder, config.image_size)
   except (prepare.ConfigError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

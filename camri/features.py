@@ -15,9 +15,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from camri import checkpoint
 from camri import data as data_lib
 from camri import run_log
 from camri import train
+from camri.data import pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +69,10 @@ def load_test_features(workdir, data_dir=None) -> RunFeatures:
   builder = data_lib.get_builder(spec, config.data_dir)
   num_classes = builder.info.features["label"].num_classes
   model, objective = train.make_model(config, num_classes)
-  state = train.create_train_state(config, model, train.image_shape(builder, config.image_size))
-  manager = train.checkpoint_manager(workdir, config.keep_checkpoints)
+  state = train.create_train_state(config, model, data_lib.image_shape(builder, config.image_size))
+  manager = checkpoint.manager(workdir, config.keep_checkpoints)
   try:
-    restored = train.restore_latest(manager, state, train.empty_train_sums(num_classes))
+    restored = checkpoint.restore_latest(manager, state, train.empty_train_sums(num_classes))
   finally:
     manager.close()
   if restored is None:
@@ -85,7 +87,7 @@ def load_test_features(workdir, data_dir=None) -> RunFeatures:
 
   features, cosine, labels = [], [], []
   # eval_batches pads the last batch (mask 0) to one size for every batch.
-  for batch in data_lib.eval_batches(builder, spec, spec.test_split,
+  for batch in pipeline.eval_batches(builder, spec, spec.test_split,
                                      global_batch_size=config.eval_batch_size,
                                      image_size=config.image_size):
     keep = batch["mask"] > 0

@@ -3,17 +3,34 @@
 Config fields can be overridden on the command line (`--config.loss.margin=0.3`)
 and configs take an argument string (`--config configs/cifar10.py:important=dog`).
 Running the same command again in the same workdir resumes the run.
+
+Exit status:
+  0  the run is finished (or was already).
+  2  bad command line or config, or a workdir holding another run: one line
+     `error: ...` on stderr, nothing computed or written.
+  3  the loss or the train state became NaN or Inf (the message names the step);
+     the checkpoints saved before are kept.
+  4  the workdir has checkpoints but none of them restores.
+  130 / 143  stopped by SIGINT / SIGTERM after saving a checkpoint; the same
+     command resumes.
 """
 
 import os
+import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads.
+# TensorFlow only runs the input pipeline here (decode, cast, resize), which
+# oneDNN does not change; with it on, TensorFlow prints a start-up notice that
+# TF_CPP_MIN_LOG_LEVEL does not silence.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from absl import app
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from camri.config_lib import ConfigError  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
@@ -22,6 +39,48 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Call jax.distributed.initialize() (several hosts; auto-detects TPU pods, Slurm, ...).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _fail(error, status: int):
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad --config reported in one line, status 2.
+
+  A config file's ValueError (a bad argument string; ConfigError is one) and an
+  override of a field the config lacks would otherwise print a traceback:
+  ml_collections re-raises them with the traceback in the message, so the
+  original is looked up on the exception's context chain.
+  """
+  try:
+    argv = flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError) as e:
+    chain = [e]
+    while chain[-1].__context__ is not None:
+      chain.append(chain[-1].__context__)
+    original = chain[-1]
+    if isinstance(original, ConfigError):
+      _fail(original, 2)
+    if isinstance(original, KeyError) and any(a.startswith("--config.") for a in argv):
+      # The outermost KeyError carries ml_collections' "Did you mean" hint.
+      key_error = next(c for c in chain if isinstance(c, KeyError))
+      _fail(f"config has no field {str(key_error.args[0]).replace(chr(10), ' ')}", 2)
+    if isinstance(original, ValueError) and "Error whilst parsing config file" in str(e):
+      _fail(f"{str(e).splitlines()[0].rstrip(':')}: {type(original).__name__}: {original}", 2)
+    if not isinstance(e, flags.Error):
+      raise
+    _fail(f"{e} (flags: --helpshort)", 2)
+  try:
+    _CONFIG.value.get("dataset")  # A config file that failed to load raises here.
+  except IOError as e:
+    _fail(f"--config: {str(e).strip().splitlines()[-1].strip()}", 2)
+  return argv
+
+
+def _resume_command() -> str:
+  return shlex.join([os.path.basename(sys.executable), "-m", "camri.main", *sys.argv[1:]])
 
 
 def main(argv):
@@ -39,23 +98,23 @@ def main(argv):
   try:
     config = prepare.prepare_run(_CONFIG.value, _WORKDIR.value)
   except (prepare.ConfigError, prepare.MissingArchiveError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(e, 2)
 
+  from camri import checkpoint  # pylint: disable=g-import-not-at-top
   from camri import train  # pylint: disable=g-import-not-at-top
   stop = train.StopRequest()
   try:
     rows = train.train_and_evaluate(config, _WORKDIR.value, stop)
   except prepare.ConfigError as e:  # E.g. config.init_checkpoint does not fit.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(e, 2)
   except train.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
-  if stop:
-    print(f"stopped by {stop.signal}; checkpoint saved. Resume with the same command:\n  "
-          + " ".join([os.path.basename(sys.executable), "-m", "camri.main"] + sys.argv[1:]),
-          file=sys.stderr)
+    _fail(e, 3)
+  except checkpoint.UnreadableCheckpointError as e:
+    _fail(e, 4)
+  finished = bool(rows) and rows[-1]["epoch"] == config.num_epochs
+  if stop and not finished:
+    print(f"stopped by {stop.signal}. Resume with the same command:\n  "
+          f"{_resume_command()}", file=sys.stderr)
     sys.exit(143 if stop.signal == "SIGTERM" else 130)
   if rows:
     last = rows[-1]
@@ -64,4 +123,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -2,7 +2,10 @@
 
 `prepare_run` validates the config against the known datasets, models and
 losses, resolves important classes by name, refuses a workdir that holds a
-different run, prepares the dataset, and only then writes config.json.
+different run, prepares the dataset, checks what needs the prepared data (a
+training split that holds a batch, a fixed image size), and only then writes
+config.json. TensorFlow is not loaded before the config and the workdir have
+passed, so a bad command fails in a second or two.
 """
 
 import functools
@@ -18,33 +21,39 @@ from camri import models
 from camri import objectives
 from camri import run_log
 from camri.config_lib import ConfigError
-from camri.data import MissingArchiveError
+from camri.data.manual import MissingArchiveError
 
-__all__ = ["ConfigError", "MissingArchiveError", "prepare_run", "validated_config"]
+__all__ = ["ConfigError", "MissingArchiveError", "prepare_run", "setup_runtime",
+           "validated_config"]
 
 
 def setup_runtime():
-  """Quiet library logs (unless --verbosity is given); keep accelerators for JAX."""
+  """Quiet library logs (unless --verbosity is given)."""
   from absl import flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  tf.config.set_visible_devices([], "GPU")  # tf.data runs on the CPU.
+
+
+def keep_accelerators_for_jax():
+  """tf.data runs on the CPU; TensorFlow must not take GPU memory."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
 
 
 def validated_config(config):
   """The validated config with important classes as indices, and the class names."""
   spec = data_lib.DATASETS.get(config.dataset)
-  class_names = None
+  names = None
   if spec is not None:
-    builder = data_lib.get_builder(spec, config.data_dir, prepare=False)
-    class_names = data_lib.class_names(spec, builder)
+    builder = (None if spec.class_names else
+               data_lib.get_builder(spec, config.data_dir, prepare=False))
+    names = data_lib.class_names(spec, builder)
   resolved = config_lib.validate(
       config, datasets=list(data_lib.DATASETS), models=list(models.BACKBONES),
       losses={k: v[1] for k, v in objectives.OBJECTIVES.items()},
-      augmentations=spec.augmentations if spec else (), class_names=class_names,
+      augmentations=spec.augmentations if spec else (), class_names=names,
       device_count=jax.device_count())
-  return resolved, class_names
+  return resolved, names
 
 
 def _check_init_checkpoint(config, num_classes):
@@ -56,7 +65,7 @@ def _check_init_checkpoint(config, num_classes):
   model, _ = train.make_model(config, num_classes)
   builder = data_lib.get_builder(data_lib.get_spec(config.dataset), config.data_dir,
                                  prepare=False)
-  images = jnp.zeros((1, *train.image_shape(builder, config.image_size)))
+  images = jnp.zeros((1, *data_lib.image_shape(builder, config.image_size)))
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), images)
   models.load_backbone(variables, config.init_checkpoint)
@@ -81,6 +90,29 @@ def _differences(old: dict, new: dict, prefix="") -> list[str]:
   return diffs
 
 
+def check_workdir(workdir: str, record: dict):
+  """Refuses a workdir whose run cannot be continued with the config `record`."""
+  fresh = f"use another --workdir, or delete {workdir} to start afresh"
+  previous = run_log.read_config(workdir)
+  if previous is None:
+    leftovers = [n for n in (run_log.METRICS_FILE, "checkpoints")
+                 if os.path.exists(os.path.join(workdir, n))]
+    if leftovers:
+      raise ConfigError(f"--workdir {workdir} holds {' and '.join(leftovers)} but no "
+                        f"{run_log.CONFIG_FILE}, so its run is unknown: {fresh}")
+    return
+  diffs = _differences(previous, record)
+  if diffs:
+    raise ConfigError(
+        f"--workdir {workdir} holds a run with a different config ({'; '.join(diffs[:3])}"
+        f"{'; ...' if len(diffs) > 3 else ''}): {fresh}")
+  done = max((r["epoch"] for r in run_log.read_metrics(workdir)), default=0)
+  if record["num_epochs"] < done:
+    raise ConfigError(
+        f"config.num_epochs={record['num_epochs']} is invalid: --workdir {workdir} "
+        f"already holds {done} trained epochs; use num_epochs >= {done}, or {fresh}")
+
+
 def prepare_run(config, workdir: str):
   """Validates `config` for `workdir`, prepares the data, writes config.json.
 
@@ -94,15 +126,13 @@ def prepare_run(config, workdir: str):
   if resolved.init_checkpoint:
     _check_init_checkpoint(resolved, len(class_names))
   record = _run_record(resolved, class_names)
-  previous = run_log.read_config(workdir)
-  if previous is not None:
-    diffs = _differences(previous, record)
-    if diffs:
-      raise ConfigError(
-          f"--workdir {workdir} holds a run with a different config ({'; '.join(diffs[:3])}"
-          f"{'; ...' if len(diffs) > 3 else ''}): use another --workdir, or delete "
-          f"{workdir} to start that run afresh")
-  data_lib.get_builder(data_lib.get_spec(resolved.dataset), resolved.data_dir)
+  check_workdir(workdir, record)
+  keep_accelerators_for_jax()
+  spec = data_lib.get_spec(resolved.dataset)
+  builder = data_lib.get_builder(spec, resolved.data_dir)
+  from camri.data import pipeline  # pylint: disable=g-import-not-at-top  (loads TensorFlow)
+  data_lib.image_shape(builder, resolved.image_size)
+  pipeline.steps_per_epoch(builder, spec, resolved.batch_size)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     run_log.write_config(workdir, record)

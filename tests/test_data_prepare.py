@@ -3,7 +3,7 @@
 import pytest
 import tensorflow_datasets as tfds
 
-from camri.data import pipeline
+from camri.data import spec as spec_lib
 
 
 class _Builder:
@@ -22,10 +22,10 @@ class _Builder:
 def test_the_copy_another_process_prepared_is_used(monkeypatch):
   builders = iter([_Builder(False), _Builder(True)])
   monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: next(builders))
-  assert pipeline.get_builder(pipeline.DatasetSpec("x")).prepared
+  assert spec_lib.get_builder(spec_lib.DatasetSpec("x")).prepared
 
 
 def test_a_rename_failure_without_a_prepared_copy_is_raised(monkeypatch):
   monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: _Builder(False))
   with pytest.raises(FileExistsError):
-    pipeline.get_builder(pipeline.DatasetSpec("x"))
+    spec_lib.get_builder(spec_lib.DatasetSpec("x"))

@@ -1,6 +1,8 @@
-"""Datasets: tfds builders for what tfds lacks, and one input pipeline.
+"""Datasets: tfds builders for what tfds lacks, the registry, one input pipeline.
 
-Importing this package registers the tfds builders defined here.
+Importing this package registers the tfds builders defined here; it does not
+load TensorFlow, so configs are validated before anything heavy starts. The
+tf.data input pipeline is `camri.data.pipeline`.
 """
 
 # Importing a builder module registers its tfds builder.
@@ -8,15 +10,12 @@ from camri.data import awa2  # noqa: F401
 from camri.data import digits  # noqa: F401
 from camri.data import gtsrb  # noqa: F401
 from camri.data.manual import MissingArchiveError
-from camri.data.pipeline import (
+from camri.data.spec import (
     AUGMENTATIONS,
     DatasetSpec,
     class_names,
-    eval_batches,
-    eval_steps,
     get_builder,
-    steps_per_epoch,
-    train_batches,
+    image_shape,
 )
 
 DATASETS = {

@@ -11,7 +11,6 @@ would. Evaluation pads the last batch and marks padding with mask = 0, so each
 test example counts exactly once whatever the batch size and device count.
 """
 
-import dataclasses
 import math
 
 import jax
@@ -19,53 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-AUGMENTATIONS = ("flip", "crop")
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """How the pipeline reads one dataset.
-
-  Attributes:
-    tfds_name: the tfds builder name.
-    train_split, test_split: tfds split names.
-    roi_key: feature holding a tfds BBox (ymin, xmin, ymax, xmax in [0, 1]) to
-      crop to before resizing, or None.
-    augmentations: the augmentations that make sense for this dataset
-      (a subset of `AUGMENTATIONS`; e.g. no horizontal flip for traffic signs).
-    class_names: the class names, where the builder only learns them when the
-      data is prepared (tfds's cifar10); None: the builder's ClassLabel names.
-    centre_crop: crop the largest centred square before resizing, so that
-      images of any aspect ratio are resized without distortion (AwA2);
-      False: resize the whole image (or ROI) to a square.
-  """
-  tfds_name: str
-  train_split: str = "train"
-  test_split: str = "test"
-  roi_key: str | None = None
-  augmentations: tuple[str, ...] = AUGMENTATIONS
-  class_names: tuple[str, ...] | None = None
-  centre_crop: bool = False
-
-
-def get_builder(spec: DatasetSpec, data_dir=None, prepare=True):
-  """The tfds builder, prepared on first use (never downloads when mocked)."""
-  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
-  if prepare:
-    try:
-      builder.download_and_prepare()
-    except FileExistsError:
-      # Another process (a parallel run of a grid) prepared it first: tfds
-      # renames a complete copy into place, so theirs is ready to read.
-      builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
-      if not builder.is_prepared():
-        raise
-  return builder
-
-
-def class_names(spec: DatasetSpec, builder) -> list[str]:
-  return list(spec.class_names or builder.info.features["label"].names)
-
+from camri.config_lib import ConfigError
+from camri.data.spec import DatasetSpec
 
 def split_size(builder, split) -> int:
   try:
@@ -155,9 +109,9 @@ def steps_per_epoch(builder, spec: DatasetSpec, global_batch_size: int) -> int:
   local = n // jax.process_count()  # The smallest process share.
   steps = local // (global_batch_size // jax.process_count())
   if steps < 1:
-    raise ValueError(
-        f"batch_size={global_batch_size} is larger than the training split "
-        f"({n} examples): choose batch_size <= {n}")
+    most = local * jax.process_count()
+    raise ConfigError(f"config.batch_size={global_batch_size} is invalid: must be at most "
+                      f"{most} (the training split has {n} examples)")
   return steps
 
 

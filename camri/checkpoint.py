@@ -1,0 +1,118 @@
+"""A run's checkpoints: orbax, written asynchronously, checked when read back.
+
+Each checkpoint `checkpoints/<step>/` holds the train state, the running sums
+of the epoch's train metrics (so a run resumed mid-epoch writes the same
+metrics.csv row as an uninterrupted one) and a fingerprint: the CRC32 of every
+array's bytes. Orbax writes a step into a temporary directory and renames it
+when complete, so a process killed while saving leaves no `<step>/` (the
+temporary directory is removed with a warning on the next start); the
+fingerprint catches the rest: a checkpoint whose files were truncated, deleted
+or altered afterwards. `restore_latest` falls back to the newest checkpoint
+that restores intact.
+
+The fingerprint is over this process's copy of each array, so it assumes the
+state is replicated (as `train.Sharding` lays it out).
+"""
+
+import os
+import zlib
+
+from absl import logging
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+# Orbax's suffix for a step directory still being written.
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+class UnreadableCheckpointError(RuntimeError):
+  """A run has checkpoints, but none of them restores."""
+
+
+def manager(workdir, keep: int) -> ocp.CheckpointManager:
+  """The manager of `workdir/checkpoints`, keeping the newest `keep` steps."""
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if jax.process_index() == 0 and os.path.isdir(directory):
+    for name in sorted(os.listdir(directory)):
+      if _TMP_SUFFIX in name:
+        logging.warning("skipping the partly written checkpoint %s (its process stopped "
+                        "while saving it); removing it", os.path.join(directory, name))
+  return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=True, cleanup_tmp_directories=True))
+
+
+def fingerprint(tree) -> str:
+  """CRC32 (hex) of the bytes of every array in `tree`, in tree order."""
+  crc = 0
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, jax.Array):
+      leaf = leaf.addressable_data(0)
+    crc = zlib.crc32(np.ascontiguousarray(leaf).view(np.uint8), crc)
+  return f"{crc:08x}"
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, train_sums):
+  """Starts writing a checkpoint; `mngr.wait_until_finished()` waits for it."""
+  mngr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      train_sums=ocp.args.StandardSave(train_sums),
+      fingerprint=ocp.args.JsonSave({"crc32": fingerprint((state, train_sums))})))
+
+
+def _restore(mngr: ocp.CheckpointManager, step: int, state, train_sums):
+  """(state, train_sums) of `step`; raises if it does not restore intact."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, (state, train_sums))
+  items = {"state": ocp.args.StandardRestore(abstract[0]),
+           "train_sums": ocp.args.StandardRestore(abstract[1])}
+  # Checkpoints written before fingerprints were added have none.
+  checked = os.path.isdir(os.path.join(mngr.directory, str(step), "fingerprint"))
+  if checked:
+    items["fingerprint"] = ocp.args.JsonRestore()
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  arrays = (restored["state"], restored["train_sums"])
+  if checked and fingerprint(arrays) != restored["fingerprint"]["crc32"]:
+    raise ValueError("its arrays do not match the fingerprint saved with them")
+  return arrays
+
+
+def restore_latest(mngr: ocp.CheckpointManager, state, train_sums):
+  """The newest checkpoint that restores intact: (step, state, train_sums).
+
+  Newer checkpoints that do not restore are reported and deleted (a later save
+  of the same step would collide with them).
+
+  Args:
+    mngr: the run's checkpoint manager.
+    state, train_sums: trees of arrays or `jax.ShapeDtypeStruct`s with the
+      structure, shapes, dtypes and shardings to restore into.
+
+  Returns:
+    None when there is no checkpoint.
+
+  Raises:
+    UnreadableCheckpointError: there are checkpoints but none restores (the
+      code or the environment changed, or every file was damaged).
+  """
+  unreadable = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      restored = _restore(mngr, step, state, train_sums)
+    except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
+      reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+      logging.warning("the checkpoint at step %d is unreadable (%s); trying an older one",
+                      step, reason)
+      unreadable.append((step, reason))
+      continue
+    for bad, _ in unreadable:
+      logging.warning("deleting the unreadable checkpoint at step %d; resuming from step %d",
+                      bad, step)
+      mngr.delete(bad)
+    return (step, *restored)
+  if unreadable:
+    step, reason = unreadable[0]
+    raise UnreadableCheckpointError(
+        f"no checkpoint in {mngr.directory} restores (the newest, step {step}: {reason}); "
+        f"delete {mngr.directory} to train this run afresh")
+  return None

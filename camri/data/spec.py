@@ -1,0 +1,71 @@
+"""What the pipeline needs to know about a dataset, and its tfds builder.
+
+TensorFlow is not imported here (tfds loads it lazily, and reading a builder's
+info does not need it), so a config's dataset and class names are checked in
+about a second, before a run loads TensorFlow for `camri.data.pipeline`.
+"""
+
+import dataclasses
+
+import tensorflow_datasets as tfds
+
+from camri.config_lib import ConfigError
+
+AUGMENTATIONS = ("flip", "crop")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """How the pipeline reads one dataset.
+
+  Attributes:
+    tfds_name: the tfds builder name.
+    train_split, test_split: tfds split names.
+    roi_key: feature holding a tfds BBox (ymin, xmin, ymax, xmax in [0, 1]) to
+      crop to before resizing, or None.
+    augmentations: the augmentations that make sense for this dataset
+      (a subset of `AUGMENTATIONS`; e.g. no horizontal flip for traffic signs).
+    class_names: the class names, where the builder only learns them when the
+      data is prepared (tfds's cifar10); None: the builder's ClassLabel names.
+    centre_crop: crop the largest centred square before resizing, so that
+      images of any aspect ratio are resized without distortion (AwA2);
+      False: resize the whole image (or ROI) to a square.
+  """
+  tfds_name: str
+  train_split: str = "train"
+  test_split: str = "test"
+  roi_key: str | None = None
+  augmentations: tuple[str, ...] = AUGMENTATIONS
+  class_names: tuple[str, ...] | None = None
+  centre_crop: bool = False
+
+
+def get_builder(spec: DatasetSpec, data_dir=None, prepare=True):
+  """The tfds builder, prepared on first use (never downloads when mocked)."""
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+  if prepare:
+    try:
+      builder.download_and_prepare()
+    except FileExistsError:
+      # Another process (a parallel run of a grid) prepared it first: tfds
+      # renames a complete copy into place, so theirs is ready to read.
+      builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+      if not builder.is_prepared():
+        raise
+  return builder
+
+
+def class_names(spec: DatasetSpec, builder=None) -> list[str]:
+  """The spec's class names, else the builder's (from its info: no data needed)."""
+  return list(spec.class_names or builder.info.features["label"].names)
+
+
+def image_shape(builder, image_size: int) -> tuple[int, int, int]:
+  """(height, width, channels) of the model's input: resized, or the dataset's own."""
+  height, width, channels = builder.info.features["image"].shape
+  if image_size:
+    return (image_size, image_size, channels)
+  if height is None or width is None:
+    raise ConfigError("config.image_size=0 is invalid: this dataset's images vary "
+                      "in size, set image_size (e.g. 32)")
+  return (height, width, channels)
