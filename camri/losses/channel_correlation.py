@@ -24,6 +24,9 @@ batch has no pair of one kind (no two samples of a class, or a single class).
 The ratio form (rather than intra - inter) and lambda = 1 are this module's
 reading of the paper, which describes the intra- and inter-class distances
 but whose exact combination could not be checked against released code.
+Only the abstract could be read (the method section and its equations were
+not found); a third-party reading note confirms the SE attention and names a
+section 2.3, "Computational Complexity Reduction", not reproduced here.
 
 Prediction: argmax_k logits (the attention only shapes training).
 """

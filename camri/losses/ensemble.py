@@ -24,7 +24,9 @@ batch loss.
 
 Uncertain (no code to check against): whether the per-head losses are summed
 (here) or averaged, whether the pair sum runs over u < v (here) or u != v (a
-factor 2 in lambda), and which dimension holds the HSIC samples.
+factor 2 in lambda), and which dimension holds the HSIC samples. Only the
+abstract and introduction could be read; the method section and its
+equations were not found.
 
 Prediction: the average of the heads' softmax outputs, `em_softmax_scores`.
 """
