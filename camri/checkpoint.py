@@ -64,15 +64,12 @@ def save(mngr: ocp.CheckpointManager, step: int, state, train_sums):
 def _restore(mngr: ocp.CheckpointManager, step: int, state, train_sums):
   """(state, train_sums) of `step`; raises if it does not restore intact."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, (state, train_sums))
-  items = {"state": ocp.args.StandardRestore(abstract[0]),
-           "train_sums": ocp.args.StandardRestore(abstract[1])}
-  # Checkpoints written before fingerprints were added have none.
-  checked = os.path.isdir(os.path.join(mngr.directory, str(step), "fingerprint"))
-  if checked:
-    items["fingerprint"] = ocp.args.JsonRestore()
-  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract[0]),
+      train_sums=ocp.args.StandardRestore(abstract[1]),
+      fingerprint=ocp.args.JsonRestore()))
   arrays = (restored["state"], restored["train_sums"])
-  if checked and fingerprint(arrays) != restored["fingerprint"]["crc32"]:
+  if fingerprint(arrays) != restored["fingerprint"]["crc32"]:
     raise ValueError("its arrays do not match the fingerprint saved with them")
   return arrays
 
