@@ -1,13 +1,14 @@
 """Tiny GTSRB archives in the official layout, and the builder prepared from them."""
 
+import functools
 import io
 import zipfile
 
 import numpy as np
 from PIL import Image
-import tensorflow_datasets as tfds
 
 from camri.data import gtsrb
+from tests.data import manual_builder
 
 _HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
 TRAIN_DIR = "GTSRB/Final_Training/Images/"
@@ -81,10 +82,5 @@ def write_archives(directory, seed=0, train_classes=(0, 14, 42),
   return expected
 
 
-def prepare(tmp_path, manual_dir):
-  builder = gtsrb.Gtsrb(data_dir=tmp_path / "tfds")
-  builder.download_and_prepare(
-      download_dir=tmp_path / "downloads",
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir, try_download_gcs=False))
-  return builder
+# prepare(tmp_path, manual_dir) -> the prepared gtsrb builder.
+prepare = functools.partial(manual_builder.prepare, gtsrb.Gtsrb)

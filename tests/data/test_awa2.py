@@ -1,5 +1,6 @@
 """The awa2 builder and its split on a tiny AwA2-data.zip (offline)."""
 
+import functools
 import hashlib
 import io
 import random
@@ -12,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from camri.data import awa2
 from camri.data import manual
+from tests.data import manual_builder
 
 # The official classes.txt order.
 _CLASSES_TXT = "".join(
@@ -56,13 +58,8 @@ def write_archive(path, classes_txt=_CLASSES_TXT, counts=None):
   return images
 
 
-def prepare(tmp_path, manual_dir):
-  builder = awa2.Awa2(data_dir=tmp_path / "tfds")
-  builder.download_and_prepare(
-      download_dir=tmp_path / "downloads",
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir, try_download_gcs=False))
-  return builder
+# prepare(tmp_path, manual_dir) -> the prepared awa2 builder.
+prepare = functools.partial(manual_builder.prepare, awa2.Awa2)
 
 
 @pytest.fixture(scope="module")
