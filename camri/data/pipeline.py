@@ -2,8 +2,10 @@
 
 read (tfds, this process's shard) -> cache -> seeded shuffle -> decode, crop to
 the ROI where the dataset has one (or to the centre square where the dataset
-keeps the aspect ratio), resize to `config.image_size`, scale to [0, 1] as the
-paper does -> optional augmentation -> batch -> prefetch.
+keeps the aspect ratio), scale to [0, 1] as the paper does, resize to
+`config.image_size` (0 keeps the stored size) -> optional augmentation ->
+batch -> prefetch. Evaluation reads in order: no cache, shuffle or
+augmentation.
 
 Training data order and augmentation are functions of (seed, epoch) only, so a
 run resumed from a checkpoint sees exactly the batches an uninterrupted run
