@@ -80,8 +80,10 @@ def load_test_features(workdir, data_dir=None) -> RunFeatures:
   step, state, _ = restored
   variables = {"params": state.params, "batch_stats": state.batch_stats}
 
+  # The variables are an argument, not a closure, so they are not baked into
+  # the compiled program as constants.
   @jax.jit
-  def forward(images):
+  def forward(variables, images):
     outputs = model.apply(variables, images, train=False)
     return outputs["features"], outputs["cosine"]
 
@@ -91,7 +93,7 @@ def load_test_features(workdir, data_dir=None) -> RunFeatures:
                                      global_batch_size=config.eval_batch_size,
                                      image_size=config.image_size):
     keep = batch["mask"] > 0
-    z, cos = jax.device_get(forward(batch["image"]))
+    z, cos = jax.device_get(forward(variables, batch["image"]))
     features.append(z[keep])
     cosine.append(cos[keep])
     labels.append(batch["label"][keep])
