@@ -1,11 +1,13 @@
 """Everything checked before a run computes or writes anything.
 
 `prepare_run` validates the config against the known datasets, models and
-losses, resolves important classes by name, refuses a workdir that holds a
-different run, prepares the dataset, checks what needs the prepared data (a
-training split that holds a batch, a fixed image size), and only then writes
-config.json. TensorFlow is not loaded before the config and the workdir have
-passed, so a bad command fails in a second or two.
+losses, resolves important classes by name, checks that config.init_checkpoint
+fits the backbone, refuses a workdir that holds a different run, prepares the
+dataset, checks what needs the prepared data (a training split that holds a
+batch, a fixed image size), and only then writes config.json. TensorFlow is
+not loaded before the config and the workdir have passed (except to check an
+init_checkpoint: the model code imports the input pipeline), so a bad command
+fails in a second or two.
 """
 
 import functools
