@@ -106,7 +106,7 @@ def main(argv):
   stop = train.StopRequest()
   try:
     rows = train.train_and_evaluate(config, _WORKDIR.value, stop)
-  except prepare.ConfigError as e:  # E.g. config.init_checkpoint does not fit.
+  except prepare.ConfigError as e:  # prepare_run checks first; a safety net.
     _fail(e, 2)
   except train.NonFiniteLossError as e:
     _fail(e, 3)

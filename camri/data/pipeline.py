@@ -171,9 +171,10 @@ def eval_batches(builder, spec: DatasetSpec, split, *, global_batch_size,
   for batch in tfds.as_numpy(ds):
     yield _pad(batch, local_batch)
     done += 1
-  while done < steps:
-    yield _pad(jax.tree.map(lambda x: x[:0], batch), local_batch)  # pylint: disable=undefined-loop-variable
-    done += 1
+  empty = {key: np.zeros((0, *spec_.shape[1:]), spec_.dtype.as_numpy_dtype)
+           for key, spec_ in ds.element_spec.items()}
+  for _ in range(done, steps):
+    yield _pad(empty, local_batch)
 
 
 def _pad(batch, size):
