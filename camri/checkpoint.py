@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from camri import run_log
+
 # Orbax's suffix for a step directory still being written.
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
@@ -32,7 +34,7 @@ class UnreadableCheckpointError(RuntimeError):
 
 def manager(workdir, keep: int) -> ocp.CheckpointManager:
   """The manager of `workdir/checkpoints`, keeping the newest `keep` steps."""
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  directory = os.path.abspath(os.path.join(workdir, run_log.CHECKPOINT_DIR))
   if jax.process_index() == 0 and os.path.isdir(directory):
     for name in sorted(os.listdir(directory)):
       if _TMP_SUFFIX in name:

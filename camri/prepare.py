@@ -97,7 +97,7 @@ def check_workdir(workdir: str, record: dict):
   fresh = f"use another --workdir, or delete {workdir} to start afresh"
   previous = run_log.read_config(workdir)
   if previous is None:
-    leftovers = [n for n in (run_log.METRICS_FILE, "checkpoints")
+    leftovers = [n for n in (run_log.METRICS_FILE, run_log.CHECKPOINT_DIR)
                  if os.path.exists(os.path.join(workdir, n))]
     if leftovers:
       raise ConfigError(f"--workdir {workdir} holds {' and '.join(leftovers)} but no "
