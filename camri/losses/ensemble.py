@@ -12,21 +12,22 @@ with m subtracted from the true class's logit:
 
 and their diversity is encouraged by penalising the Hilbert-Schmidt
 independence criterion (HSIC, Gretton et al. 2005) between every pair of
-classifiers, with linear kernels:
+classifiers, with linear kernels over the K class vectors (the columns W_k):
 
-    HSIC(A, B) = (D - 1)^-2 tr(A A^T H B B^T H),   H = I_D - 1/D 1 1^T
-    L_n        = sum_v L_SM(W^v; x_n, t_n) + lambda sum_{u < v} HSIC(W^u, W^v)
+    HSIC(W^u, W^v) = (K - 1)^-2 tr(W^uT W^u H W^vT W^v H),   H = I_K - 1/K 1 1^T
+    L_n            = sum_v L_SM(W^v; x_n, t_n) + lambda sum_{u < v} HSIC(W^u, W^v)
 
-(the D rows of a classifier, one K-vector of class weights per feature
-dimension, are the HSIC samples). The HSIC term depends on the weights only:
-`em_softmax_loss` adds it to every example's value, so the batch mean is the
-batch loss.
+The HSIC term depends on the weights only: `em_softmax_loss` adds it to every
+example's value, so the batch mean is the batch loss.
 
-Uncertain (no code to check against): whether the per-head losses are summed
-(here) or averaged, whether the pair sum runs over u < v (here) or u != v (a
-factor 2 in lambda), and which dimension holds the HSIC samples. Only the
-abstract and introduction could be read; the method section and its
-equations were not found.
+The class vectors are the HSIC samples, as in the HSIC diversity term of
+diversity-induced multi-view subspace clustering (Cao et al., CVPR 2015),
+whose inner-product kernel is taken over a representation's columns. It makes the penalty invariant to adding one
+vector to every class vector, the transformation the softmax cannot see.
+Unverified (no released code, and the paper's method section could not be
+read here): that sample axis, whether the per-head losses are summed (here) or
+averaged, and whether the pair sum runs over u < v (here) or u != v (a factor
+2 in lambda).
 
 Prediction: the average of the heads' softmax outputs, `em_softmax_scores`.
 """
@@ -76,12 +77,15 @@ def linear_hsic(a, b):
 
 
 def pairwise_hsic(weights):
-  """sum_{u < v} HSIC(W^u, W^v) for weights (V, D, K); 0 when V == 1."""
+  """sum_{u < v} HSIC(W^u, W^v) over the K class vectors, weights (V, D, K).
+
+  0 when V == 1.
+  """
   num_heads = weights.shape[0]
   total = jnp.zeros((), weights.dtype)
   for u in range(num_heads):
     for v in range(u + 1, num_heads):
-      total = total + linear_hsic(weights[u], weights[v])
+      total = total + linear_hsic(weights[u].T, weights[v].T)
   return total
 
 

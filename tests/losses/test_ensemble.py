@@ -30,7 +30,8 @@ def np_em_softmax(features, weights, labels, margin, lam):
     z = f @ w
     z[rows, labels] -= margin
     total += -np.log(np_softmax(z)[rows, labels])
-  hsic = sum(np_hsic(weights[u], weights[v])
+  # The HSIC samples are the K class vectors, the columns of each (D, K) W.
+  hsic = sum(np_hsic(weights[u].T, weights[v].T)
              for u, v in itertools.combinations(range(len(weights)), 2))
   return total + lam * hsic
 
@@ -61,6 +62,22 @@ def test_em_softmax_matches_formula():
   np.testing.assert_allclose(
       got, np_em_softmax(features, weights, labels, 0.5, 0.3), rtol=1e-5,
       atol=1e-5)
+
+
+def test_hsic_runs_over_class_vectors():
+  _, weights, _ = random_problem(5, heads=2)
+  want = np_hsic(weights[0].T, weights[1].T)
+  np.testing.assert_allclose(losses.pairwise_hsic(weights), want, rtol=1e-5)
+  # Adding one vector to every class vector changes no softmax output, and
+  # leaves the penalty unchanged too.
+  shift = np.random.default_rng(6).normal(size=(2, 12, 1)).astype(np.float32)
+  np.testing.assert_allclose(losses.pairwise_hsic(weights + shift), want,
+                             rtol=1e-4)
+  # Identical heads are maximally dependent; a head with all class vectors
+  # equal carries no class structure and is independent of anything.
+  assert losses.pairwise_hsic(np.stack([weights[0], weights[0]])) > 0
+  flat = np.stack([weights[0], np.repeat(weights[1][:, :1], 5, axis=1)])
+  np.testing.assert_allclose(losses.pairwise_hsic(flat), 0.0, atol=1e-7)
 
 
 def test_single_head_is_soft_margin_softmax():
