@@ -45,5 +45,15 @@ class StopRequest:
       os._exit(128 + signum)
     self.signal = name
 
+  @property
+  def number(self) -> int:
+    """The signal's number, 0 while none was received."""
+    return signal.Signals[self.signal].value if self.signal else 0
+
+  def received_elsewhere(self, number: int):
+    """Records signal `number`, received by another process of the run."""
+    if self.signal is None:
+      self.signal = signal.Signals(number).name
+
   def __bool__(self):
     return self.signal is not None

@@ -146,13 +146,21 @@ class Sharding:
 
 
 def _stop_now(stop: StopRequest, step: int, every: int) -> bool:
-  """Whether to stop after `step`; all processes agree, so they stop at the same step."""
+  """Whether to stop after `step`.
+
+  With several processes, they compare their signals every `every` steps, so
+  all stop at the same step, and each takes on a signal another one received
+  (a preemption notice may reach only one host), so all exit alike.
+  """
   if jax.process_count() == 1:
     return bool(stop)
   if step % every:
     return False
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.int32(bool(stop)))))
+  received = multihost_utils.process_allgather(np.int32(stop.number))
+  if np.any(received):
+    stop.received_elsewhere(int(np.max(received)))
+  return bool(stop)
 
 
 def _check_finite(train_sums, step, last_saved):

@@ -1,0 +1,100 @@
+"""Several processes, as on several hosts: two `camri.main --distributed` on this machine.
+
+Each process has the session's 2 simulated CPU devices (4 in all) and reads its
+own share of the data; they find each other the way they would in a Slurm job
+step (SLURM_* variables, with the coordinator's address given explicitly) and
+all-reduce over gloo. A preemption notice that reaches one process only must
+stop both at the same step, both exiting 143, and the rerun must repeat the
+uninterrupted two-process run byte for byte.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+import run_main
+
+from camri import run_log
+
+PROCESSES = 2
+STEPS_PER_EPOCH = 179  # 1437 images: 718 per process, 4 per process and step.
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _start_job(args, compile_cache) -> list[subprocess.Popen]:
+  """The processes of one job step, each `camri.main --distributed`."""
+  port = _free_port()
+  processes = []
+  for rank in range(PROCESSES):
+    env = {**run_main.env(compile_cache), "SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "localhost",
+           "SLURM_NTASKS": str(PROCESSES), "SLURM_PROCID": str(rank),
+           "SLURM_LOCALID": str(rank), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}"}
+    processes.append(subprocess.Popen(
+        run_main.command(*args, "--distributed"), cwd=run_main.ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  return processes
+
+
+def _finish(processes, timeout=300) -> list[tuple[int, str, str]]:
+  results = []
+  for process in processes:
+    try:
+      out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      for p in processes:
+        p.kill()
+      raise
+    results.append((process.returncode, out, err))
+  return results
+
+
+def _metrics_text(workdir):
+  with open(os.path.join(workdir, "metrics.csv")) as f:
+    return f.read()
+
+
+@pytest.fixture
+def job_args(tfds_dir):
+  return ["--config", "configs/digits.py", f"--config.data_dir={tfds_dir}",
+          "--config.num_epochs=2", f"--config.batch_size={4 * PROCESSES}",
+          "--config.progress_bar=False"]
+
+
+def test_a_signal_to_one_process_stops_both_and_the_rerun_repeats_the_job(
+    job_args, tmp_path):
+  compile_cache = tmp_path / "jax_cache"
+  reference = tmp_path / "reference"
+  results = _finish(_start_job([*job_args, "--workdir", reference], compile_cache))
+  for returncode, _, err in results:
+    assert returncode == 0, err[-3000:]
+  assert "done: epoch 2" in results[0][1]
+  assert [r["epoch"] for r in run_log.read_metrics(reference)] == [1, 2]
+  assert run_main.checkpoint_steps(reference) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+  assert run_log.read_metrics(reference)[-1]["test_accuracy"] > 0.8
+
+  workdir = tmp_path / "run"
+  args = [*job_args, "--workdir", workdir]
+  processes = _start_job(args, compile_cache)
+  assert run_main.wait_for_checkpoint(workdir, processes[0]) == STEPS_PER_EPOCH
+  processes[1].send_signal(signal.SIGTERM)  # Process 0 is not told.
+  results = _finish(processes, timeout=120)
+  for returncode, _, err in results:
+    assert returncode == 143, err[-3000:]
+    assert "Resume with the same command:" in err
+  step = max(run_main.checkpoint_steps(workdir))
+  assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH  # Inside epoch 2.
+  assert f"checkpoint saved at step {step}" in results[0][2]
+  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1]
+
+  results = _finish(_start_job(args, compile_cache))
+  for returncode, _, err in results:
+    assert returncode == 0, err[-3000:]
+  assert f"resuming from the checkpoint at step {step}" in results[0][1]
+  assert _metrics_text(workdir) == _metrics_text(reference)
