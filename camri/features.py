@@ -69,7 +69,9 @@ def load_test_features(workdir, data_dir=None) -> RunFeatures:
   builder = data_lib.get_builder(spec, config.data_dir)
   num_classes = builder.info.features["label"].num_classes
   model, objective = train.make_model(config, num_classes)
-  state = train.create_train_state(config, model, data_lib.image_shape(builder, config.image_size))
+  state = train.abstract_train_state(config, model,
+                                     data_lib.image_shape(builder, config.image_size),
+                                     train.Sharding.over_all_devices().replicated)
   manager = checkpoint.manager(workdir, config.keep_checkpoints)
   try:
     restored = checkpoint.restore_latest(manager, state, train.empty_train_sums(num_classes))

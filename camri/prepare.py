@@ -1,8 +1,8 @@
 """Everything checked before a run computes or writes anything.
 
 `prepare_run` validates the config against the known datasets, models and
-losses, resolves important classes by name, checks that config.init_checkpoint
-fits the backbone, refuses a workdir that holds a different run, prepares the
+losses, resolves important classes by name, refuses a workdir that holds a
+different run, checks that config.init_checkpoint fits the backbone, prepares the
 dataset, checks what needs the prepared data (a training split that holds a
 batch, a fixed image size), and only then writes config.json. TensorFlow is
 not loaded before the config and the workdir have passed (except to check an
@@ -125,10 +125,10 @@ def prepare_run(config, workdir: str):
       the directory), before anything is written.
   """
   resolved, class_names = validated_config(config)
-  if resolved.init_checkpoint:
-    _check_init_checkpoint(resolved, len(class_names))
   record = _run_record(resolved, class_names)
   check_workdir(workdir, record)
+  if resolved.init_checkpoint:
+    _check_init_checkpoint(resolved, len(class_names))
   keep_accelerators_for_jax()
   spec = data_lib.get_spec(resolved.dataset)
   builder = data_lib.get_builder(spec, resolved.data_dir)

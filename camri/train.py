@@ -75,6 +75,17 @@ def create_train_state(config, model, image_shape) -> TrainState:
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
+def abstract_train_state(config, model, image_shape,
+                         sharding: jax.sharding.Sharding) -> TrainState:
+  """`create_train_state`'s shapes and dtypes, placed by `sharding`, to restore into.
+
+  Nothing is initialised or compiled.
+  """
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      jax.eval_shape(lambda: create_train_state(config, model, image_shape)))
+
+
 def make_train_step(objective: Objective, seed: int):
   """(state, sums, batch) -> (state, sums): one optimiser step on the global batch."""
 
@@ -205,7 +216,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   sharding = Sharding.over_all_devices()
   model, objective = make_model(config, num_classes)
-  new_state = lambda: create_train_state(config, model, shape)
   fresh_sums = lambda: jax.device_put(empty_train_sums(num_classes), sharding.replicated)
   train_sums = fresh_sums()
 
@@ -213,14 +223,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   manager = checkpoint.manager(workdir, config.keep_checkpoints)
   log = run_log.MetricsLog(workdir, enabled=jax.process_index() == 0)
   try:
-    # The state's shapes suffice to restore: parameters are only initialised
-    # (a compile of their own) for a new run.
-    abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated),
-        jax.eval_shape(new_state))
-    restored = checkpoint.restore_latest(manager, abstract_state, train_sums)
+    # Parameters are only initialised (a compile of their own) for a new run.
+    restored = checkpoint.restore_latest(
+        manager, abstract_train_state(config, model, shape, sharding.replicated), train_sums)
     if restored is None:
-      state = jax.device_put(new_state(), sharding.replicated)
+      state = jax.device_put(create_train_state(config, model, shape), sharding.replicated)
     else:
       step, state, train_sums = restored
       if jax.process_index() == 0:
