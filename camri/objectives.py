@@ -18,6 +18,7 @@ import dataclasses
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from camri import losses
 from camri.models import heads
@@ -54,10 +55,17 @@ def _linear(num_classes, loss):
                    lambda o, labels: loss(o["logits"], labels), _logits)
 
 
-def _angular(num_classes, loss):
-  """An angular head, `loss(features, weights, labels)`, argmax-cosine prediction."""
+def _angular(num_classes, margins, scale, kind="additive_angular"):
+  """An angular head, the margin-softmax core on its cosines, argmax-cosine prediction.
+
+  `losses.camri_loss`, `arcface_loss`, ... are these configurations of the core
+  as functions of (features, weights); the objective applies the core to the
+  cosines the head computed for prediction, rather than computing them again.
+  """
+  margins = jnp.asarray(margins, jnp.float32)
   return Objective(heads.AngularHead(num_classes),
-                   lambda o, labels: loss(o["features"], o["weights"], labels), _cosine)
+                   lambda o, labels: losses.margin_cross_entropy(
+                       o["cosine"], labels, margins, scale, kind), _cosine)
 
 
 def cross_entropy(cfg, num_classes):
@@ -92,31 +100,26 @@ def cc_loss(cfg, num_classes):
 
 
 def camri(cfg, num_classes):
-  margins = losses.margin_vector(num_classes, cfg.important_classes, cfg.margin)
-  return _angular(num_classes, lambda f, w, labels: losses.camri_loss(
-      f, w, labels, margins, cfg.scale))
+  return _angular(num_classes, losses.margin_vector(
+      num_classes, cfg.important_classes, cfg.margin), cfg.scale)
 
 
 def arcface(cfg, num_classes):
-  return _angular(num_classes, lambda f, w, labels: losses.arcface_loss(
-      f, w, labels, cfg.margin[0], cfg.scale))
+  return _angular(num_classes, [cfg.margin[0]] * num_classes, cfg.scale)
 
 
 def cosface(cfg, num_classes):
-  return _angular(num_classes, lambda f, w, labels: losses.cosface_loss(
-      f, w, labels, cfg.margin[0], cfg.scale))
+  return _angular(num_classes, [cfg.margin[0]] * num_classes, cfg.scale, "additive_cosine")
 
 
 def class_sensitive_cosface(cfg, num_classes):
   margins = losses.margin_vector(num_classes, cfg.important_classes, cfg.margin,
                                  default=losses.NO_MARGIN["additive_cosine"])
-  return _angular(num_classes, lambda f, w, labels: losses.class_sensitive_cosface_loss(
-      f, w, labels, margins, cfg.scale))
+  return _angular(num_classes, margins, cfg.scale, "additive_cosine")
 
 
 def normface(cfg, num_classes):
-  return _angular(num_classes, lambda f, w, labels: losses.normface_loss(
-      f, w, labels, cfg.scale))
+  return _angular(num_classes, [0.0] * num_classes, cfg.scale)
 
 
 def nirvana(cfg, num_classes):

@@ -155,6 +155,28 @@ def test_scores_argmax_is_the_losses_prediction_rule(tfds_dir, name):
   assert per_example.shape == (16,) and np.all(np.isfinite(per_example))
 
 
+# The margin family's public losses, from features and weights; the objectives
+# apply the same core to the head's cosines.
+PUBLIC_MARGIN_LOSSES = {
+    "camri": lambda c, f, w, t: losses.camri_loss(
+        f, w, t, losses.margin_vector(10, c.important_classes, c.margin), c.scale),
+    "arcface": lambda c, f, w, t: losses.arcface_loss(f, w, t, c.margin[0], c.scale),
+    "cosface": lambda c, f, w, t: losses.cosface_loss(f, w, t, c.margin[0], c.scale),
+    "class_sensitive_cosface": lambda c, f, w, t: losses.class_sensitive_cosface_loss(
+        f, w, t, losses.margin_vector(10, c.important_classes, c.margin), c.scale),
+    "normface": lambda c, f, w, t: losses.normface_loss(f, w, t, c.scale),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_MARGIN_LOSSES))
+def test_margin_objectives_are_the_public_losses(tfds_dir, name):
+  config, _ = prepare.validated_config(_config(tfds_dir, name))
+  labels = jnp.arange(16) % 10  # The important class among them.
+  _, outputs, _, per_example = _forward(config, labels)
+  want = PUBLIC_MARGIN_LOSSES[name](config.loss, outputs["features"], outputs["weights"], labels)
+  np.testing.assert_allclose(per_example, want, rtol=1e-5, atol=1e-6)
+
+
 def test_nirvana_hinge_is_selected_by_the_config(tfds_dir):
   config, _ = prepare.validated_config(_config(tfds_dir, "nirvana", hinge=True))
   labels = jnp.array([0, 3, 5, 9])

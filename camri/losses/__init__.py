@@ -32,6 +32,7 @@ from camri.losses.margin import (
     class_sensitive_cosface_loss,
     cosface_loss,
     cosine_logits,
+    margin_cross_entropy,
     margin_logits,
     margin_softmax_loss,
     margin_target_logit,

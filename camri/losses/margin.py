@@ -105,6 +105,26 @@ def margin_logits(cos, labels, margins, scale, kind="additive_angular"):
   return scale * jnp.where(is_target, target, cos)
 
 
+def margin_cross_entropy(cos, labels, margins, scale, kind="additive_angular"):
+  """Per-example cross-entropy of the margin logits, from the cosines.
+
+  For a head that already computed `cosine_logits` (its prediction scores):
+  the loss reuses them instead of normalising and multiplying again.
+
+  Args:
+    cos: (N, K) cosines from `cosine_logits`.
+    labels: (N,) integer labels.
+    margins: (K,) per-class margins; `NO_MARGIN[kind]` means none.
+    scale: s > 0.
+    kind: one of `MARGIN_KINDS`.
+
+  Returns:
+    (N,) losses.
+  """
+  logits = margin_logits(cos, labels, margins, scale, kind)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
 def margin_softmax_loss(features, weights, labels, margins, scale,
                         kind="additive_angular"):
   """Per-example cross-entropy of the margin logits (module docstring).
@@ -120,9 +140,8 @@ def margin_softmax_loss(features, weights, labels, margins, scale,
   Returns:
     (N,) losses.
   """
-  logits = margin_logits(cosine_logits(features, weights), labels, margins,
-                         scale, kind)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return margin_cross_entropy(cosine_logits(features, weights), labels, margins,
+                              scale, kind)
 
 
 def camri_loss(features, weights, labels, margins, scale):
