@@ -129,16 +129,9 @@ def margin_softmax_loss(features, weights, labels, margins, scale,
                         kind="additive_angular"):
   """Per-example cross-entropy of the margin logits (module docstring).
 
-  Args:
-    features: (N, D) features z.
-    weights: (D, K) class weights, no bias.
-    labels: (N,) integer labels.
-    margins: (K,) per-class margins; `NO_MARGIN[kind]` means none.
-    scale: s > 0.
-    kind: one of `MARGIN_KINDS`.
-
-  Returns:
-    (N,) losses.
+  `margin_cross_entropy` of `cosine_logits(features, weights)`: features are
+  (N, D), weights (D, K) class weights without bias; the other arguments and
+  the (N,) result are `margin_cross_entropy`'s.
   """
   return margin_cross_entropy(cosine_logits(features, weights), labels, margins,
                               scale, kind)
