@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 
+import numpy as np
 import pytest
 import run_main
 
+from camri import features
 from camri import run_log
 
 PROCESSES = 2
@@ -68,7 +70,7 @@ def job_args(tfds_dir):
 
 
 def test_a_signal_to_one_process_stops_both_and_the_rerun_repeats_the_job(
-    job_args, tmp_path):
+    job_args, tfds_dir, tmp_path):
   compile_cache = tmp_path / "jax_cache"
   reference = tmp_path / "reference"
   results = _finish(_start_job([*job_args, "--workdir", reference], compile_cache))
@@ -77,7 +79,13 @@ def test_a_signal_to_one_process_stops_both_and_the_rerun_repeats_the_job(
   assert "done: epoch 2" in results[0][1]
   assert [r["epoch"] for r in run_log.read_metrics(reference)] == [1, 2]
   assert run_main.checkpoint_steps(reference) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
-  assert run_log.read_metrics(reference)[-1]["test_accuracy"] > 0.8
+  # The processes' evaluation counted every test image once: it agrees with
+  # this single process's pass over the test split with the saved state.
+  single = features.load_test_features(reference, data_dir=tfds_dir)
+  last = run_log.read_metrics(reference)[-1]
+  assert len(single.labels) == 360
+  assert last["test_accuracy"] == np.mean(np.argmax(single.cosine, -1) == single.labels)
+  assert last["test_accuracy"] > 0.8
 
   workdir = tmp_path / "run"
   args = [*job_args, "--workdir", workdir]
