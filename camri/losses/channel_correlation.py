@@ -35,6 +35,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import optax
 
+from camri.losses.distances import squared_distances
+
 
 class ChannelAttention(nn.Module):
   """Squeeze-and-excitation channel attention, (N, H, W, C) -> (N, C) in (0, 1).
@@ -71,8 +73,7 @@ def channel_correlation_term(attention, labels):
     The scalar L_CC (0 when the batch has no same-class or no
     different-class pair).
   """
-  diff = attention[:, None, :] - attention[None, :, :]
-  dist = _safe_norm(jnp.sum(jnp.square(diff), axis=-1))
+  dist = _safe_norm(squared_distances(attention, attention))
   same = labels[:, None] == labels[None, :]
   not_self = ~jnp.eye(labels.shape[0], dtype=bool)
   intra_mask = same & not_self
