@@ -22,8 +22,9 @@ example's value, so the batch mean is the batch loss.
 
 The class vectors are the HSIC samples, as in the HSIC diversity term of
 diversity-induced multi-view subspace clustering (Cao et al., CVPR 2015),
-whose inner-product kernel is taken over a representation's columns. It makes the penalty invariant to adding one
-vector to every class vector, the transformation the softmax cannot see.
+whose inner-product kernel is taken over a representation's columns. It
+makes the penalty invariant to adding one vector to every class vector, the
+transformation the softmax cannot see.
 Unverified (no released code, and the paper's method section could not be
 read here): that sample axis, whether the per-head losses are summed (here) or
 averaged, and whether the pair sum runs over u < v (here) or u != v (a factor
