@@ -26,6 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = config_dict.placeholder(str)  # None: tfds's default.
   c.image_size = 0  # 0: the dataset's own size, no resizing.
   c.augment = ()  # A subset of the dataset's allowed augmentations.
+  # Fraction of the training split held out, stratified by class, as the
+  # validation split (chosen by a fixed seed, the same for every config.seed);
+  # 0: none, train on the whole training split as the paper does.
+  c.validation_fraction = 0.1
   c.model = "small_cnn"
   c.feature_dim = 64
   # Orbax checkpoint of the backbone's params (or {"params", "batch_stats"})
@@ -87,6 +91,25 @@ LOSS_DEFAULTS: dict[str, dict[str, object]] = {
 }
 # Losses whose margin is an angle added to theta: radians in [0, pi).
 ANGULAR_MARGIN_LOSSES = ("camri", "arcface")
+
+
+# Fields added after runs had been written: the value a config.json without
+# the field implies, i.e. what those runs did. `run_log.read_config` fills them
+# in, so an old workdir resumes (or is refused) and is reported as the run it was.
+ADDED_FIELDS: dict[str, object] = {"validation_fraction": 0.0}
+
+
+def with_added_fields(record: dict) -> dict:
+  """`record` (a config.json) with each field of `ADDED_FIELDS` it lacks filled in."""
+  record = dict(record)
+  for path, value in ADDED_FIELDS.items():
+    *parents, leaf = path.split(".")
+    node = record
+    for part in parents:
+      node[part] = dict(node.get(part) or {})
+      node = node[part]
+    node.setdefault(leaf, value)
+  return record
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -167,6 +190,9 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
           "no such directory: give an orbax checkpoint directory of the backbone's params")
   if not (isinstance(config.learning_rate, numbers.Real) and config.learning_rate > 0):
     _fail("learning_rate", config.learning_rate, "must be > 0")
+  fraction = config.validation_fraction
+  if not (_real(fraction) and 0 <= fraction < 1):
+    _fail("validation_fraction", fraction, "must be in [0, 1) (0: no validation split)")
   if not isinstance(config.seed, numbers.Integral) or config.seed < 0:
     _fail("seed", config.seed, "must be an integer >= 0")
   unknown = [a for a in config.augment if a not in augmentations]

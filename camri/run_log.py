@@ -19,6 +19,8 @@ import math
 import os
 from pathlib import Path
 
+from camri import config_lib
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_DIR = "checkpoints"
@@ -34,9 +36,13 @@ def _atomic_write(path: Path, text: str):
 
 
 def read_config(workdir) -> dict | None:
-  """The run's config.json as a dict, or None when the file is absent."""
+  """The run's config.json as a dict, or None when the file is absent.
+
+  Fields added to the config since the run was written hold the value that
+  implies (`config_lib.ADDED_FIELDS`).
+  """
   path = Path(workdir) / CONFIG_FILE
-  return json.loads(path.read_text()) if path.exists() else None
+  return config_lib.with_added_fields(json.loads(path.read_text())) if path.exists() else None
 
 
 def write_config(workdir, config_dict: dict):
