@@ -25,6 +25,7 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from camri import data as data_lib  # pylint: disable=g-import-not-at-top
   from camri import prepare  # pylint: disable=g-import-not-at-top
   from camri import train  # pylint: disable=g-import-not-at-top
 
@@ -35,9 +36,8 @@ def main(argv):
     sys.exit(2)
   try:
     config, class_names = prepare.validated_config(_CONFIG.value)
-    spec = train.data_lib.get_spec(config.dataset)
-    builder = train.data_lib.get_builder(spec, config.data_dir, prepare=False)
-    shape = train.data_lib.image_shape(builder, config.image_size)
+    _, builder = data_lib.builder_for(config, prepare=False)
+    shape = data_lib.image_shape(builder, config.image_size)
   except (prepare.ConfigError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -31,9 +31,12 @@ __all__ = ["ConfigError", "MissingArchiveError", "prepare_run", "setup_runtime",
 
 def setup_runtime():
   """Quiet library logs (unless --verbosity is given)."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
   from absl import flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+    # TensorFlow's own deprecation notices (tfds calls deprecated tf.data ops).
+    std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
 
 
 def keep_accelerators_for_jax():
@@ -47,8 +50,7 @@ def validated_config(config):
   spec = data_lib.DATASETS.get(config.dataset)
   names = None
   if spec is not None:
-    builder = (None if spec.class_names else
-               data_lib.get_builder(spec, config.data_dir, prepare=False))
+    builder = None if spec.class_names else data_lib.builder_for(config, prepare=False)[1]
     names = data_lib.class_names(spec, builder)
   resolved = config_lib.validate(
       config, datasets=list(data_lib.DATASETS), models=list(models.BACKBONES),
@@ -65,8 +67,7 @@ def _check_init_checkpoint(config, num_classes):
   """
   from camri import train  # pylint: disable=g-import-not-at-top
   model, _ = train.make_model(config, num_classes)
-  builder = data_lib.get_builder(data_lib.get_spec(config.dataset), config.data_dir,
-                                 prepare=False)
+  _, builder = data_lib.builder_for(config, prepare=False)
   images = jnp.zeros((1, *data_lib.image_shape(builder, config.image_size)))
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), images)
@@ -130,11 +131,8 @@ def prepare_run(config, workdir: str):
   if resolved.init_checkpoint:
     _check_init_checkpoint(resolved, len(class_names))
   keep_accelerators_for_jax()
-  spec = data_lib.get_spec(resolved.dataset)
-  builder = data_lib.get_builder(spec, resolved.data_dir)
-  from camri.data import pipeline  # pylint: disable=g-import-not-at-top  (loads TensorFlow)
-  data_lib.image_shape(builder, resolved.image_size)
-  pipeline.steps_per_epoch(builder, spec, resolved.batch_size)
+  from camri.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top  (loads TensorFlow)
+  dataset_lib.open_dataset(resolved).steps_per_epoch(resolved.batch_size)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     run_log.write_config(workdir, record)

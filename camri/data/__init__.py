@@ -13,6 +13,7 @@ from camri.data.manual import MissingArchiveError
 from camri.data.spec import (
     AUGMENTATIONS,
     DatasetSpec,
+    Split,
     class_names,
     get_builder,
     image_shape,
@@ -35,3 +36,10 @@ def get_spec(name: str) -> DatasetSpec:
   if name not in DATASETS:
     raise ValueError(f"config.dataset={name!r} is unknown: choose one of {sorted(DATASETS)}")
   return DATASETS[name]
+
+
+def builder_for(config, prepare=True):
+  """(spec, tfds builder) of `config.dataset`, prepared on first use unless `prepare` is False."""
+  spec = get_spec(config.dataset)
+  kwargs = spec.builder_kwargs(config) if spec.builder_kwargs else {}
+  return spec, get_builder(spec, config.data_dir, prepare=prepare, **kwargs)

@@ -22,19 +22,15 @@ import tensorflow_datasets as tfds
 
 from camri.config_lib import ConfigError
 from camri.data.spec import DatasetSpec
+from camri.data.spec import Split
 
-def split_size(builder, split) -> int:
+
+def split_size(builder, tfds_split) -> int:
+  """Examples in a tfds split (counted where tfds does not know, as under mock_data)."""
   try:
-    return builder.info.splits[split].num_examples
-  except KeyError:  # Split sizes are unknown under tfds.testing.mock_data: count.
-    return int(_read(builder, split).reduce(0, lambda n, _: n + 1))
-
-
-def _process_split(builder, split):
-  """This process's share of `split` and its size (all examples are covered)."""
-  if jax.process_count() > 1:
-    split = tfds.split_for_jax_process(split, drop_remainder=False)
-  return split, split_size(builder, split)
+    return builder.info.splits[tfds_split].num_examples
+  except KeyError:
+    return int(_read_tfds(builder, tfds_split).reduce(0, lambda n, _: n + 1))
 
 
 def _stored_shape(builder) -> tuple[int | None, ...]:
@@ -42,11 +38,46 @@ def _stored_shape(builder) -> tuple[int | None, ...]:
   return tuple(builder.info.features["image"].shape)
 
 
-def _read(builder, split):
+def _read_tfds(builder, tfds_split):
+  """A tfds split in its stored order, images still encoded, with each example's tfds_id."""
   return builder.as_dataset(
-      split=split, shuffle_files=False,
+      split=tfds_split, shuffle_files=False,
       decoders={"image": tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(shuffle_seed=0, add_tfds_id=False))
+      read_config=tfds.ReadConfig(shuffle_seed=0, add_tfds_id=True))
+
+
+def _read(builder, split: Split):
+  """This process's share of `split` (every example is in one process's share)."""
+  name = split.tfds_split
+  if jax.process_count() > 1:
+    name = tfds.split_for_jax_process(name, drop_remainder=False)
+  ds = _read_tfds(builder, name)
+  if split.held_out is None:
+    return ds
+  ids = tf.constant(sorted(split.held_out), tf.string, shape=[len(split.held_out)])
+  held_out = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(ids, tf.ones_like(ids, tf.int32)), default_value=0)
+  keep = tf.constant(split.keep_held_out)
+  return ds.filter(lambda ex: tf.equal(held_out.lookup(ex["tfds_id"]) == 1, keep))
+
+
+_SHARE_SIZES = {}
+
+
+def share_sizes(builder, split: Split) -> tuple[int, int]:
+  """The smallest and the largest process share of `split`."""
+  count = jax.process_count()
+  if count == 1:
+    return split.size, split.size
+  if split.held_out is None:  # tfds's even split: shares differ by at most one.
+    return split.size // count, math.ceil(split.size / count)
+  key = (str(builder.data_dir), split)
+  if key not in _SHARE_SIZES:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    local = int(_read(builder, split).reduce(0, lambda n, _: n + 1))
+    shares = multihost_utils.process_allgather(np.int64(local))
+    _SHARE_SIZES[key] = (int(np.min(shares)), int(np.max(shares)))
+  return _SHARE_SIZES[key]
 
 
 def _crop(image, top, left, bottom, right):
@@ -59,24 +90,25 @@ def _crop(image, top, left, bottom, right):
   return tf.image.crop_to_bounding_box(image, top, left, height, width)
 
 
-def _preprocess(example, spec: DatasetSpec, image_size, stored_shape):
-  """Decoded, cropped, resized image in [0, 1] and its int32 label.
+def preprocess_image(encoded, *, spec: DatasetSpec, image_size: int, channels: int,
+                     roi=None, stored_shape=(None, None, None)):
+  """An encoded image (PNG, JPEG, ...) as the model sees it: float32 in [0, 1].
 
-  Images decode to the stored channel count (a greyscale JPEG among RGB ones
-  still gives 3 channels). image_size = 0 keeps the stored size, which must
-  then be fixed.
+  Decoded to `channels` channels (a greyscale JPEG among RGB ones still gives
+  3), cropped to the ROI box where the dataset has one, or to the centre square
+  where it keeps the aspect ratio, scaled to [0, 1] and resized to
+  `image_size` (0 keeps the stored size, which `stored_shape` must then fix).
+  Training, evaluation and `camri.predict` all preprocess through here.
 
   The ROI box is normalised (ymin, xmin, ymax, xmax); the crop is
   image[round(ymin * h):round(ymax * h), round(xmin * w):round(xmax * w)],
   the pixels of the box as the builder stored it (GTSRB's Roi.X1..Roi.Y2).
   """
-  image = tf.io.decode_image(example["image"], channels=stored_shape[-1] or 0,
-                             expand_animations=False)
+  image = tf.io.decode_image(encoded, channels=channels or 0, expand_animations=False)
   size = tf.shape(image)[:2]
-  if spec.roi_key is not None:
+  if roi is not None:
     scale = tf.cast(tf.tile(size, [2]), tf.float32)
-    box = tf.cast(tf.round(tf.cast(example[spec.roi_key], tf.float32) * scale),
-                  tf.int32)
+    box = tf.cast(tf.round(tf.cast(roi, tf.float32) * scale), tf.int32)
     image = _crop(image, box[0], box[1], box[2], box[3])
   elif spec.centre_crop:
     side = tf.reduce_min(size)
@@ -85,9 +117,15 @@ def _preprocess(example, spec: DatasetSpec, image_size, stored_shape):
   image = tf.cast(image, tf.float32) / 255.0
   if image_size:
     image = tf.image.resize(image, (image_size, image_size), antialias=True)
-    image = tf.clip_by_value(image, 0.0, 1.0)
-  else:
-    image = tf.ensure_shape(image, stored_shape)
+    return tf.clip_by_value(image, 0.0, 1.0)
+  return tf.ensure_shape(image, stored_shape)
+
+
+def _preprocess(example, spec: DatasetSpec, image_size, stored_shape):
+  """A stored example's preprocessed image and its int32 label."""
+  image = preprocess_image(
+      example["image"], spec=spec, image_size=image_size, channels=stored_shape[-1],
+      roi=example[spec.roi_key] if spec.roi_key else None, stored_shape=stored_shape)
   return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
 
@@ -105,32 +143,31 @@ def _augment(example, seed, augmentations):
   return {**example, "image": image}
 
 
-def steps_per_epoch(builder, spec: DatasetSpec, global_batch_size: int) -> int:
+def steps_per_epoch(builder, split: Split, global_batch_size: int) -> int:
   """Full global batches in one epoch of the training split (the rest is dropped)."""
-  n = split_size(builder, spec.train_split)
-  local = n // jax.process_count()  # The smallest process share.
-  steps = local // (global_batch_size // jax.process_count())
+  smallest, _ = share_sizes(builder, split)
+  steps = smallest // (global_batch_size // jax.process_count())
   if steps < 1:
-    most = local * jax.process_count()
+    most = smallest * jax.process_count()
     raise ConfigError(f"config.batch_size={global_batch_size} is invalid: must be at most "
-                      f"{most} (the training split has {n} examples)")
+                      f"{most} (the training split has {split.size} examples)")
   return steps
 
 
-def train_batches(builder, spec: DatasetSpec, *, global_batch_size, image_size,
+def train_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size, image_size,
                   seed, epoch, start_step=0, augmentations=()):
   """This process's batches for one training epoch, from `start_step` on.
 
   The order depends only on (seed, epoch): an epoch resumed at `start_step`
   yields the batches an uninterrupted epoch yields from that step.
   """
-  split, count = _process_split(builder, spec.train_split)
   local_batch = global_batch_size // jax.process_count()
-  steps = steps_per_epoch(builder, spec, global_batch_size)
+  steps = steps_per_epoch(builder, split, global_batch_size)
   epoch_seed = int(seed) * 1_000_003 + int(epoch)
 
   ds = _read(builder, split).cache()
-  ds = ds.shuffle(count, seed=epoch_seed, reshuffle_each_iteration=False)
+  ds = ds.shuffle(share_sizes(builder, split)[1], seed=epoch_seed,
+                  reshuffle_each_iteration=False)
   stored = _stored_shape(builder)
   ds = ds.map(lambda ex: _preprocess(ex, spec, image_size, stored),
               num_parallel_calls=tf.data.AUTOTUNE)
@@ -144,27 +181,26 @@ def train_batches(builder, spec: DatasetSpec, *, global_batch_size, image_size,
   return tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE))
 
 
-def eval_steps(builder, split, global_batch_size) -> int:
+def eval_steps(builder, split: Split, global_batch_size) -> int:
   """Evaluation steps so that every process covers its whole share."""
-  n = split_size(builder, split)
-  share = math.ceil(n / jax.process_count())
-  return math.ceil(share / (global_batch_size // jax.process_count()))
+  _, largest = share_sizes(builder, split)
+  return math.ceil(largest / (global_batch_size // jax.process_count()))
 
 
-def eval_batches(builder, spec: DatasetSpec, split, *, global_batch_size,
-                 image_size):
+def eval_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size, image_size):
   """This process's evaluation batches, padded to full size with mask = 0.
 
-  Every process yields `eval_steps` batches (all-padding ones at the end where
-  its share is smaller) so that multi-host collectives stay in step.
+  Each example carries its tfds id ("id", bytes; b"" for padding), for the
+  saved predictions. Every process yields `eval_steps` batches (all-padding
+  ones at the end where its share is smaller) so that multi-host collectives
+  stay in step.
   """
-  name, _ = _process_split(builder, split)
   local_batch = global_batch_size // jax.process_count()
   stored = _stored_shape(builder)
-  ds = _read(builder, name).map(
-      lambda ex: _preprocess(ex, spec, image_size, stored),
+  ds = _read(builder, split).map(
+      lambda ex: {**_preprocess(ex, spec, image_size, stored), "id": ex["tfds_id"],
+                  "mask": tf.constant(1.0)},
       num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.map(lambda ex: {**ex, "mask": tf.constant(1.0)})
   ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
   steps = eval_steps(builder, split, global_batch_size)
   done = 0
@@ -182,5 +218,6 @@ def _pad(batch, size):
   if n == size:
     return batch
   return jax.tree.map(
-      lambda x: np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)]),
+      lambda x: np.concatenate([x, np.full((size - n,) + x.shape[1:],
+                                           b"" if x.dtype == object else 0, x.dtype)]),
       batch)

@@ -5,6 +5,7 @@ info does not need it), so a config's dataset and class names are checked in
 about a second, before a run loads TensorFlow for `camri.data.pipeline`.
 """
 
+from collections.abc import Callable
 import dataclasses
 
 import tensorflow_datasets as tfds
@@ -30,6 +31,11 @@ class DatasetSpec:
     centre_crop: crop the largest centred square before resizing, so that
       images of any aspect ratio are resized without distortion (AwA2);
       False: resize the whole image (or ROI) to a square.
+    validation_split: a tfds split the builder provides as the validation
+      split; None: it is held out of `train_split` by
+      `config.validation_fraction` (`camri.data.splits`).
+    builder_kwargs: the run's config -> extra keyword arguments of
+      `tfds.builder` (e.g. the folder a builder reads); None: none.
   """
   tfds_name: str
   train_split: str = "train"
@@ -38,18 +44,41 @@ class DatasetSpec:
   augmentations: tuple[str, ...] = AUGMENTATIONS
   class_names: tuple[str, ...] | None = None
   centre_crop: bool = False
+  validation_split: str | None = None
+  builder_kwargs: Callable[..., dict] | None = None
 
 
-def get_builder(spec: DatasetSpec, data_dir=None, prepare=True):
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """The examples of one split a run reads: a tfds split, or part of one.
+
+  Attributes:
+    name: the run's name for it: "train", "val" or "test" (metric prefixes,
+      predictions/<name>.npz).
+    tfds_split: the tfds split read.
+    held_out: tfds ids of the validation examples carved out of
+      `tfds_split`; None: no example is held out.
+    keep_held_out: True: only the `held_out` examples (the validation split);
+      False: all the others (the training split).
+    size: its number of examples, over all processes.
+  """
+  name: str
+  tfds_split: str
+  size: int
+  held_out: frozenset[str] | None = None
+  keep_held_out: bool = False
+
+
+def get_builder(spec: DatasetSpec, data_dir=None, prepare=True, **kwargs):
   """The tfds builder, prepared on first use (never downloads when mocked)."""
-  builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir, **kwargs)
   if prepare:
     try:
       builder.download_and_prepare()
     except FileExistsError:
       # Another process (a parallel run of a grid) prepared it first: tfds
       # renames a complete copy into place, so theirs is ready to read.
-      builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+      builder = tfds.builder(spec.tfds_name, data_dir=data_dir, **kwargs)
       if not builder.is_prepared():
         raise
   return builder

@@ -25,6 +25,10 @@ def digits(tfds_dir):
   return data.get_builder(spec, tfds_dir), spec
 
 
+_TEST = data.Split("test", "test", 360)
+_TRAIN = data.Split("train", "train", 1437)  # validation_fraction 0: the whole tfds split.
+
+
 def _examples(batches):
   """Counter of (image bytes, label) over the unmasked examples of `batches`."""
   seen = collections.Counter()
@@ -45,9 +49,9 @@ def _split_examples(builder, split):
 @pytest.mark.parametrize("batch_size", [14, 362])  # 360 test images.
 def test_eval_batches_cover_every_test_example_once(digits, batch_size):
   builder, spec = digits
-  batches = list(pipeline.eval_batches(builder, spec, "test", global_batch_size=batch_size,
+  batches = list(pipeline.eval_batches(builder, spec, _TEST, global_batch_size=batch_size,
                                    image_size=0))
-  assert len(batches) == pipeline.eval_steps(builder, "test", batch_size) == -(-360 // batch_size)
+  assert len(batches) == pipeline.eval_steps(builder, _TEST, batch_size) == -(-360 // batch_size)
   assert all(b["image"].shape == (batch_size, 8, 8, 1) for b in batches)
   assert sum(float(b["mask"].sum()) for b in batches) == 360
   assert _examples(batches) == _split_examples(builder, "test")
@@ -61,14 +65,15 @@ def test_sharded_eval_step_counts_every_test_example_once(digits, digits_config)
   sharding = train.Sharding.over_all_devices()
   state = jax.device_put(train.create_train_state(config, model, (8, 8, 1)),
                          sharding.replicated)
-  eval_step = jax.jit(train.make_eval_step(objective), out_shardings=sharding.replicated)
+  eval_step = jax.jit(train.make_eval_step(objective),
+                      out_shardings=(sharding.replicated, sharding.batch))
   sums = metrics.empty(10)
   # 26 batches of 14 (7 per device), the last holding 10 examples and 4 padding.
-  for batch in pipeline.eval_batches(builder, spec, "test", global_batch_size=14,
+  for batch in pipeline.eval_batches(builder, spec, _TEST, global_batch_size=14,
                                  image_size=0):
     global_batch = sharding.put_batch(batch)
     assert len(global_batch["image"].sharding.device_set) == 2
-    sums = eval_step(state, sums, global_batch)
+    sums, _ = eval_step(state, sums, global_batch)
   labels = [int(ex["label"]) for ex in tfds.as_numpy(builder.as_dataset(split="test"))]
   assert float(sums["count"]) == 360
   np.testing.assert_array_equal(np.asarray(sums["confusion"]).sum(axis=1),
@@ -80,7 +85,7 @@ def test_sharded_eval_step_counts_every_test_example_once(digits, digits_config)
 def _train_epoch(digits, **kwargs):
   builder, spec = digits
   args = dict(global_batch_size=64, image_size=0, seed=3, epoch=0) | kwargs
-  return list(pipeline.train_batches(builder, spec, **args))
+  return list(pipeline.train_batches(builder, spec, _TRAIN, **args))
 
 
 def test_train_order_is_a_function_of_seed_and_epoch_and_resumes_exactly(digits):
@@ -132,7 +137,8 @@ def gtsrb_builder(tmp_path_factory):
 
 def test_gtsrb_images_are_cropped_to_their_roi_and_resized(gtsrb_builder):
   spec = data.get_spec("gtsrb")
-  batches = list(pipeline.eval_batches(gtsrb_builder, spec, "test", global_batch_size=4,
+  batches = list(pipeline.eval_batches(gtsrb_builder, spec, data.Split("test", "test", 4),
+                                       global_batch_size=4,
                                    image_size=32))
   images = np.concatenate([b["image"] for b in batches])
   assert images.shape == (4, 32, 32, 3) and batches[0]["mask"].all()
@@ -156,7 +162,8 @@ def test_gtsrb_is_never_flipped(gtsrb_builder, digits_config):
   # Shifted by the crop augmentation (up to 4 pixels), never mirrored: the
   # left quarter stays green or black padding, the right quarter blue or black.
   for epoch in range(4):
-    for batch in pipeline.train_batches(gtsrb_builder, spec, global_batch_size=8, image_size=32,
+    for batch in pipeline.train_batches(gtsrb_builder, spec, data.Split("train", "train", 8),
+                                        global_batch_size=8, image_size=32,
                                     seed=0, epoch=epoch, augmentations=spec.augmentations):
       left, right = batch["image"][:, :, :8], batch["image"][:, :, -8:]
       assert left[..., 2].max() < 1e-6 and right[..., 1].max() < 1e-6

@@ -1,0 +1,95 @@
+"""The splits a run reads: train, validation and test.
+
+No dataset camri reads ships a validation split, so one is held out of the
+training split, as big_vision carves `train[90%:]`, but stratified by class:
+of the n_k training examples of class k, the first round(f * n_k) (halves
+rounded up) in the order of SHA-256(`<SPLIT_SEED>:<tfds id>`) are the
+validation split, f = `config.validation_fraction` (no validation split when
+that holds no example out). The ids are tfds's
+(`digits-train.tfrecord-00000-of-00001__17`), so the choice depends only on
+the prepared dataset and f: it is the same for every `config.seed`, every
+process count and every run of a grid. f = 0 holds nothing out.
+
+Finding the held-out ids takes one pass over the training split's labels (the
+images are not decoded); it is cached next to the prepared dataset
+(`<data_dir>/<name>/<version>/camri-validation-*.json`) where that directory is
+writable.
+"""
+
+import collections
+import functools
+import hashlib
+import json
+import os
+
+import tensorflow_datasets as tfds
+
+from camri.data import pipeline
+from camri.data.spec import DatasetSpec
+from camri.data.spec import Split
+
+SPLIT_SEED = 0
+
+
+def held_out_ids(builder, tfds_split: str, fraction: float) -> frozenset[str]:
+  """The tfds ids of the validation examples held out of `tfds_split` (see the module doc)."""
+  if fraction == 0:
+    return frozenset()
+  cache = os.path.join(str(builder.data_dir),
+                       f"camri-validation-{tfds_split}-{fraction!r}-seed{SPLIT_SEED}.json")
+  try:
+    with open(cache) as f:
+      return frozenset(json.load(f)["held_out"])
+  except (OSError, ValueError, KeyError):
+    pass
+  by_class = collections.defaultdict(list)
+  labels = pipeline._read_tfds(builder, tfds_split).map(  # pylint: disable=protected-access
+      lambda ex: (ex["tfds_id"], ex["label"]))
+  for tfds_id, label in tfds.as_numpy(labels):
+    by_class[int(label)].append(tfds_id.decode())
+  held_out = []
+  for ids in by_class.values():
+    ids.sort(key=lambda i: hashlib.sha256(f"{SPLIT_SEED}:{i}".encode()).hexdigest())
+    held_out += ids[:int(fraction * len(ids) + 0.5)]
+  _write_cache(builder, cache, sorted(held_out))
+  return frozenset(held_out)
+
+
+def _write_cache(builder, path, held_out):
+  """Best effort: a read-only or not yet prepared data directory is left alone."""
+  if not builder.is_prepared():
+    return
+  try:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump({"held_out": held_out}, f)
+    os.replace(tmp, path)
+  except OSError:
+    pass
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_splits(builder, spec: DatasetSpec, fraction: float):
+  test = Split("test", spec.test_split, pipeline.split_size(builder, spec.test_split))
+  train_size = pipeline.split_size(builder, spec.train_split)
+  if spec.validation_split is not None:
+    val = Split("val", spec.validation_split,
+                pipeline.split_size(builder, spec.validation_split))
+    return {"train": Split("train", spec.train_split, train_size), "val": val, "test": test}
+  held_out = held_out_ids(builder, spec.train_split, fraction)
+  if not held_out:  # f = 0, or classes too small for f to hold any example out.
+    return {"train": Split("train", spec.train_split, train_size), "test": test}
+  return {
+      "train": Split("train", spec.train_split, train_size - len(held_out), held_out, False),
+      "val": Split("val", spec.train_split, len(held_out), held_out, True),
+      "test": test,
+  }
+
+
+def run_splits(builder, spec: DatasetSpec, validation_fraction: float) -> dict[str, Split]:
+  """{"train", "val", "test": Split}; no "val" when there is no validation split.
+
+  The dataset's own validation split where it has one (`spec.validation_split`),
+  else one held out of the training split by `validation_fraction`.
+  """
+  return dict(_cached_splits(builder, spec, float(validation_fraction)))

@@ -1,0 +1,69 @@
+"""The validation split: held out of train, stratified, the same for every run."""
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from camri import prepare
+from camri.data import dataset as dataset_lib
+from camri.data import pipeline
+
+
+def _ids_and_labels(dataset, split):
+  """{tfds id: label} of the examples `split` reads."""
+  return {ex["tfds_id"].decode(): int(ex["label"])
+          for ex in tfds.as_numpy(pipeline._read(dataset.builder, dataset.splits[split]))}  # pylint: disable=protected-access
+
+
+def _open(config, **fields):
+  for key, value in fields.items():
+    config[key] = value
+  return dataset_lib.open_dataset(prepare.validated_config(config)[0])
+
+
+@pytest.fixture(scope="module")
+def splits(tfds_dir):
+  from configs import digits  # pylint: disable=g-import-not-at-top
+  config = digits.get_config()
+  config.data_dir = tfds_dir
+  dataset = _open(config)
+  return dataset, {name: _ids_and_labels(dataset, name) for name in ("train", "val", "test")}
+
+
+def test_validation_split_is_disjoint_from_train_and_test_and_sized(splits):
+  dataset, ids = splits
+  train, val, test = ids["train"], ids["val"], ids["test"]
+  assert not set(train) & set(val) and not set(val) & set(test) and not set(train) & set(test)
+  assert len(train) + len(val) == 1437 and len(test) == 360
+  assert {name: split.size for name, split in dataset.splits.items()} == {
+      "train": len(train), "val": len(val), "test": 360}
+  assert dataset.describe() == f"train {len(train)}, val {len(val)}, test 360"
+
+
+def test_validation_split_holds_each_class_within_one_of_the_fraction(splits):
+  _, ids = splits
+  per_class = collections.Counter(ids["train"].values()) + collections.Counter(
+      ids["val"].values())
+  held = collections.Counter(ids["val"].values())
+  for label, n in per_class.items():
+    assert abs(held[label] - 0.1 * n) <= 1, (label, held[label], n)
+    assert held[label] == int(0.1 * n + 0.5)  # Halves rounded up, as documented.
+
+
+def test_validation_split_is_the_same_for_every_seed(splits, digits_config):
+  _, ids = splits
+  for seed in (1, 7):
+    other = _open(digits_config.copy_and_resolve_references(), seed=seed)
+    assert _ids_and_labels(other, "val") == ids["val"]
+
+
+def test_fraction_zero_leaves_the_train_split_unchanged(digits_config):
+  dataset = _open(digits_config, validation_fraction=0.0)
+  assert set(dataset.splits) == {"train", "test"} and dataset.eval_splits == ["test"]
+  read = [ex["tfds_id"] for ex in tfds.as_numpy(
+      pipeline._read(dataset.builder, dataset.splits["train"]))]  # pylint: disable=protected-access
+  whole = [ex["tfds_id"] for ex in tfds.as_numpy(pipeline._read_tfds(dataset.builder, "train"))]  # pylint: disable=protected-access
+  np.testing.assert_array_equal(read, whole)
+  assert len(read) == dataset.splits["train"].size == 1437
