@@ -63,7 +63,8 @@ def summarize(sums, important_classes: Sequence[int], prefix: str,
 
   Returns `{prefix}_loss`, `{prefix}_accuracy` and `{prefix}_recall` (recall of
   the important classes, their mean when several; NaN when there are none);
-  with `per_class`, also `{prefix}_recall_<k>` and the mean and variance in
+  with `per_class`, also `{prefix}_recall_<k>`, `{prefix}_precision_<k>`
+  (NaN where nothing was predicted as k) and the mean and variance in
   degrees^2 of the angle to the own class weight, `{prefix}_angle_mean_<k>`
   and `{prefix}_angle_var_<k>`.
   """
@@ -72,6 +73,7 @@ def summarize(sums, important_classes: Sequence[int], prefix: str,
   support = confusion.sum(axis=1)
   with np.errstate(invalid="ignore", divide="ignore"):
     recall = np.diag(confusion) / support
+    precision = np.diag(confusion) / confusion.sum(axis=0)
     angle_mean = sums["angle_sum"] / support
     angle_var = np.maximum(sums["angle_sq_sum"] / support - angle_mean**2, 0.0)
   important = list(important_classes)
@@ -83,6 +85,8 @@ def summarize(sums, important_classes: Sequence[int], prefix: str,
   if per_class:
     for k in range(len(recall)):
       out[f"{prefix}_recall_{k}"] = recall[k]
+    for k in range(len(recall)):
+      out[f"{prefix}_precision_{k}"] = precision[k]
     for k in range(len(recall)):
       out[f"{prefix}_angle_mean_{k}"] = angle_mean[k]
       out[f"{prefix}_angle_var_{k}"] = angle_var[k]
