@@ -104,6 +104,7 @@ def main(argv):
   from camri import checkpoint  # pylint: disable=g-import-not-at-top
   from camri import train  # pylint: disable=g-import-not-at-top
   stop = train.StopRequest()
+  stop.install()
   try:
     rows = train.train_and_evaluate(config, _WORKDIR.value, stop)
   except prepare.ConfigError as e:  # prepare_run checks first; a safety net.
@@ -112,6 +113,8 @@ def main(argv):
     _fail(e, 3)
   except checkpoint.UnreadableCheckpointError as e:
     _fail(e, 4)
+  finally:
+    stop.uninstall()
   finished = bool(rows) and rows[-1]["epoch"] == config.num_epochs
   if stop and not finished:
     print(f"stopped by {stop.signal}. Resume with the same command:\n  "

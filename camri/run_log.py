@@ -14,21 +14,26 @@ dropped, so the file ends with exactly one row per epoch.
 """
 
 import csv
+import io
 import json
 import math
 import os
 from pathlib import Path
+
+import numpy as np
+import tqdm
 
 from camri import config_lib
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_DIR = "checkpoints"
+PREDICTIONS_DIR = "predictions"
 
 
-def _atomic_write(path: Path, text: str):
+def _atomic_write(path: Path, text: str | bytes):
   tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w") as f:
+  with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
     f.write(text)
     f.flush()
     os.fsync(f.fileno())
@@ -64,6 +69,45 @@ def read_metrics(workdir) -> list[dict[str, float]]:
     return [{k: _number(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def predictions_path(workdir, split: str, part: int | None = None) -> Path:
+  """predictions/<split>.npz, or a process's part of it, <split>.p<part>.npz."""
+  name = split if part is None else f"{split}.p{part}"
+  return Path(workdir) / PREDICTIONS_DIR / f"{name}.npz"
+
+
+def write_predictions(workdir, split: str, arrays: dict, part: int | None = None):
+  """Writes `arrays` (ids, labels, scores, step) to `predictions_path`, atomically."""
+  path = predictions_path(workdir, split, part)
+  path.parent.mkdir(exist_ok=True)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  _atomic_write(path, buffer.getvalue())
+
+
+def read_predictions(workdir, split: str, part: int | None = None) -> dict | None:
+  """A split's saved predictions, or None when absent.
+
+  {"ids": (N,) str, tfds ids; "labels": (N,) int64; "scores": (N, K) float32,
+  the loss's prediction-rule scores, whose argmax is the predicted class;
+  "step": the train step of the parameters that made them}.
+  """
+  path = predictions_path(workdir, split, part)
+  if not path.exists():
+    return None
+  with np.load(path) as f:
+    return {key: f[key] for key in f.files}
+
+
+def merge_prediction_parts(workdir, split: str, num_parts: int):
+  """Joins the processes' parts of a split's predictions into one file, then removes them."""
+  parts = [read_predictions(workdir, split, part) for part in range(num_parts)]
+  write_predictions(workdir, split, {
+      key: np.concatenate([p[key] for p in parts]) if value.ndim else value
+      for key, value in parts[0].items()})
+  for part in range(num_parts):
+    predictions_path(workdir, split, part).unlink()
+
+
 def get_field(config: dict, path: str, default=None):
   """config["loss"]["margin"] for path "loss.margin" (a flat dotted key works too)."""
   if path in config:
@@ -95,12 +139,18 @@ def find_runs(root) -> list[str]:
   return sorted(found)
 
 
+# The numbers of metrics.csv's row printed at every epoch.
+_PRINTED = ("train_loss", "val_loss", "val_accuracy", "val_recall", "test_loss",
+            "test_accuracy", "test_recall")
+
+
 class MetricsLog:
   """One row per epoch in metrics.csv, mirrored to TensorBoard."""
 
-  def __init__(self, workdir, enabled: bool = True):
+  def __init__(self, workdir, enabled: bool = True, num_epochs: int | None = None):
     self.workdir = Path(workdir)
     self.enabled = enabled
+    self.num_epochs = num_epochs
     self.rows = read_metrics(workdir) if enabled else []
     self._tb = self._summary = None
     if enabled:
@@ -121,6 +171,9 @@ class MetricsLog:
       return
     self.rows = [r for r in self.rows if r["epoch"] < epoch] + [{"epoch": epoch, **row}]
     self._flush()
+    shown = "  ".join(f"{key} {row[key]:.4f}" for key in _PRINTED if key in row)
+    of = f"/{self.num_epochs}" if self.num_epochs else ""
+    tqdm.tqdm.write(f"epoch {epoch}{of}  {shown}")
     with self._tb.as_default(step=step):
       for key, value in row.items():
         if math.isfinite(value):

@@ -14,6 +14,7 @@ returns; a second signal exits at once. A NaN or Inf loss or state raises
 written is waited for on every way out.
 """
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -28,12 +29,12 @@ import optax
 import tqdm
 
 from camri import checkpoint
-from camri import data as data_lib
 from camri import metrics
 from camri import models
 from camri import objectives
 from camri import run_log
-from camri.data import pipeline
+from camri.data import dataset as dataset_lib
+from camri.data.dataset import Dataset
 from camri.objectives import Objective
 from camri.preemption import StopRequest
 
@@ -119,15 +120,16 @@ def _all_finite(tree) -> jax.Array:
 
 
 def make_eval_step(objective: Objective):
+  """(state, sums, batch) -> (sums, scores): the batch's metric sums and (N, K) prediction scores."""
 
   def eval_step(state: TrainState, sums, batch):
     outputs = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats},
         batch["image"], train=False)
     per_example = objective.loss(outputs, batch["label"])
+    scores = objective.scores(outputs)
     return metrics.add(sums, metrics.batch_sums(
-        per_example, objective.scores(outputs), batch["label"], batch["mask"],
-        outputs.get("cosine")))
+        per_example, scores, batch["label"], batch["mask"], outputs.get("cosine"))), scores
 
   return eval_step
 
@@ -150,10 +152,90 @@ class Sharding:
     return cls(mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
 
-  def put_batch(self, local_batch):
-    """A global array from this process's slice of the batch."""
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.batch, x), local_batch)
+  def put_batch(self, local_batch, keep_on_host=("id",)):
+    """A global array from this process's slice of the batch; `keep_on_host` keys are left out."""
+    return {key: jax.make_array_from_process_local_data(self.batch, x)
+            for key, x in local_batch.items() if key not in keep_on_host}
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in its local batch's order."""
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def restore_or_init(config, model, dataset: Dataset, sharding: Sharding,
+                    manager) -> tuple[int, TrainState, Any]:
+  """(step, state, the epoch's train metric sums) of the newest intact checkpoint, or a new run's.
+
+  Parameters are only initialised (a compile of their own) for a new run.
+
+  Raises:
+    checkpoint.UnreadableCheckpointError: there are checkpoints but none restores.
+  """
+  sums = jax.device_put(empty_train_sums(dataset.num_classes), sharding.replicated)
+  restored = checkpoint.restore_latest(
+      manager, abstract_train_state(config, model, dataset.image_shape, sharding.replicated),
+      sums)
+  if restored is not None:
+    return restored
+  state = create_train_state(config, model, dataset.image_shape)
+  return 0, jax.device_put(state, sharding.replicated), sums
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """This process's examples of a split through the model."""
+  ids: np.ndarray  # (N,) str: tfds ids.
+  labels: np.ndarray  # (N,) int64.
+  scores: np.ndarray  # (N, K) float32: the prediction rule's scores (argmax = prediction).
+
+
+def evaluate(eval_step, state, dataset: Dataset, split: str, sharding: Sharding,
+             global_batch_size: int, keep_predictions=False):
+  """One pass over `split`: (its metric sums, its `Predictions` or None).
+
+  The one evaluation of a run, for every split: the per-epoch metrics and the
+  saved predictions come from the same pass.
+  """
+  sums = jax.device_put(metrics.empty(dataset.num_classes), sharding.replicated)
+  kept = []
+  for batch in dataset.eval_batches(split, global_batch_size=global_batch_size):
+    sums, scores = eval_step(state, sums, sharding.put_batch(batch))
+    if keep_predictions:
+      real = batch["mask"] > 0
+      kept.append((batch["id"][real], batch["label"][real], local_rows(scores)[real]))
+  if not keep_predictions:
+    return sums, None
+  ids, labels, scores = (np.concatenate(column) for column in zip(*kept))
+  return sums, Predictions(ids.astype(str), labels.astype(np.int64), scores.astype(np.float32))
+
+
+def save_predictions(workdir, split: str, predictions: Predictions, step: int):
+  """predictions/<split>.npz, stamped with `step`.
+
+  With several processes, each writes its part and process 0 joins them once
+  all have (after a barrier).
+  """
+  several = jax.process_count() > 1
+  run_log.write_predictions(workdir, split, {**dataclasses.asdict(predictions), "step": step},
+                            part=jax.process_index() if several else None)
+  if several:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"predictions {split}")
+    if jax.process_index() == 0:
+      run_log.merge_prediction_parts(workdir, split, jax.process_count())
+
+
+def save_missing_predictions(eval_step, state, step, dataset: Dataset, sharding: Sharding,
+                             config, workdir):
+  """Saves the predictions of every evaluated split whose file is missing or not from `step`."""
+  for split in dataset.eval_splits:
+    saved = run_log.read_predictions(workdir, split)
+    if saved is None or int(saved["step"]) != step:
+      _, predictions = evaluate(eval_step, state, dataset, split, sharding,
+                                config.eval_batch_size, keep_predictions=True)
+      save_predictions(workdir, split, predictions, step)
 
 
 def _stop_now(stop: StopRequest, step: int, every: int) -> bool:
@@ -184,16 +266,69 @@ def _check_finite(train_sums, step, last_saved):
         f"stopped without saving it, {kept}: lower config.learning_rate or check the data")
 
 
+def train_epoch(state, sums, step, batches, train_step, sharding: Sharding, hooks):
+  """Steps over `batches`; after each, every hook(step, sums) runs, and any returning True stops."""
+  for batch in batches:
+    state, sums = train_step(state, sums, sharding.put_batch(batch))
+    step += 1
+    if any([hook(step, sums) for hook in hooks]):  # A list: every hook sees every step.
+      break
+  return state, sums, step
+
+
+def step_hooks(stop: StopRequest, every: int, last_saved: int, bar: tqdm.tqdm):
+  """After each step: the progress bar; every `every` steps, the finite check; the stop poll."""
+
+  def progress(step, sums):
+    bar.update()
+    if step % every == 0:
+      _check_finite(sums, step, last_saved)
+      bar.set_postfix(loss=f"{float(sums['loss_sum'] / sums['count']):.4f}")
+
+  return [progress, lambda step, sums: _stop_now(stop, step, every)]
+
+
+def describe_run(config, dataset: Dataset, steps_per_epoch: int) -> str:
+  """The run's first line: devices, processes, batch, split sizes, steps per epoch."""
+  devices = jax.devices()
+  per_device = config.batch_size // len(devices)
+  return (f"{len(devices)} x {devices[0].device_kind}, {jax.process_count()} process"
+          f"{'es' if jax.process_count() > 1 else ''}; batch {config.batch_size} "
+          f"({per_device} per device); {config.dataset}: {dataset.describe()}; "
+          f"{steps_per_epoch} steps per epoch")
+
+
+@contextlib.contextmanager
+def run_resources(config, workdir):
+  """A run's checkpoint manager and metrics log, closed on every way out.
+
+  Closing the manager waits for the checkpoint being written.
+  """
+  manager = checkpoint.manager(workdir, config.keep_checkpoints)
+  log = run_log.MetricsLog(workdir, enabled=jax.process_index() == 0,
+                           num_epochs=config.num_epochs)
+  try:
+    yield manager, log
+  finally:
+    try:
+      manager.close()
+    finally:
+      log.close()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        stop: StopRequest | None = None) -> list[dict[str, float]]:
   """Trains `config` in `workdir`, resuming from its newest intact checkpoint.
 
+  Every epoch ends with one row of metrics.csv: the epoch's train metrics and
+  an evaluation of every split in `Dataset.eval_splits`; the last epoch's
+  evaluation also writes predictions/<split>.npz (again if missing, when rerun).
+
   Args:
     config: a validated config (important classes as indices).
     workdir: the run directory.
-    stop: set by a signal handler to checkpoint and return early; by default a
-      new one. It handles SIGTERM and SIGINT while this function runs (before
-      the first step, a stop returns without training).
+    stop: set (by the caller's signal handler, `StopRequest.install`) to
+      checkpoint and return early.
 
   Returns:
     metrics.csv's rows so far.
@@ -205,92 +340,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       restores.
   """
   stop = stop if stop is not None else StopRequest()
-  stop.install()
-  spec = data_lib.get_spec(config.dataset)
-  builder = data_lib.get_builder(spec, config.data_dir)
-  num_classes = builder.info.features["label"].num_classes
-  important = tuple(config.loss.important_classes)
-  shape = data_lib.image_shape(builder, config.image_size)
-  steps_per_epoch = pipeline.steps_per_epoch(builder, spec, config.batch_size)
+  dataset = dataset_lib.open_dataset(config)
+  steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   total_steps = steps_per_epoch * config.num_epochs
-
   sharding = Sharding.over_all_devices()
-  model, objective = make_model(config, num_classes)
-  fresh_sums = lambda: jax.device_put(empty_train_sums(num_classes), sharding.replicated)
-  train_sums = fresh_sums()
-
-  step = last_saved = 0
-  manager = checkpoint.manager(workdir, config.keep_checkpoints)
-  log = run_log.MetricsLog(workdir, enabled=jax.process_index() == 0)
-  try:
-    # Parameters are only initialised (a compile of their own) for a new run.
-    restored = checkpoint.restore_latest(
-        manager, abstract_train_state(config, model, shape, sharding.replicated), train_sums)
-    if restored is None:
-      state = jax.device_put(create_train_state(config, model, shape), sharding.replicated)
-    else:
-      step, state, train_sums = restored
-      if jax.process_index() == 0:
-        print(f"resuming from the checkpoint at step {step} (epoch "
-              f"{step // steps_per_epoch} of {config.num_epochs} done)", flush=True)
+  model, objective = make_model(config, dataset.num_classes)
+  train_step = jax.jit(make_train_step(objective, config.seed), donate_argnums=(0, 1),
+                       out_shardings=(sharding.replicated, sharding.replicated))
+  eval_step = jax.jit(make_eval_step(objective), donate_argnums=1,
+                      out_shardings=(sharding.replicated, sharding.batch))
+  check_every = max(1, min(50, steps_per_epoch // 4))
+  main_process = jax.process_index() == 0
+  _say(describe_run(config, dataset, steps_per_epoch), main_process)
+  with run_resources(config, workdir) as (manager, log):
+    step, state, train_sums = restore_or_init(config, model, dataset, sharding, manager)
+    if step:
+      _say(f"resuming from the checkpoint at step {step} (epoch {step // steps_per_epoch} "
+           f"of {config.num_epochs} done)", main_process)
     log.truncate(step // steps_per_epoch)
     last_saved = step
-
-    train_step = jax.jit(make_train_step(objective, config.seed), donate_argnums=(0, 1),
-                         out_shardings=(sharding.replicated, sharding.replicated))
-    eval_step = jax.jit(make_eval_step(objective), donate_argnums=1,
-                        out_shardings=sharding.replicated)
-    show_bar = config.progress_bar and jax.process_index() == 0
-    check_every = max(1, min(50, steps_per_epoch // 4))
-
     for epoch in range(step // steps_per_epoch, config.num_epochs):
       if _stop_now(stop, step, check_every):
         break
-      start = step - epoch * steps_per_epoch
-      if start == 0:
-        train_sums = fresh_sums()
-      batches = pipeline.train_batches(
-          builder, spec, global_batch_size=config.batch_size,
-          image_size=config.image_size, seed=config.seed, epoch=epoch,
-          start_step=start, augmentations=tuple(config.augment))
-      with tqdm.tqdm(total=steps_per_epoch, initial=start, disable=not show_bar,
+      if step == epoch * steps_per_epoch:
+        train_sums = jax.device_put(empty_train_sums(dataset.num_classes), sharding.replicated)
+      batches = dataset.train_batches(
+          global_batch_size=config.batch_size, seed=config.seed, epoch=epoch,
+          start_step=step - epoch * steps_per_epoch, augmentations=tuple(config.augment))
+      with tqdm.tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch,
+                     disable=not (config.progress_bar and main_process), leave=False,
                      desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step",
-                     leave=False, dynamic_ncols=True) as bar:
-        for batch in batches:
-          state, train_sums = train_step(state, train_sums, sharding.put_batch(batch))
-          step += 1
-          bar.update()
-          if step % check_every == 0:
-            _check_finite(train_sums, step, last_saved)
-            bar.set_postfix(loss=f"{float(train_sums['loss_sum'] / train_sums['count']):.4f}")
-          if _stop_now(stop, step, check_every):
-            break
+                     dynamic_ncols=True) as bar:
+        state, train_sums, step = train_epoch(
+            state, train_sums, step, batches, train_step, sharding,
+            step_hooks(stop, check_every, last_saved, bar))
       _check_finite(train_sums, step, last_saved)
       if step == (epoch + 1) * steps_per_epoch:
-        eval_sums = metrics.empty(num_classes)
-        for batch in pipeline.eval_batches(
-            builder, spec, spec.test_split, global_batch_size=config.eval_batch_size,
-            image_size=config.image_size):
-          eval_sums = eval_step(state, eval_sums, sharding.put_batch(batch))
-        row = {**metrics.summarize(train_sums, important, "train"),
-               **metrics.summarize(eval_sums, important, "test", per_class=True)}
+        row = metrics.summarize(train_sums, config.loss.important_classes, "train")
+        for split in dataset.eval_splits:
+          sums, predictions = evaluate(eval_step, state, dataset, split, sharding,
+                                       config.eval_batch_size, keep_predictions=step == total_steps)
+          row |= metrics.summarize(sums, config.loss.important_classes, split, per_class=True)
+          if predictions is not None:
+            save_predictions(workdir, split, predictions, step)
         log.write(epoch + 1, row, step)
-        if jax.process_index() == 0:
-          tqdm.tqdm.write(
-              f"epoch {epoch + 1}/{config.num_epochs}  train_loss {row['train_loss']:.4f}  "
-              f"test_loss {row['test_loss']:.4f}  test_accuracy {row['test_accuracy']:.4f}  "
-              f"test_recall {row['test_recall']:.4f}")
       if step != last_saved:
         checkpoint.save(manager, step, state, train_sums)
         last_saved = step
-  finally:
-    try:
-      manager.close()  # Waits for the checkpoint being written.
-      log.close()
-    finally:
-      stop.uninstall()
+    if step == total_steps:  # A rerun of a finished run whose predictions were lost.
+      save_missing_predictions(eval_step, state, step, dataset, sharding, config, workdir)
   if stop and step < total_steps:
     logging.warning("%s received: stopped at step %d of %d; %s", stop.signal, step,
                     total_steps, f"checkpoint saved at step {last_saved}" if last_saved
                     else "nothing trained yet, no checkpoint")
   return log.rows
+
+
+def _say(text: str, main_process: bool):
+  if main_process:
+    tqdm.tqdm.write(text)

@@ -1,7 +1,7 @@
 """Killed, stopped, corrupted or diverging runs: nothing is lost and nothing is mixed.
 
 The end-to-end tests run `python -m camri.main` in subprocesses on digits with
-batch size 4 (359 steps per epoch, so a signal lands inside an epoch) for 3
+batch size 4 (323 steps per epoch, so a signal lands inside an epoch) for 3
 epochs, and compare metrics.csv byte for byte with an uninterrupted run's: data
 order and dropout keys derive from (seed, epoch, step) and the epoch's metric
 sums are checkpointed, so a resumed run must repeat the uninterrupted one
@@ -28,7 +28,7 @@ import run_main
 from camri import checkpoint
 from camri import run_log
 
-STEPS_PER_EPOCH = 359  # 1437 training images, batch size 4.
+STEPS_PER_EPOCH = 323  # 1437 - 145 validation = 1292 training images, batch size 4.
 
 
 @pytest.fixture(scope="session")
@@ -144,6 +144,10 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous(reference, digits_a
   args = [*digits_args, "--config.num_epochs=4", "--workdir", workdir]
   result = run_main.run(*args, compile_cache=compile_cache)
   assert result.returncode == 0, result.stderr
+  # The run's first line says what it runs on (2 simulated devices here).
+  assert result.stdout.splitlines()[0] == (
+      "2 x cpu, 1 process; batch 4 (2 per device); digits: train 1292, val 145, test 360; "
+      f"{STEPS_PER_EPOCH} steps per epoch")
   assert f"the checkpoint at step {3 * STEPS_PER_EPOCH} is unreadable" in result.stderr
   assert "do not match the fingerprint" in result.stderr
   assert "partly written checkpoint" in result.stderr
@@ -157,7 +161,7 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous(reference, digits_a
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     digits_args, compile_cache, tmp_path):
-  # NaN images in batch 3 of epoch 2 (bad data), that is at step 359 + 4.
+  # NaN images in batch 3 of epoch 2 (bad data), that is at step 323 + 4.
   workdir = tmp_path / "run"
   result = run_main.run("1", "3", *digits_args, "--workdir", workdir, main="tests/nan_data_main.py",
                         compile_cache=compile_cache)

@@ -1,6 +1,7 @@
 """Training: data-parallel equivalence, every dataset config on mocked data, resume."""
 
 import importlib
+import json
 from unittest import mock
 
 import jax
@@ -136,15 +137,45 @@ def test_rerun_resumes_and_a_finished_run_is_not_retrained(digits_config, tmp_pa
   config = prepare.prepare_run(digits_config, workdir)
   first = train.train_and_evaluate(config, workdir)
   assert [r["epoch"] for r in first] == [1, 2]
-  again = train.train_and_evaluate(config, workdir)  # Finished: nothing to do.
-  assert again == first
+  _assert_predictions_match_the_last_row(workdir, first[-1])
+  saved = run_log.read_predictions(workdir, "test")
+  run_log.predictions_path(workdir, "test").unlink()
+  again = train.train_and_evaluate(config, workdir)  # Finished: only the lost file is remade.
+  np.testing.assert_equal(again, first)  # NaN == NaN (a never predicted class's precision).
+  np.testing.assert_equal(run_log.read_predictions(workdir, "test"), saved)
   digits_config.num_epochs = 3
   config = prepare.prepare_run(digits_config, workdir)
   longer = train.train_and_evaluate(config, workdir)
   assert [r["epoch"] for r in longer] == [1, 2, 3]
-  assert longer[:2] == first
-  assert run_log.read_metrics(workdir) == longer
+  np.testing.assert_equal(longer[:2], first)
+  np.testing.assert_equal(run_log.read_metrics(workdir), longer)
+  _assert_predictions_match_the_last_row(workdir, longer[-1])  # Rewritten for epoch 3.
   assert longer[-1]["test_accuracy"] >= 0.9
+
+
+def test_a_workdir_from_before_the_validation_split_is_the_run_it_was(digits_config, tmp_path):
+  workdir = tmp_path / "old"
+  prepare.prepare_run(digits_config.copy_and_resolve_references(), str(workdir))
+  path = workdir / run_log.CONFIG_FILE
+  record = json.loads(path.read_text())
+  del record["validation_fraction"]  # config.json as written before the field existed.
+  path.write_text(json.dumps(record))
+  assert run_log.read_config(workdir)["validation_fraction"] == 0.0
+  with pytest.raises(prepare.ConfigError, match="validation_fraction"):
+    prepare.prepare_run(digits_config.copy_and_resolve_references(), str(workdir))
+  digits_config.validation_fraction = 0.0
+  prepare.prepare_run(digits_config, str(workdir))  # Resumable as what it was.
+
+
+def _assert_predictions_match_the_last_row(workdir, last):
+  """predictions/{val,test}.npz: one row per example, argmax accuracy as metrics.csv's."""
+  for split, size in (("val", 145), ("test", 360)):
+    saved = run_log.read_predictions(workdir, split)
+    assert saved["scores"].shape == (size, 10) and saved["scores"].dtype == np.float32
+    assert len(set(saved["ids"])) == size and saved["labels"].shape == (size,)
+    assert np.mean(np.argmax(saved["scores"], -1) == saved["labels"]) == last[f"{split}_accuracy"]
+  assert {"val_loss", "val_accuracy", "val_recall", "val_recall_8", "val_precision_8",
+          "test_precision_8"} <= set(last)
 
 
 def test_metrics_summary_matches_hand_computed_values():
