@@ -32,9 +32,18 @@ class UnreadableCheckpointError(RuntimeError):
   """A run has checkpoints, but none of them restores."""
 
 
-def manager(workdir, keep: int) -> ocp.CheckpointManager:
-  """The manager of `workdir/checkpoints`, keeping the newest `keep` steps."""
+def manager(workdir, keep: int | None = None, read_only=False) -> ocp.CheckpointManager:
+  """The manager of `workdir/checkpoints`, keeping the newest `keep` steps.
+
+  The trainer's manager removes a partly written step left by a stopped
+  process. `read_only` is every reader's (features, predict, export): it
+  creates, cleans up and deletes nothing, so it is safe on a run that is
+  still training and writing a checkpoint.
+  """
   directory = os.path.abspath(os.path.join(workdir, run_log.CHECKPOINT_DIR))
+  if read_only:
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False, cleanup_tmp_directories=False))
   if jax.process_index() == 0 and os.path.isdir(directory):
     for name in sorted(os.listdir(directory)):
       if _TMP_SUFFIX in name:
@@ -76,11 +85,12 @@ def _restore(mngr: ocp.CheckpointManager, step: int, state, train_sums):
   return arrays
 
 
-def restore_latest(mngr: ocp.CheckpointManager, state, train_sums):
+def restore_latest(mngr: ocp.CheckpointManager, state, train_sums, delete_unreadable=True):
   """The newest checkpoint that restores intact: (step, state, train_sums).
 
-  Newer checkpoints that do not restore are reported and deleted (a later save
-  of the same step would collide with them).
+  Newer checkpoints that do not restore are reported and, with
+  `delete_unreadable` (the trainer's), deleted: a later save of the same step
+  would collide with them. Readers pass False and a read-only manager.
 
   Args:
     mngr: the run's checkpoint manager.
@@ -104,7 +114,7 @@ def restore_latest(mngr: ocp.CheckpointManager, state, train_sums):
                       step, reason)
       unreadable.append((step, reason))
       continue
-    for bad, _ in unreadable:
+    for bad, _ in unreadable if delete_unreadable else ():
       logging.warning("deleting the unreadable checkpoint at step %d; resuming from step %d",
                       bad, step)
       mngr.delete(bad)

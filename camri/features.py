@@ -3,23 +3,18 @@
 For what metrics.csv cannot show: the distribution of the angle between each
 test feature and its class weight (metrics.csv keeps its mean and variance),
 and the normalised features themselves (the 2-D feature plot). The model, its
-state and the checkpoint are built and restored by `camri.train`, the test
-batches come from `camri.data`'s pipeline, so the numbers are those of the
-run's evaluation at its last saved epoch.
+state and the checkpoint are restored by `camri.inference.load_run`
+(read-only: safe on a run still training), the test batches come from the run's
+input pipeline, so the numbers are those of the run's evaluation at its last
+saved epoch.
 """
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from camri import checkpoint
-from camri import data as data_lib
-from camri import run_log
-from camri import train
-from camri.data import pipeline
+from camri import inference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,70 +35,24 @@ class RunFeatures:
     return np.degrees(np.arccos(np.clip(own, -1.0, 1.0)))
 
 
-def load_config(workdir, data_dir=None) -> ml_collections.ConfigDict:
-  """The run's resolved config from config.json (data_dir replaced when given)."""
-  record = run_log.read_config(workdir)
-  if record is None:
-    raise ValueError(f"{workdir} holds no {run_log.CONFIG_FILE}: not a run directory")
-  record = {k: v for k, v in record.items() if k not in ("class_names", "num_classes")}
-  config = ml_collections.ConfigDict(record)
-  config.loss.important_classes = tuple(config.loss.important_classes)
-  if data_dir is not None:
-    config.data_dir = data_dir
-  return config
-
-
 def load_test_features(workdir, data_dir=None) -> RunFeatures:
-  """Restores the run's newest checkpoint and passes its test split through the model.
+  """Restores the run's newest checkpoint (read-only) and passes its test split through the model.
 
   Args:
     workdir: a run directory written by `camri.main`.
     data_dir: the tfds data_dir, when not the run's own.
 
   Raises:
-    ValueError: the workdir has no config.json or no readable checkpoint.
+    inference.RunNotFoundError (a ValueError): the workdir has no config.json
+      or no readable checkpoint.
   """
-  config = load_config(workdir, data_dir)
-  record = run_log.read_config(workdir)
-  spec = data_lib.get_spec(config.dataset)
-  builder = data_lib.get_builder(spec, config.data_dir)
-  num_classes = builder.info.features["label"].num_classes
-  model, objective = train.make_model(config, num_classes)
-  state = train.abstract_train_state(config, model,
-                                     data_lib.image_shape(builder, config.image_size),
-                                     train.Sharding.over_all_devices().replicated)
-  manager = checkpoint.manager(workdir, config.keep_checkpoints)
-  try:
-    restored = checkpoint.restore_latest(manager, state, train.empty_train_sums(num_classes))
-  finally:
-    manager.close()
-  if restored is None:
-    raise ValueError(f"{workdir} has no readable checkpoint under {run_log.CHECKPOINT_DIR}/")
-  step, state, _ = restored
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-
-  # The variables are an argument, not a closure, so they are not baked into
-  # the compiled program as constants.
-  @jax.jit
-  def forward(variables, images):
-    outputs = model.apply(variables, images, train=False)
-    return outputs["features"], outputs["cosine"]
-
-  features, cosine, labels = [], [], []
-  # eval_batches pads the last batch (mask 0) to one size for every batch.
-  for batch in pipeline.eval_batches(builder, spec, spec.test_split,
-                                     global_batch_size=config.eval_batch_size,
-                                     image_size=config.image_size):
-    keep = batch["mask"] > 0
-    z, cos = jax.device_get(forward(variables, batch["image"]))
-    features.append(z[keep])
-    cosine.append(cos[keep])
-    labels.append(batch["label"][keep])
+  run = inference.load_run(workdir, data_dir)
+  out = inference.split_outputs(run, "test", keys=("features", "cosine"))
   # cos(e_d, W_k) of the unit vectors e_d is W_k / |W_k|: the class weight
   # directions of any head that outputs "cosine", without knowing its params.
-  head = objective.head.apply({"params": state.params["head"]},
-                              jnp.eye(config.feature_dim, dtype=jnp.float32))
+  head = run.objective.head.apply({"params": run.variables["params"]["head"]},
+                                  jnp.eye(run.config.feature_dim, dtype=jnp.float32))
   return RunFeatures(
-      features=np.concatenate(features), labels=np.concatenate(labels).astype(np.int64),
-      cosine=np.concatenate(cosine), class_weights=np.asarray(head["cosine"]),
-      class_names=tuple(record.get("class_names") or ()), config=record, step=int(step))
+      features=out["features"], labels=out["label"].astype(np.int64), cosine=out["cosine"],
+      class_weights=np.asarray(head["cosine"]), class_names=run.class_names,
+      config=run.record, step=run.step)

@@ -1,0 +1,128 @@
+"""A trained run, loaded for use: its config, data, model and newest checkpoint.
+
+`load_run(workdir)` is the one restore for every reader of a run
+(`camri.features`, `camri.predict`, `camri.export`): the model and the state
+are built by `camri.train`, the data opened by `camri.data.dataset`, exactly
+as training built them, and the checkpoint is opened read-only, so a reader
+never changes a workdir and is safe on a run still training.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from camri import checkpoint
+from camri import run_log
+from camri import train
+from camri.data import dataset as dataset_lib
+from camri.data.dataset import Dataset
+from camri.objectives import Objective
+
+
+class RunNotFoundError(ValueError):
+  """The directory holds no run, or no checkpoint of it that restores."""
+
+
+def load_config(workdir, data_dir=None) -> ml_collections.ConfigDict:
+  """The run's resolved config from config.json (data_dir replaced when given)."""
+  record = run_log.read_config(workdir)
+  if record is None:
+    raise RunNotFoundError(f"{workdir} holds no {run_log.CONFIG_FILE}: not a run directory "
+                           "(give the --workdir of a camri.main run)")
+  record = {k: v for k, v in record.items() if k not in ("class_names", "num_classes")}
+  config = ml_collections.ConfigDict(record)
+  config.loss.important_classes = tuple(config.loss.important_classes)
+  if data_dir is not None:
+    config.data_dir = data_dir
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A run restored from its newest intact checkpoint."""
+  workdir: str
+  config: ml_collections.ConfigDict
+  record: dict  # config.json as written (with class_names).
+  dataset: Dataset
+  model: Any  # The flax module.
+  objective: Objective
+  variables: dict  # {"params", "batch_stats"}.
+  step: int
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return tuple(self.record.get("class_names") or self.dataset.class_names)
+
+  def apply(self, variables, images):
+    """The model's outputs ({"features", "cosine", "logits", ...}) at inference (no margin)."""
+    return self.model.apply(variables, images, train=False)
+
+  def scores(self, variables, images) -> jax.Array:
+    """(N, K) prediction-rule scores of images in [0, 1]; their argmax is the prediction."""
+    return self.objective.scores(self.apply(variables, images))
+
+  @functools.cached_property
+  def _jitted_scores(self):
+    # The variables are an argument, not a closure: not baked in as constants.
+    return jax.jit(self.scores)
+
+  def predict(self, images) -> jax.Array:
+    """`scores` with the run's variables."""
+    return self._jitted_scores(self.variables, images)
+
+
+def load_run(workdir, data_dir=None, prepare_data=True) -> Run:
+  """Restores the run in `workdir` from its newest intact checkpoint, read-only.
+
+  Args:
+    workdir: a run directory written by `camri.main`.
+    data_dir: the tfds data_dir, when not the run's own.
+    prepare_data: prepare the dataset if it is not (readers of the test split
+      need it; predicting on new images does not).
+
+  Raises:
+    RunNotFoundError: no config.json, or no checkpoint that restores.
+  """
+  config = load_config(workdir, data_dir)
+  dataset = dataset_lib.open_dataset(config, prepare=prepare_data)
+  model, objective = train.make_model(config, dataset.num_classes)
+  sharding = train.Sharding.over_all_devices()
+  abstract = train.abstract_train_state(config, model, dataset.image_shape, sharding.replicated)
+  manager = checkpoint.manager(workdir, read_only=True)
+  try:
+    restored = checkpoint.restore_latest(manager, abstract,
+                                         train.empty_train_sums(dataset.num_classes),
+                                         delete_unreadable=False)
+  except checkpoint.UnreadableCheckpointError as e:
+    raise RunNotFoundError(str(e)) from None
+  finally:
+    manager.close()
+  if restored is None:
+    raise RunNotFoundError(f"{workdir} has no checkpoint under {run_log.CHECKPOINT_DIR}/ "
+                           "(has the run trained an epoch?)")
+  step, state, _ = restored
+  return Run(workdir=str(workdir), config=config, record=run_log.read_config(workdir),
+             dataset=dataset, model=model, objective=objective,
+             variables={"params": state.params, "batch_stats": state.batch_stats},
+             step=int(step))
+
+
+def split_outputs(run: Run, split: str, keys=("features", "cosine")) -> dict[str, np.ndarray]:
+  """The model's `keys` outputs and the labels ("label") of every example of `split`, in order."""
+
+  @jax.jit
+  def forward(variables, images):
+    outputs = run.apply(variables, images)
+    return {key: outputs[key] for key in keys}
+
+  kept = []
+  # eval_batches pads the last batch (mask 0) to one size for every batch.
+  for batch in run.dataset.eval_batches(split, global_batch_size=run.config.eval_batch_size):
+    real = batch["mask"] > 0
+    out = jax.device_get(forward(run.variables, batch["image"]))
+    kept.append({"label": batch["label"][real], **{k: v[real] for k, v in out.items()}})
+  return {key: np.concatenate([k[key] for k in kept]) for key in kept[0]}
