@@ -5,13 +5,10 @@ shapes (global batch sharded over every device, as in training) and prints the
 throughput; the last line is `img/s <number>`. No dataset is read.
 """
 
-import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from ml_collections import config_flags
 

@@ -20,18 +20,12 @@ import os
 import shlex
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads.
-# TensorFlow only runs the input pipeline here (decode, cast, resize), which
-# oneDNN does not change; with it on, TensorFlow prints a start-up notice that
-# TF_CPP_MIN_LOG_LEVEL does not silence.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from camri.config_lib import ConfigError  # pylint: disable=g-import-not-at-top
+from camri.config_lib import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
