@@ -12,6 +12,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from camri import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed steps (after 3 warm-up steps).")
@@ -73,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -25,6 +25,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from camri import cli
 from camri.config_lib import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
@@ -47,8 +48,9 @@ def _parse_flags(argv):
   A config file's ValueError (a bad argument string; ConfigError is one) and an
   override of a field the config lacks would otherwise print a traceback:
   ml_collections re-raises them with the traceback in the message, so the
-  original is looked up on the exception's context chain.
+  original is looked up on the exception's context chain. --help exits 0.
   """
+  cli.exit_on_help(argv)
   try:
     argv = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError) as e:
