@@ -6,9 +6,9 @@ Running the same command again in the same workdir resumes the run.
 
 Exit status:
   0  the run is finished (or was already).
-  2  bad command line or config, a workdir holding another run, or a dataset's
-     manually downloaded archives missing: one line `error: ...` on stderr,
-     nothing computed or written.
+  2  bad command line or config, a workdir holding another run, a dataset's
+     manually downloaded archives missing, or a dataset's download failing:
+     one line `error: ...` on stderr, nothing computed or written.
   3  the loss or the train state became NaN or Inf (the message names the step);
      the checkpoints saved before are kept.
   4  the workdir has checkpoints but none of them restores.
@@ -94,7 +94,7 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   try:
     config = prepare.prepare_run(_CONFIG.value, _WORKDIR.value)
-  except (prepare.ConfigError, prepare.MissingArchiveError) as e:
+  except (prepare.ConfigError, prepare.MissingArchiveError, prepare.DownloadError) as e:
     _fail(e, 2)
 
   from camri import checkpoint  # pylint: disable=g-import-not-at-top
