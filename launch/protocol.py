@@ -255,7 +255,7 @@ def main(argv=None):
     parser.exit(2, f"error: {e}\n")
   if failed:
     return 1
-  ended = args.executor == "local" and not args.dry_run or args.wait
+  ended = (args.executor == "local" and not args.dry_run) or args.wait
   print(f"report{'' if ended else ', once the runs have ended'}: "
         f"python -m camri.report {shlex.quote(root)} --reference", file=log)
   return 0
