@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.optimizer = "adam"
   c.learning_rate = 1e-3
+  c.adam_eps = 1e-8  # Adam's epsilon: optax's default; Keras's is 1e-7.
   c.seed = 0
   c.tag = ""  # Free-form label for grids (e.g. a protocol role); not used in training.
   c.keep_checkpoints = 2
@@ -96,7 +97,7 @@ ANGULAR_MARGIN_LOSSES = ("camri", "arcface")
 # Fields added after runs had been written: the value a config.json without
 # the field implies, i.e. what those runs did. `run_log.read_config` fills them
 # in, so an old workdir resumes (or is refused) and is reported as the run it was.
-ADDED_FIELDS: dict[str, object] = {"validation_fraction": 0.0}
+ADDED_FIELDS: dict[str, object] = {"validation_fraction": 0.0, "adam_eps": 1e-8}
 
 
 def with_added_fields(record: dict) -> dict:
@@ -190,6 +191,8 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
           "no such directory: give an orbax checkpoint directory of the backbone's params")
   if not (isinstance(config.learning_rate, numbers.Real) and config.learning_rate > 0):
     _fail("learning_rate", config.learning_rate, "must be > 0")
+  if not (_real(config.adam_eps) and config.adam_eps > 0):
+    _fail("adam_eps", config.adam_eps, "must be > 0")
   fraction = config.validation_fraction
   if not (_real(fraction) and 0 <= fraction < 1):
     _fail("validation_fraction", fraction, "must be in [0, 1) (0: no validation split)")

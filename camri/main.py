@@ -6,9 +6,9 @@ Running the same command again in the same workdir resumes the run.
 
 Exit status:
   0  the run is finished (or was already).
-  2  bad command line or config, a workdir holding another run, or a dataset's
-     manually downloaded archives missing: one line `error: ...` on stderr,
-     nothing computed or written.
+  2  bad command line or config, a workdir holding another run, a dataset's
+     manually downloaded archives missing, or a dataset's download failing:
+     one line `error: ...` on stderr, nothing computed or written.
   3  the loss or the train state became NaN or Inf (the message names the step);
      the checkpoints saved before are kept.
   4  the workdir has checkpoints but none of them restores.
@@ -20,18 +20,13 @@ import os
 import shlex
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads.
-# TensorFlow only runs the input pipeline here (decode, cast, resize), which
-# oneDNN does not change; with it on, TensorFlow prints a start-up notice that
-# TF_CPP_MIN_LOG_LEVEL does not silence.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from camri.config_lib import ConfigError  # pylint: disable=g-import-not-at-top
+from camri import cli
+from camri.config_lib import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
@@ -53,8 +48,9 @@ def _parse_flags(argv):
   A config file's ValueError (a bad argument string; ConfigError is one) and an
   override of a field the config lacks would otherwise print a traceback:
   ml_collections re-raises them with the traceback in the message, so the
-  original is looked up on the exception's context chain.
+  original is looked up on the exception's context chain. --help exits 0.
   """
+  cli.exit_on_help(argv)
   try:
     argv = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError) as e:
@@ -98,7 +94,7 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   try:
     config = prepare.prepare_run(_CONFIG.value, _WORKDIR.value)
-  except (prepare.ConfigError, prepare.MissingArchiveError) as e:
+  except (prepare.ConfigError, prepare.MissingArchiveError, prepare.DownloadError) as e:
     _fail(e, 2)
 
   from camri import checkpoint  # pylint: disable=g-import-not-at-top

@@ -174,10 +174,24 @@ OBJECTIVES: dict[str, tuple[Callable[..., Objective], tuple[str, ...]]] = {
 }
 
 
-def make_objective(loss_config, num_classes: int) -> Objective:
-  """The objective named by `loss_config.name`, with its (validated) hyperparameters."""
+def make_objective(loss_config, num_classes: int, *,
+                   head_kernel_init: nn.initializers.Initializer | None = None) -> Objective:
+  """The objective named by `loss_config.name`, with its (validated) hyperparameters.
+
+  Args:
+    loss_config: `config.loss`.
+    num_classes: K.
+    head_kernel_init: the initialiser of the head's class-weight matrix, for
+      the heads that learn one (those with a `kernel_init` field: linear,
+      angular); None: the head's default. The other heads' class parameters
+      are fixed (Nirvana) or start as their own papers say (L-GM, EM-Softmax).
+  """
   if loss_config.name not in OBJECTIVES:
     raise ValueError(f"config.loss.name={loss_config.name!r} is unknown: "
                      f"choose one of {sorted(OBJECTIVES)}")
   make, _ = OBJECTIVES[loss_config.name]
-  return make(loss_config, num_classes)
+  objective = make(loss_config, num_classes)
+  if head_kernel_init is not None and hasattr(objective.head, "kernel_init"):
+    objective = dataclasses.replace(objective,
+                                    head=objective.head.clone(kernel_init=head_kernel_init))
+  return objective

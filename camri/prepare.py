@@ -23,10 +23,11 @@ from camri import models
 from camri import objectives
 from camri import run_log
 from camri.config_lib import ConfigError
+from camri.data.download import DownloadError
 from camri.data.manual import MissingArchiveError
 
-__all__ = ["ConfigError", "MissingArchiveError", "prepare_run", "setup_runtime",
-           "validated_config"]
+__all__ = ["ConfigError", "DownloadError", "MissingArchiveError", "prepare_run",
+           "setup_runtime", "validated_config"]
 
 
 def setup_runtime():
@@ -124,6 +125,8 @@ def prepare_run(config, workdir: str):
     MissingArchiveError: the dataset's archives are not in its manual
       directory (a one-line message naming each file, its download URL and
       the directory), before anything is written.
+    DownloadError: the dataset's files could not be downloaded (a one-line
+      message saying how to get a copy), before anything is written.
   """
   resolved, class_names = validated_config(config)
   record = _run_record(resolved, class_names)

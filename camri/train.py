@@ -49,12 +49,13 @@ class NonFiniteLossError(RuntimeError):
 
 def make_optimizer(config) -> optax.GradientTransformation:
   if config.optimizer == "adam":
-    return optax.adam(config.learning_rate)
+    return optax.adam(config.learning_rate, eps=config.adam_eps)
   return optax.sgd(config.learning_rate, momentum=0.9, nesterov=True)
 
 
 def make_model(config, num_classes: int) -> tuple[nn.Module, Objective]:
-  objective = objectives.make_objective(config.loss, num_classes)
+  objective = objectives.make_objective(
+      config.loss, num_classes, head_kernel_init=models.HEAD_KERNEL_INITS.get(config.model))
   backbone = models.get_backbone(config.model, config.feature_dim)
   return models.Classifier(backbone, objective.head), objective
 

@@ -1,8 +1,9 @@
 r"""CIFAR-10 with the paper's settings (Nishiyama et al., IJCNN 2022).
 
-reference_cnn (13 conv layers, GAP, Dense(512) + BN), Adam lr 1e-3, batch 64,
-300 epochs, inputs in [0, 1], no augmentation; CAMRI on cat (class 3) with
-m = 4*pi/64 and s = 16.
+reference_cnn (13 conv layers, GAP, Dense(512) + BN, started as the authors'
+Keras model), Adam lr 1e-3 with Keras's epsilon 1e-7, batch 64, 300 epochs,
+inputs in [0, 1], no augmentation; CAMRI on cat (class 3) with m = 4*pi/64 and
+s = 16.
 
 Argument string (optional), comma-separated key=value:
   loss=camri|arcface|normface|cross_entropy|...   important=<name or index>
@@ -25,4 +26,5 @@ def get_config(arg=None):
   config.batch_size = 64
   config.eval_batch_size = 500
   config.learning_rate = 1e-3
+  config.adam_eps = 1e-7  # The authors' (Keras's default).
   return config

@@ -29,6 +29,29 @@ def run_command(command, workdir, cwd=None, env=None):
     return subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
+def usable_cores() -> int:
+  """The CPU cores this process may run on (its affinity mask, where the OS has one)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
+def visible_gpus() -> tuple[str, ...]:
+  """Ids of the GPUs runs started here may use: CUDA_VISIBLE_DEVICES where set, else nvidia-smi's.
+
+  Empty without GPUs (or without nvidia-smi).
+  """
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:
+    return tuple(d.strip() for d in visible.split(",") if d.strip() and not d.strip().startswith("-"))
+  try:
+    result = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                            capture_output=True, text=True, timeout=30, check=False)
+  except (OSError, subprocess.TimeoutExpired):
+    return ()
+  return tuple(result.stdout.split()) if result.returncode == 0 else ()
+
+
 def run_local(runs, parallel=1, cuda_devices=(), cwd=None):
   """Runs at most `parallel` commands at a time; blocks until all have ended.
 

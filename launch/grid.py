@@ -22,7 +22,9 @@ config.json or fewer rows) is run with its same command; `camri.main` resumes
 it from its checkpoints. On Slurm, a run whose job (recorded in launch.json) is
 still in squeue is skipped as well.
 
-Executors: `local` runs --parallel subprocesses at a time and waits;
+Executors: `local` runs --parallel subprocesses at a time (default: as many
+as the machine holds, one per GPU or, without GPUs, one per CPU core or per
+--cpus cores; see `local_slots`) and waits;
 `slurm` submits one job array through submitit (--cluster local|debug run the
 same path on this machine); `dry` prints the commands. With --dry-run,
 `slurm` prints an sbatch job-array script instead of submitting. A run's
@@ -219,12 +221,17 @@ def add_launch_args(parser):
   parser.add_argument("--module", default="camri.main",
                       help="python module run as `python -m MODULE --config C --workdir W --config.k=v`")
   parser.add_argument("--parallel", type=int, default=None,
-                      help="local: concurrent runs (default 1); slurm: array tasks running at once "
-                      "(default: no limit)")
+                      help="local: concurrent runs (default: as many as the machine holds: one per "
+                      "GPU, each on its own, or without GPUs the CPU cores // --cpus); slurm: array "
+                      "tasks running at once (default: no limit)")
   parser.add_argument("--cuda-devices", default="",
-                      help="local: comma-separated GPU ids given to the parallel slots in turn")
+                      help="local: comma-separated GPU ids given to the parallel slots in turn "
+                      "(default with no --parallel: the machine's GPUs, CUDA_VISIBLE_DEVICES or "
+                      "nvidia-smi's)")
   parser.add_argument("--gpus", type=int, default=1, help="slurm: GPUs per run")
-  parser.add_argument("--cpus", type=int, default=None, help="slurm: CPUs per run")
+  parser.add_argument("--cpus", type=int, default=None,
+                      help="CPUs per run: slurm's request; local: sizes the default --parallel "
+                      "(default 1: a run per core)")
   parser.add_argument("--mem-gb", type=float, default=None, help="slurm: memory per run")
   parser.add_argument("--time-min", type=int, default=None, help="slurm: time limit per run, minutes")
   parser.add_argument("--partition", default=None, help="slurm: partition")
@@ -239,6 +246,29 @@ def slurm_options(args):
       job_name=args.job_name, gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem_gb,
       time_min=args.time_min, partition=args.partition,
       array_parallelism=args.parallel)
+
+
+def local_slots(args, gpus=None, cores=None):
+  """(runs at a time, GPU ids given to the slots in turn) of the local executor.
+
+  --parallel and --cuda-devices as given. Without --parallel, as many runs as
+  the machine holds: one per GPU (--cuda-devices, else `executors.visible_gpus`),
+  each slot on its own GPU; without GPUs, the usable CPU cores // --cpus
+  (default 1), at least 1. XLA and tf.data use every core they see, so runs
+  on one CPU share its cores; --cpus N runs fewer at once.
+
+  Args:
+    args: the parsed launch options.
+    gpus, cores: the machine's GPU ids and usable cores (None: detected).
+  """
+  devices = [d for d in args.cuda_devices.split(",") if d]
+  if args.parallel:
+    return args.parallel, devices
+  devices = devices or list(executors.visible_gpus() if gpus is None else gpus)
+  if devices:
+    return len(devices), devices
+  cores = executors.usable_cores() if cores is None else cores
+  return max(1, cores // (args.cpus or 1)), []
 
 
 def launch(runs, args, out=None, log=None):
@@ -266,8 +296,9 @@ def launch(runs, args, out=None, log=None):
   for run in todo:
     write_launch_file(run)
   if args.executor == "local":
-    devices = [d for d in args.cuda_devices.split(",") if d]
-    statuses = executors.run_local(todo, parallel=args.parallel or 1, cuda_devices=devices)
+    parallel, devices = local_slots(args)
+    print(f"{parallel} at a time" + (f" on GPUs {','.join(devices)}" if devices else ""), file=log)
+    statuses = executors.run_local(todo, parallel=parallel, cuda_devices=devices)
     failed = [run for run in todo if statuses[run.name] != 0]
     for run in failed:
       print(f"failed: {run.name} (log: {os.path.join(run.workdir, executors.LOG_FILE)})", file=log)

@@ -8,6 +8,9 @@ from camri.data import spec as spec_lib
 
 class _Builder:
   """Stands in for a tfds builder whose copy another process renamed into place first."""
+  name = "x"
+  data_dir_root = "/nonexistent/tensorflow_datasets"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = None
 
   def __init__(self, prepared):
     self.prepared = prepared

@@ -9,6 +9,7 @@ tf.data input pipeline is `camri.data.pipeline`.
 from camri.data import awa2  # noqa: F401
 from camri.data import digits  # noqa: F401
 from camri.data import gtsrb  # noqa: F401
+from camri.data.download import DownloadError
 from camri.data.manual import MissingArchiveError
 from camri.data.spec import (
     AUGMENTATIONS,

@@ -11,6 +11,7 @@ import dataclasses
 import tensorflow_datasets as tfds
 
 from camri.config_lib import ConfigError
+from camri.data import download
 
 AUGMENTATIONS = ("flip", "crop")
 
@@ -70,11 +71,15 @@ class Split:
 
 
 def get_builder(spec: DatasetSpec, data_dir=None, prepare=True, **kwargs):
-  """The tfds builder, prepared on first use (never downloads when mocked)."""
+  """The tfds builder, prepared on first use (never downloads when mocked).
+
+  Raises:
+    download.DownloadError: the dataset's files could not be downloaded.
+  """
   builder = tfds.builder(spec.tfds_name, data_dir=data_dir, **kwargs)
   if prepare:
     try:
-      builder.download_and_prepare()
+      download.download_and_prepare(builder)
     except FileExistsError:
       # Another process (a parallel run of a grid) prepared it first: tfds
       # renames a complete copy into place, so theirs is ready to read.

@@ -37,6 +37,13 @@ BACKBONES: dict[str, Callable[[int], nn.Module]] = {
     "resnet50_small_inputs": _resnet(resnet.ResNet50, small_inputs=True),
 }
 
+# name -> the initialiser of the head's class weights W, where the backbone's
+# reference code fixes one (`objectives.make_objective(head_kernel_init=)`);
+# the others keep the heads' default, lecun_normal.
+HEAD_KERNEL_INITS: dict[str, nn.initializers.Initializer] = {
+    "reference_cnn": cnn.KERAS_KERNEL_INIT,
+}
+
 
 class Classifier(nn.Module):
   """backbone -> z -> head; returns {"features": z, **head outputs}.

@@ -11,16 +11,23 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
+Initializer = nn.initializers.Initializer
+# BatchNorm as in flax's examples/imagenet (flax's own momentum is 0.99).
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+
 
 class FeatureLayer(nn.Module):
   """Dense(feature_dim) + BatchNorm, no activation: the feature z."""
   feature_dim: int
-  bn_momentum: float = 0.9
+  bn_momentum: float = BN_MOMENTUM
+  bn_epsilon: float = BN_EPSILON
+  kernel_init: Initializer = nn.linear.default_kernel_init
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Dense(self.feature_dim)(x)
-    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
+    x = nn.Dense(self.feature_dim, kernel_init=self.kernel_init)(x)
+    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                        epsilon=self.bn_epsilon)(x)
 
 
 class VGGStyleCNN(nn.Module):
@@ -30,24 +37,33 @@ class VGGStyleCNN(nn.Module):
   an int (3x3 conv with that many filters, ReLU), "bn", "pool" (2x2 max) or a
   float (dropout rate). Global average pooling and the feature layer follow.
   Returns z, or `(z, feature_map)` with `return_feature_map`.
+
+  BatchNorm's `bn_momentum` weighs the old running statistics, as Keras's
+  `momentum` does: running = momentum * running + (1 - momentum) * batch.
+  `feature_init` initialises the feature layer's Dense kernel.
   """
   stages: Sequence[Sequence[int | str | float]]
   feature_dim: int = 512
-  bn_momentum: float = 0.9
+  bn_momentum: float = BN_MOMENTUM
+  bn_epsilon: float = BN_EPSILON
+  conv_init: Initializer = nn.linear.default_kernel_init
+  feature_init: Initializer = nn.linear.default_kernel_init
 
   @nn.compact
   def __call__(self, x, train: bool, return_feature_map: bool = False):
     for stage in self.stages:
       for layer in stage:
         if layer == "bn":
-          x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)(x)
+          x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                           epsilon=self.bn_epsilon)(x)
         elif layer == "pool":
           x = nn.max_pool(x, (2, 2), strides=(2, 2))
         elif isinstance(layer, float):
           x = nn.Dropout(layer, deterministic=not train)(x)
         else:
-          x = nn.relu(nn.Conv(layer, (3, 3), padding="SAME")(x))
-    z = FeatureLayer(self.feature_dim, self.bn_momentum)(x.mean(axis=(1, 2)), train)
+          x = nn.relu(nn.Conv(layer, (3, 3), padding="SAME", kernel_init=self.conv_init)(x))
+    z = FeatureLayer(self.feature_dim, self.bn_momentum, self.bn_epsilon,
+                     self.feature_init)(x.mean(axis=(1, 2)), train)
     return (z, x) if return_feature_map else z
 
 
@@ -66,8 +82,20 @@ SMALL_CNN_STAGES = (
 )
 
 
+# Keras's default kernel initialiser; the class weights W of the authors'
+# heads keep it too (`models.HEAD_KERNEL_INITS`).
+KERAS_KERNEL_INIT = nn.initializers.glorot_uniform()
+
+
 def reference_cnn(feature_dim=512):
-  return VGGStyleCNN(REFERENCE_CNN_STAGES, feature_dim)
+  """The paper's CIFAR-10 network, started as the authors' Keras model is.
+
+  Keras's defaults: BatchNormalization momentum 0.99 and epsilon 1e-3, Conv2D
+  kernels glorot_uniform; their Dense(512) feature layer sets he_normal. flax's
+  glorot_uniform and he_normal (a truncated normal) are Keras's distributions.
+  """
+  return VGGStyleCNN(REFERENCE_CNN_STAGES, feature_dim, bn_momentum=0.99, bn_epsilon=1e-3,
+                     conv_init=KERAS_KERNEL_INIT, feature_init=nn.initializers.he_normal())
 
 
 def small_cnn(feature_dim=64):

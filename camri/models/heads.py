@@ -6,6 +6,10 @@ and prediction rule read: logits, cosines, or the class parameters themselves
 them. Every head with one weight vector per class also returns `cosine`, the
 (N, K) cosines between features and those vectors, from which the angle
 statistics are computed.
+
+The heads with a learned class-weight matrix (linear, angular, channel
+attention) take its initialiser as `kernel_init` (default flax's
+lecun_normal); a backbone can name another (`models.HEAD_KERNEL_INITS`).
 """
 
 from typing import ClassVar
@@ -18,21 +22,22 @@ from camri.losses import ChannelAttention, cosine_logits, simplex_centers
 class AngularHead(nn.Module):
   """Class weights W (D, K), no bias, for the margin losses; outputs W and cos(theta_k)."""
   num_classes: int
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
 
   @nn.compact
   def __call__(self, z):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (z.shape[-1], self.num_classes))
+    kernel = self.param("kernel", self.kernel_init, (z.shape[-1], self.num_classes))
     return {"weights": kernel, "cosine": cosine_logits(z, kernel)}
 
 
 class LinearHead(nn.Module):
   """Dense layer with bias for cross-entropy and its weighted variants."""
   num_classes: int
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
 
   @nn.compact
   def __call__(self, z):
-    dense = nn.Dense(self.num_classes)
+    dense = nn.Dense(self.num_classes, kernel_init=self.kernel_init)
     logits = dense(z)
     return {"logits": logits,
             "cosine": cosine_logits(z, dense.variables["params"]["kernel"])}
@@ -42,11 +47,12 @@ class ChannelAttentionHead(nn.Module):
   """`LinearHead` plus SE channel attention of the backbone's last feature map (CC-Loss)."""
   num_classes: int
   reduction: int = 16
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
   uses_feature_map: ClassVar[bool] = True
 
   @nn.compact
   def __call__(self, z, feature_map):
-    return {**LinearHead(self.num_classes, name="linear")(z),
+    return {**LinearHead(self.num_classes, self.kernel_init, name="linear")(z),
             "attention": ChannelAttention(self.reduction, name="attention")(feature_map)}
 
 

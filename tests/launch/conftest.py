@@ -14,3 +14,4 @@ def fake_env(monkeypatch):
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join([FAKE_DIR, REPO]))
   monkeypatch.delenv("FAKE_MAIN_STOP_AFTER", raising=False)
   monkeypatch.delenv("FAKE_MAIN_SLEEP", raising=False)
+  monkeypatch.delenv("FAKE_MAIN_CLASSES", raising=False)

@@ -7,7 +7,8 @@ goes on to num_epochs. Each call appends one line to W/calls.txt. The test
 recall of class k is 0.5 + 0.1 * ((7 * k) % K) / K + 0.001 * seed (so with K=5
 classes sorted by recall are 0, 3, 1, 4, 2); accuracy is 0.8 + 0.01 * epoch.
 Environment: FAKE_MAIN_STOP_AFTER=N stops after epoch N with exit status 3
-(a preempted run); FAKE_MAIN_SLEEP=S sleeps S seconds per epoch.
+(a preempted run); FAKE_MAIN_SLEEP=S sleeps S seconds per epoch;
+FAKE_MAIN_CLASSES=K sets the number of classes (default 5).
 """
 
 import ast
@@ -19,7 +20,8 @@ import time
 
 
 def parse(argv):
-  config = {"dataset": "fake", "num_epochs": 3, "seed": 0, "tag": "", "num_classes": 5,
+  config = {"dataset": "fake", "num_epochs": 3, "seed": 0, "tag": "",
+            "num_classes": int(os.environ.get("FAKE_MAIN_CLASSES", "5")),
             "loss": {"name": "cross_entropy", "important_classes": [0], "margin": [0.0], "scale": 1.0}}
   args = {}
   i = 0

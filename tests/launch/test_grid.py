@@ -1,5 +1,6 @@
 """Tests of launch.hyper, launch.grid and launch.executors with a fake trainer (fake_main.py)."""
 
+import argparse
 import ast
 import csv
 import json
@@ -200,6 +201,29 @@ def test_local_parallelism_is_bounded_and_devices_are_shared_out(tmp_path, fake_
   for t, _, _ in intervals:  # at every start, at most 2 runs are running, on distinct devices
     running = [d for s, e, d in intervals if s <= t < e]
     assert len(running) <= 2 and len(set(running)) == len(running)
+
+
+@pytest.mark.parametrize("options, gpus, cores, expected", [
+    ([], (), 8, (8, [])),  # No GPU: a run per core.
+    (["--cpus", "3"], (), 8, (2, [])),  # --cpus cores per run.
+    (["--cpus", "4"], (), 2, (1, [])),  # At least one.
+    ([], ("0", "1", "2"), 8, (3, ["0", "1", "2"])),  # A run per GPU, each on its own.
+    (["--cuda-devices", "1,3"], ("0", "1", "2", "3"), 8, (2, ["1", "3"])),
+    (["--parallel", "4"], ("0", "1"), 8, (4, [])),  # As given: every run sees every GPU.
+    (["--parallel", "4", "--cuda-devices", "0,1"], (), 8, (4, ["0", "1"])),
+])
+def test_local_runs_at_once_default_to_what_the_machine_holds(options, gpus, cores, expected):
+  parser = argparse.ArgumentParser()
+  grid.add_launch_args(parser)
+  args = parser.parse_args(["--root", "r", "--executor", "local", *options])
+  assert grid.local_slots(args, gpus=gpus, cores=cores) == expected
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 5")
+  assert executors.visible_gpus() == ("2", "5")
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+  assert executors.visible_gpus() == ()
 
 
 def test_a_workdir_of_other_overrides_is_refused(tmp_path):

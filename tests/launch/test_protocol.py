@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import math
 import os
 import shlex
 
@@ -104,3 +105,63 @@ def test_protocol_through_submitit(tmp_path, fake_env):
   assert protocol.main(args(tmp_path, "--executor", "slurm", "--cluster", "debug", "--gpus", "0",
                             "--wait")) == 0
   assert sum(1 for p in (tmp_path / "digits").iterdir() if p.name.startswith("loss.")) == 26
+
+
+# --classes paper: the authors' classes and CAMRI settings.
+
+def _overrides(command):
+  return dict(arg[len("--config."):].split("=", 1) for arg in command if arg.startswith("--config."))
+
+
+def test_paper_classes_dry_run_prints_cat_dog_airplane_with_the_authors_settings(tmp_path, capsys):
+  root = tmp_path / "runs"
+  assert protocol.main(["--dataset", "cifar10", "--classes", "paper", "--seeds", "2",
+                        "--root", str(root), "--executor", "dry"]) == 0
+  captured = capsys.readouterr()
+  commands = [shlex.split(line) for line in captured.out.splitlines()]
+  assert all(c[c.index("--config") + 1] == "configs/cifar10.py" for c in commands)
+  runs = [_overrides(c) for c in commands]
+  camri = {(r["loss.important_classes"], float(r["loss.margin"]), float(r["loss.scale"]), r["tag"],
+            r["seed"]) for r in runs if r["loss.name"] == "camri"}
+  assert camri == {(k, margin, scale, role, seed) for k, margin, scale, role in [
+      ("3", 4 * math.pi / 64, 16.0, "worst1"),  # cat
+      ("5", 5 * math.pi / 64, 16.0, "worst2"),  # dog
+      ("0", 4 * math.pi / 64, 8.0, "median"),  # airplane
+  ] for seed in ("0", "1")}
+  # Stage 1 is printed with stage 2, and the baselines keep their grids (--grid paper).
+  methods = [r["loss.name"] for r in runs]
+  assert methods.count("cross_entropy") == 2 and len(camri) == 6
+  grid = protocol.GRIDS["paper"]
+  assert methods.count("arcface") == 3 * len(grid["margins"]) * len(grid["scales"]) * 2
+  assert methods.count("wce") == methods.count("rwwce") == 3 * len(grid["weights"]) * 2
+  assert ("important classes (the authors'): worst1 = 3 (cat), CAMRI m = 4pi/64, s = 16; "
+          "worst2 = 5 (dog), CAMRI m = 5pi/64, s = 16; median = 0 (airplane), CAMRI m = 4pi/64, "
+          "s = 8") in captured.err
+  assert (f"report, once the runs have ended: python -m camri.report {root}/cifar10 --reference"
+          in captured.err)
+  assert not root.exists()
+
+
+def test_paper_classes_of_another_dataset_are_a_one_line_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    protocol.main(["--dataset", "gtsrb", "--classes", "paper", "--root", str(tmp_path)])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == ("error: --classes paper: the authors released settings for "
+                                     "cifar10 only, not gtsrb; use --classes measured\n")
+
+
+def test_local_paper_protocol_runs_both_stages_in_one_launch(tmp_path, fake_env, monkeypatch, capsys):
+  monkeypatch.setenv("FAKE_MAIN_CLASSES", "10")
+  assert protocol.main(["--dataset", "cifar10", "--classes", "paper", "--config", "configs/fake.py",
+                        "--seeds", "1", "--grid", "smoke", "--root", str(tmp_path),
+                        "--module", "fake_main", "--executor", "local", "--parallel", "4"]) == 0
+  root = tmp_path / "cifar10"
+  assert len([p for p in root.iterdir() if p.is_dir()]) == 1 + 3 * 4
+  picked = json.loads((root / protocol.CLASSES_FILE).read_text())
+  assert (picked["worst1"], picked["worst2"], picked["median"]) == (3, 5, 0)
+  assert picked["class_names"] == {"worst1": "cat", "worst2": "dog", "median": "airplane"}
+  run = root / "loss.important_classes=0,loss.margin=0.19635,loss.name=camri,loss.scale=8,seed=0,tag=median"
+  assert json.loads((run / "config.json").read_text())["loss"]["scale"] == 8.0
+  err = capsys.readouterr().err
+  assert "13 runs: 0 finished (skipped), 0 unfinished (resumed), 13 new" in err
+  assert err.rstrip().endswith(f"report: python -m camri.report {root} --reference")
