@@ -72,7 +72,7 @@ def _write_cache(builder, path, held_out):
 def _cached_splits(builder, spec: DatasetSpec, fraction: float):
   test = Split("test", spec.test_split, pipeline.split_size(builder, spec.test_split))
   train_size = pipeline.split_size(builder, spec.train_split)
-  if spec.validation_split is not None:
+  if spec.validation_split is not None and spec.validation_split in builder.info.splits:
     val = Split("val", spec.validation_split,
                 pipeline.split_size(builder, spec.validation_split))
     return {"train": Split("train", spec.train_split, train_size), "val": val, "test": test}
@@ -89,7 +89,7 @@ def _cached_splits(builder, spec: DatasetSpec, fraction: float):
 def run_splits(builder, spec: DatasetSpec, validation_fraction: float) -> dict[str, Split]:
   """{"train", "val", "test": Split}; no "val" when there is no validation split.
 
-  The dataset's own validation split where it has one (`spec.validation_split`),
+  The dataset's own validation split where its data has one (`spec.validation_split`),
   else one held out of the training split by `validation_fraction`.
   """
   return dict(_cached_splits(builder, spec, float(validation_fraction)))
