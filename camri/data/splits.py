@@ -18,13 +18,13 @@ writable.
 
 import collections
 import functools
-import hashlib
 import json
 import os
 
 import tensorflow_datasets as tfds
 
 from camri.data import pipeline
+from camri.data import stratify
 from camri.data.spec import DatasetSpec
 from camri.data.spec import Split
 
@@ -47,11 +47,8 @@ def held_out_ids(builder, tfds_split: str, fraction: float) -> frozenset[str]:
       lambda ex: (ex["tfds_id"], ex["label"]))
   for tfds_id, label in tfds.as_numpy(labels):
     by_class[int(label)].append(tfds_id.decode())
-  held_out = []
-  for ids in by_class.values():
-    ids.sort(key=lambda i: hashlib.sha256(f"{SPLIT_SEED}:{i}".encode()).hexdigest())
-    held_out += ids[:int(fraction * len(ids) + 0.5)]
-  _write_cache(builder, cache, sorted(held_out))
+  held_out = stratify.stratified_split(by_class, fraction, SPLIT_SEED)["test"]
+  _write_cache(builder, cache, held_out)
   return frozenset(held_out)
 
 
