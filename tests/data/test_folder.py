@@ -172,6 +172,9 @@ def _make_bad(root, case):
   if case == "test_class_not_in_train":
     write_image(str(root / "test" / "yak" / "0.png"), rng)
     return str(root), str(root / "test")
+  if case == "image_outside_a_class_folder":
+    write_image(str(root / "train" / "loose.png"), rng)
+    return str(root), str(root / "train" / "loose.png")
   if case == "image_does_not_decode":
     (root / "train" / "emu" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     return str(root), str(root / "train" / "emu" / "broken.jpg")
@@ -184,6 +187,7 @@ BAD_TREES = {
     "class_without_images": "has no images",
     "single_class": "has one class folder (cat)",
     "test_class_not_in_train": "has classes that train/ lacks: yak",
+    "image_outside_a_class_folder": "is not in a class folder",
     "image_does_not_decode": "does not decode as an image",
 }
 
