@@ -8,6 +8,7 @@ tf.data input pipeline is `camri.data.pipeline`.
 # Importing a builder module registers its tfds builder.
 from camri.data import awa2  # noqa: F401
 from camri.data import digits  # noqa: F401
+from camri.data import folder
 from camri.data import gtsrb  # noqa: F401
 from camri.data.download import DownloadError
 from camri.data.manual import MissingArchiveError
@@ -30,6 +31,9 @@ DATASETS = {
     "gtsrb": DatasetSpec("gtsrb", roi_key="roi", augmentations=("crop",)),
     # Photos of every aspect ratio: centre square, then resize.
     "awa2": DatasetSpec("awa2", centre_crop=True),
+    # A user's image-folder tree (config.folder); val/ where the tree has one.
+    "folder": DatasetSpec("folder", validation_split="val",
+                          builder_kwargs=folder.builder_kwargs),
 }
 
 

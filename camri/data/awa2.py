@@ -23,14 +23,13 @@ on the file names, not on library versions, file order or which other files
 are present.
 """
 
-from collections.abc import Mapping, Sequence
-import hashlib
-import math
+from collections.abc import Sequence
 import zipfile
 
 import tensorflow_datasets as tfds
 
 from camri.data import manual
+from camri.data.stratify import stratified_split
 
 HOMEPAGE = "https://cvml.ista.ac.at/AwA2/"
 ARCHIVE = manual.Archive("AwA2-data.zip",
@@ -142,30 +141,3 @@ def files_by_label(members: Sequence[str]) -> dict[int, list[str]]:
                        f"{_IMAGE_DIR}<name from classes.txt>/.")
     files.setdefault(CLASS_NAMES.index(folder), []).append(filename)
   return {label: sorted(names) for label, names in sorted(files.items())}
-
-
-def stratified_split(files: Mapping[int, Sequence[str]], test_fraction: float,
-                     seed: int) -> dict[str, list[str]]:
-  """Splits each class's files into train and test by a seeded hash order.
-
-  Args:
-    files: {label: filenames of that class}.
-    test_fraction: share of each class that goes to test, in [0, 1].
-    seed: changes the order, hence which files go to test.
-
-  Returns:
-    {"train": filenames, "test": filenames}, each sorted; every filename is in
-    exactly one, and class k contributes round(test_fraction * n_k) (halves
-    rounded up) of its n_k files to test.
-  """
-  if not 0 <= test_fraction <= 1:
-    raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}.")
-  train, test = [], []
-  for names in files.values():
-    order = sorted(
-        names,
-        key=lambda n: (hashlib.sha256(f"{seed}:{n}".encode()).digest(), n))
-    n_test = math.floor(test_fraction * len(order) + 0.5)
-    test += order[:n_test]
-    train += order[n_test:]
-  return {"train": sorted(train), "test": sorted(test)}

@@ -90,6 +90,20 @@ def _crop(image, top, left, bottom, right):
   return tf.image.crop_to_bounding_box(image, top, left, height, width)
 
 
+def decode_image(encoded, channels: int):
+  """uint8 (height, width, channels) of a PNG, JPEG, BMP or GIF (its first frame).
+
+  Greyscale, RGB and RGBA files decode to the same `channels` (0: as stored):
+  3 repeats grey or drops alpha; 1 takes the luma of RGB(A), which TensorFlow's
+  BMP and GIF decoders cannot give, so every format is converted the same way.
+  """
+  if channels != 1:
+    return tf.io.decode_image(encoded, channels=channels or 0, expand_animations=False)
+  image = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+  return tf.cond(tf.shape(image)[-1] < 3, lambda: image[..., :1],
+                 lambda: tf.image.rgb_to_grayscale(image[..., :3]))
+
+
 def preprocess_image(encoded, *, spec: DatasetSpec, image_size: int, channels: int,
                      roi=None, stored_shape=(None, None, None)):
   """An encoded image (PNG, JPEG, ...) as the model sees it: float32 in [0, 1].
@@ -104,7 +118,7 @@ def preprocess_image(encoded, *, spec: DatasetSpec, image_size: int, channels: i
   image[round(ymin * h):round(ymax * h), round(xmin * w):round(xmax * w)],
   the pixels of the box as the builder stored it (GTSRB's Roi.X1..Roi.Y2).
   """
-  image = tf.io.decode_image(encoded, channels=channels or 0, expand_animations=False)
+  image = decode_image(encoded, channels)
   size = tf.shape(image)[:2]
   if roi is not None:
     scale = tf.cast(tf.tile(size, [2]), tf.float32)

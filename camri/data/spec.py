@@ -33,7 +33,8 @@ class DatasetSpec:
       images of any aspect ratio are resized without distortion (AwA2);
       False: resize the whole image (or ROI) to a square.
     validation_split: a tfds split the builder provides as the validation
-      split; None: it is held out of `train_split` by
+      split; None, or a split this builder's data lacks (an image-folder
+      tree without val/): it is held out of `train_split` by
       `config.validation_fraction` (`camri.data.splits`).
     builder_kwargs: the run's config -> extra keyword arguments of
       `tfds.builder` (e.g. the folder a builder reads); None: none.

@@ -18,13 +18,13 @@ writable.
 
 import collections
 import functools
-import hashlib
 import json
 import os
 
 import tensorflow_datasets as tfds
 
 from camri.data import pipeline
+from camri.data import stratify
 from camri.data.spec import DatasetSpec
 from camri.data.spec import Split
 
@@ -47,11 +47,8 @@ def held_out_ids(builder, tfds_split: str, fraction: float) -> frozenset[str]:
       lambda ex: (ex["tfds_id"], ex["label"]))
   for tfds_id, label in tfds.as_numpy(labels):
     by_class[int(label)].append(tfds_id.decode())
-  held_out = []
-  for ids in by_class.values():
-    ids.sort(key=lambda i: hashlib.sha256(f"{SPLIT_SEED}:{i}".encode()).hexdigest())
-    held_out += ids[:int(fraction * len(ids) + 0.5)]
-  _write_cache(builder, cache, sorted(held_out))
+  held_out = stratify.stratified_split(by_class, fraction, SPLIT_SEED)["test"]
+  _write_cache(builder, cache, held_out)
   return frozenset(held_out)
 
 
@@ -72,7 +69,7 @@ def _write_cache(builder, path, held_out):
 def _cached_splits(builder, spec: DatasetSpec, fraction: float):
   test = Split("test", spec.test_split, pipeline.split_size(builder, spec.test_split))
   train_size = pipeline.split_size(builder, spec.train_split)
-  if spec.validation_split is not None:
+  if spec.validation_split is not None and spec.validation_split in builder.info.splits:
     val = Split("val", spec.validation_split,
                 pipeline.split_size(builder, spec.validation_split))
     return {"train": Split("train", spec.train_split, train_size), "val": val, "test": test}
@@ -89,7 +86,7 @@ def _cached_splits(builder, spec: DatasetSpec, fraction: float):
 def run_splits(builder, spec: DatasetSpec, validation_fraction: float) -> dict[str, Split]:
   """{"train", "val", "test": Split}; no "val" when there is no validation split.
 
-  The dataset's own validation split where it has one (`spec.validation_split`),
+  The dataset's own validation split where its data has one (`spec.validation_split`),
   else one held out of the training split by `validation_fraction`.
   """
   return dict(_cached_splits(builder, spec, float(validation_fraction)))

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 
 from camri.data import awa2
 from camri.data import manual
+from camri.data import stratify
 from tests.data import manual_builder
 
 # The official classes.txt order.
@@ -123,7 +124,7 @@ def test_builder_split_is_stratified_and_matches_its_definition(built):
 def test_stratified_split_counts_cover_and_reproducibility():
   files = {label: [f"c{label}/img_{i:05d}.jpg" for i in range(n)]
            for label, n in ((0, 100), (3, 37), (7, 1000), (9, 1), (11, 2))}
-  split = awa2.stratified_split(files, 0.2, seed=0)
+  split = stratify.stratified_split(files, 0.2, seed=0)
   everything = sorted(f for names in files.values() for f in names)
   assert sorted(split["train"] + split["test"]) == everything
   assert len(set(split["train"]) & set(split["test"])) == 0
@@ -133,17 +134,17 @@ def test_stratified_split_counts_cover_and_reproducibility():
   # Same result whatever the order of the input lists.
   shuffled = {label: random.Random(1).sample(names, len(names))
               for label, names in files.items()}
-  assert awa2.stratified_split(shuffled, 0.2, seed=0) == split
+  assert stratify.stratified_split(shuffled, 0.2, seed=0) == split
   # A class's split does not depend on the other classes.
-  alone = awa2.stratified_split({3: files[3]}, 0.2, seed=0)
+  alone = stratify.stratified_split({3: files[3]}, 0.2, seed=0)
   assert alone["test"] == [f for f in split["test"] if f.startswith("c3/")]
   # The seed matters.
-  assert awa2.stratified_split(files, 0.2, seed=1)["test"] != split["test"]
+  assert stratify.stratified_split(files, 0.2, seed=1)["test"] != split["test"]
 
 
 def test_stratified_split_rejects_a_fraction_outside_0_1():
   with pytest.raises(ValueError, match="test_fraction must be in"):
-    awa2.stratified_split({0: ["a.jpg"]}, 1.5, seed=0)
+    stratify.stratified_split({0: ["a.jpg"]}, 1.5, seed=0)
 
 
 def test_classes_txt_in_another_order_is_an_error(tmp_path):

@@ -1,6 +1,7 @@
 """The validation split: held out of train, stratified, the same for every run."""
 
 import collections
+import hashlib
 
 import numpy as np
 import pytest
@@ -50,6 +51,20 @@ def test_validation_split_holds_each_class_within_one_of_the_fraction(splits):
   for label, n in per_class.items():
     assert abs(held[label] - 0.1 * n) <= 1, (label, held[label], n)
     assert held[label] == int(0.1 * n + 0.5)  # Halves rounded up, as documented.
+
+
+def test_validation_split_is_the_documented_hash_order(splits):
+  # The module doc's rule, written out: per class, the first round(0.1 n) ids
+  # in the order of SHA-256('0:<tfds id>').
+  _, ids = splits
+  by_class = collections.defaultdict(list)
+  for tfds_id, label in {**ids["train"], **ids["val"]}.items():
+    by_class[label].append(tfds_id)
+  expected = set()
+  for members in by_class.values():
+    members.sort(key=lambda i: hashlib.sha256(f"0:{i}".encode()).hexdigest())
+    expected |= set(members[:int(0.1 * len(members) + 0.5)])
+  assert set(ids["val"]) == expected
 
 
 def test_validation_split_is_the_same_for_every_seed(splits, digits_config):

@@ -1,0 +1,259 @@
+"""A user's image-folder tree as a tfds dataset.
+
+    <path>/train/<class>/<image>    required, at least 2 classes
+    <path>/val/<class>/<image>      optional: the validation split
+    <path>/test/<class>/<image>     optional
+
+Class names are the folder names under train/, sorted; val/ and test/ may
+lack a class but not add one. Images are PNG, JPEG, BMP or GIF (first frame),
+greyscale, RGB or RGBA in any size; other files (.txt, .DS_Store) are skipped.
+Without test/, 20% of each class of train/ goes to test: the seeded stratified
+split of AwA2 (`camri.data.stratify`, seed 0, names '<class>/<file>').
+Without val/, the validation split is held out of train by
+`config.validation_fraction`, as for every dataset.
+
+The tree is prepared once into tfds records in data_dir, under a builder config
+named after its absolute path and a fingerprint of its images' names, sizes and
+modification times (and the channel count): a run on an unchanged tree reads
+the records and decodes nothing; any change prepares a new copy (old copies
+are left in `<data_dir>/folder/`, where they may be deleted).
+
+The original file bytes are stored, not re-encoded: a photo stays as small as
+its JPEG, and the pipeline (and prediction on new files) decodes exactly the
+bytes the user has. Each image is decoded once while preparing, with the
+pipeline's own `decode_image`, so a file that would fail in training is
+refused before it. tfds's own image decoder does not take a GIF's first
+frame or turn BMP and GIF into 1 channel: read this dataset through
+`camri.data.pipeline`.
+
+Features:
+  image: the file's bytes; the pipeline decodes them to uint8
+    (height, width, channels).
+  label: the class index in the sorted class names.
+  filename: the path under the tree, e.g. 'train/cat/0001.jpg'.
+"""
+
+import dataclasses
+import hashlib
+import os
+
+import tensorflow_datasets as tfds
+
+from camri.config_lib import ConfigError
+from camri.data import stratify
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+SPLITS = ("train", "val", "test")
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0
+CHANNELS = (1, 3)
+
+
+class FolderError(ConfigError):
+  """An image-folder tree the dataset cannot read: refused like a bad config (one line, status 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tree:
+  """The images of an image-folder tree.
+
+  Attributes:
+    root: the tree's absolute path.
+    class_names: the class folder names of train/, sorted.
+    files: {split: ((path under root, label), ...)}: "train", "test" (made
+      from train/ where the tree has no test/) and "val" where it has val/.
+    test_from_train: whether the test split was split off train/.
+    skipped: files that are not images.
+    fingerprint: SHA-256 of the images' paths, sizes and modification times.
+  """
+  root: str
+  class_names: tuple[str, ...]
+  files: dict[str, tuple[tuple[str, int], ...]]
+  test_from_train: bool
+  skipped: int
+  fingerprint: str
+
+
+def _class_folders(root: str, split: str) -> tuple[dict[str, list[str]], int]:
+  """({class folder: its image paths under root}, files skipped) of one split folder."""
+  folder = os.path.join(root, split)
+  images, skipped = {}, 0
+  for entry in sorted(os.listdir(folder)):
+    path = os.path.join(folder, entry)
+    if not os.path.isdir(path):
+      if entry.lower().endswith(IMAGE_SUFFIXES):
+        raise FolderError(f"{path} is not in a class folder: put images in "
+                          f"{folder}/<class>/")
+      skipped += 1
+      continue
+    if entry.startswith("."):
+      continue
+    images[entry] = []
+    for parent, dirs, names in os.walk(path):
+      dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+      for name in sorted(names):
+        if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
+          images[entry].append(os.path.relpath(os.path.join(parent, name), root))
+        else:
+          skipped += 1
+    if not images[entry]:
+      raise FolderError(f"class folder {path} has no images "
+                        f"({', '.join(IMAGE_SUFFIXES)})")
+  if not images:
+    raise FolderError(f"{folder} has no class folders: put images in {folder}/<class>/")
+  return images, skipped
+
+
+def scan(path: str) -> Tree:
+  """The tree at `path`, checked; raises FolderError (one line naming the path)."""
+  root = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(root):
+    raise FolderError(f"image folder {root} does not exist")
+  if not os.path.isdir(os.path.join(root, "train")):
+    raise FolderError(f"image folder {root} has no train/ folder: put images in "
+                      f"{root}/train/<class>/")
+  by_split, skipped = {}, 0
+  for split in SPLITS:
+    if split == "train" or os.path.isdir(os.path.join(root, split)):
+      by_split[split], count = _class_folders(root, split)
+      skipped += count
+  class_names = tuple(sorted(by_split["train"]))
+  if len(class_names) < 2:
+    raise FolderError(f"{os.path.join(root, 'train')} has one class folder "
+                      f"({class_names[0]}): a classifier needs at least 2")
+  for split in ("val", "test"):
+    extra = sorted(set(by_split.get(split, ())) - set(class_names))
+    if extra:
+      raise FolderError(f"{os.path.join(root, split)} has classes that train/ lacks: "
+                        f"{', '.join(extra)}")
+
+  labelled = {split: {class_names.index(c): paths for c, paths in classes.items()}
+              for split, classes in by_split.items()}
+  test_from_train = "test" not in labelled
+  if test_from_train:
+    # Split on '<class>/<file>' as AwA2 does, so the choice ignores the root.
+    by_name = {label: [p.split(os.sep, 1)[1] for p in paths]
+               for label, paths in labelled["train"].items()}
+    chosen = stratify.stratified_split(by_name, TEST_FRACTION, SPLIT_SEED)
+    for split, names in chosen.items():
+      labelled[split] = {}
+      for name in names:
+        label = class_names.index(name.split(os.sep, 1)[0])
+        labelled[split].setdefault(label, []).append(os.path.join("train", name))
+  files = {split: tuple(sorted((p, label) for label, paths in classes.items() for p in paths))
+           for split, classes in labelled.items()}
+
+  listing = hashlib.sha256()
+  for path_, _ in sorted(p for split in files.values() for p in split):
+    stat = os.stat(os.path.join(root, path_))
+    listing.update(f"{path_}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+  return Tree(root=root, class_names=class_names, files=files,
+              test_from_train=test_from_train, skipped=skipped,
+              fingerprint=listing.hexdigest())
+
+
+@dataclasses.dataclass(eq=False)
+class FolderConfig(tfds.core.BuilderConfig):
+  """One prepared copy of a tree: named '<path hash>-<fingerprint>-c<channels>'."""
+  tree: Tree | None = None
+  channels: int = 3
+
+
+def builder_config(tree: Tree, channels: int) -> FolderConfig:
+  path_hash = hashlib.sha256(tree.root.encode()).hexdigest()[:12]
+  return FolderConfig(name=f"{path_hash}-{tree.fingerprint[:16]}-c{channels}",
+                      description=f"The images of {tree.root}, as {channels} channels.",
+                      tree=tree, channels=channels)
+
+
+def builder_kwargs(config) -> dict:
+  """tfds.builder's config for `config.folder` (DatasetSpec.builder_kwargs).
+
+  Raises:
+    ConfigError: config.folder is unset, image_size is 0 or channels not 1 or 3.
+    FolderError: the tree cannot be read (see `scan`).
+  """
+  if not config.get("folder"):
+    raise ConfigError(f"config.folder={config.get('folder')!r} is invalid: dataset "
+                      "'folder' reads an image-folder tree, use configs/folder.py:path=DIR")
+  if not config.image_size:
+    raise ConfigError("config.image_size=0 is invalid: images of a folder vary in size, "
+                      "set image_size (e.g. size=64)")
+  channels = config.get("channels", 3)
+  if channels not in CHANNELS:
+    raise ConfigError(f"config.channels={channels!r} is invalid: choose 1 (greyscale) or 3 (RGB)")
+  return {"config": builder_config(scan(config.folder), channels)}
+
+
+def check_decodes(tree: Tree, channels: int):
+  """Decodes every image of `tree` as the pipeline will; FolderError names one that fails."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from camri.data import pipeline  # pylint: disable=g-import-not-at-top
+  for files in tree.files.values():
+    for path, _ in files:
+      full = os.path.join(tree.root, path)
+      try:
+        pipeline.decode_image(_read(full), channels)
+      except tf.errors.InvalidArgumentError:
+        raise FolderError(f"{full} does not decode as an image "
+                          "(PNG, JPEG, BMP or GIF)") from None
+
+
+def _read(path: str) -> bytes:
+  with open(path, "rb") as f:
+    return f.read()
+
+
+class Folder(tfds.core.GeneratorBasedBuilder):
+  """An image-folder tree; the config comes from `builder_kwargs` (one per tree)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "train/, val/, test/ class folders; test split "
+                            f"{TEST_FRACTION:.0%} of train/ where there is no test/."}
+
+  def _create_builder_config(self, builder_config, version):
+    # Each tree is its own config, built by `builder_config`; tfds would log a
+    # warning about a custom config on every run.
+    del version
+    return builder_config
+
+  def _info(self):
+    channels = self.builder_config.channels
+    return self.dataset_info_from_configs(
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, channels)),
+            "label": tfds.features.ClassLabel(names=self.builder_config.tree.class_names),
+            "filename": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+    )
+
+  def download_and_prepare(self, **kwargs):  # pylint: disable=arguments-differ
+    """Checks that every image decodes before tfds creates a file, then prepares."""
+    if not self.data_path.exists():  # What tfds checks: a prepared copy is reused.
+      check_decodes(self.builder_config.tree, self.builder_config.channels)
+      print(describe(self.builder_config.tree), flush=True)
+    super().download_and_prepare(**kwargs)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # The tree is local.
+    tree = self.builder_config.tree
+    return {split: self._generate_examples(tree, files) for split, files in tree.files.items()}
+
+  def _generate_examples(self, tree, files):
+    for path, label in files:
+      yield path, {"image": _read(os.path.join(tree.root, path)), "label": label,
+                   "filename": path}
+
+
+def describe(tree: Tree) -> str:
+  """One line: the tree, its classes and split sizes, and the files skipped."""
+  sizes = ", ".join(f"{split} {len(tree.files[split])}" for split in SPLITS
+                    if split in tree.files)
+  made = (f" (test: {TEST_FRACTION:.0%} of each class of train/, seed {SPLIT_SEED})"
+          if tree.test_from_train else "")
+  skipped = (f"; skipped {tree.skipped} file{'s' if tree.skipped > 1 else ''} that are not images"
+             if tree.skipped else "")
+  return (f"image folder {tree.root}: {len(tree.class_names)} classes, "
+          f"images {sizes}{made}{skipped}")

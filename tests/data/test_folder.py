@@ -1,0 +1,314 @@
+"""The folder dataset: a user's image tree, its checks, its reuse, and a run on it."""
+
+import csv
+import json
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from camri import prepare
+from camri.data import folder
+from camri.data import pipeline
+from camri.data import stratify
+from configs import folder as folder_config
+from tests import run_main
+
+CLASSES = ("cat", "dog", "emu")
+
+
+def _pixels(rng, mode, height, width):
+  shape = {"L": (height, width), "RGB": (height, width, 3), "RGBA": (height, width, 4)}[mode]
+  return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def write_image(path, rng, mode="RGB", size=(10, 14), frames=1):
+  """Writes a random image; the format is the suffix's. Returns its pixels (first frame)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  pixels = _pixels(rng, mode, *size)
+  image = Image.fromarray(pixels, mode)
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix == ".gif":
+    images = [image] + [Image.fromarray(_pixels(rng, mode, *size), mode)
+                        for _ in range(frames - 1)]
+    images = [i.convert("P") for i in images]
+    images[0].save(path, save_all=True, append_images=images[1:])
+    return np.asarray(images[0].convert("RGB"))
+  image.save(path, **({"quality": 95} if suffix in (".jpg", ".jpeg") else {}))
+  return pixels
+
+
+def write_tree(root, counts=None, test=True, seed=0):
+  """A tree of PNG and JPEG images of mixed sizes, one greyscale, one RGBA, a BMP and
+  an animated GIF, plus two files that are not images; returns {path under root: pixels}."""
+  rng = np.random.default_rng(seed)
+  counts = counts or {"train": 12, "test": 3}
+  images = {}
+  for split, count in counts.items():
+    if split == "test" and not test:
+      continue
+    for label, name in enumerate(CLASSES):
+      for i in range(count):
+        suffix = (".png", ".jpg")[(i + label) % 2]
+        mode = "RGB"
+        if (split, name, i) == ("train", "cat", 0):
+          mode = "L"
+        if (split, name, i) == ("train", "dog", 1):
+          mode, suffix = "RGBA", ".png"
+        if (name, i) == ("emu", 2):
+          suffix = ".bmp"
+        if (name, i) == ("dog", 2):
+          suffix = ".gif"
+        path = f"{split}/{name}/{i:03d}{suffix}"
+        size = tuple(int(s) for s in rng.integers(6, 24, size=2))
+        images[path] = write_image(os.path.join(root, path), rng, mode, size,
+                                   frames=2 if suffix == ".gif" else 1)
+  with open(os.path.join(root, "train", "notes.txt"), "w") as f:
+    f.write("not an image")
+  with open(os.path.join(root, "train", "cat", ".DS_Store"), "wb") as f:
+    f.write(b"\0\1")
+  return images
+
+
+def config_for(root, data_dir, arg=""):
+  config = folder_config.get_config(f"path={root},size=8{',' + arg if arg else ''}")
+  config.data_dir = str(data_dir)
+  config.batch_size = 8
+  config.progress_bar = False
+  return config
+
+
+# --- the tree ---------------------------------------------------------------
+
+
+def test_scan_lists_classes_splits_and_skipped_files(tmp_path):
+  write_tree(tmp_path)
+  tree = folder.scan(str(tmp_path))
+  assert tree.class_names == CLASSES and tree.root == str(tmp_path)
+  assert {k: len(v) for k, v in tree.files.items()} == {"train": 36, "test": 9}
+  assert ("train/dog/002.gif", 1) in tree.files["train"]
+  assert ("test/emu/000.png", 2) in tree.files["test"]
+  assert tree.skipped == 2 and not tree.test_from_train
+  assert folder.describe(tree) == (
+      f"image folder {tmp_path}: 3 classes, images train 36, test 9; "
+      "skipped 2 files that are not images")
+
+
+def test_without_test_folder_the_stratified_awa2_split_takes_20_percent(tmp_path):
+  write_tree(tmp_path, counts={"train": 11}, test=False)
+  tree = folder.scan(str(tmp_path))
+  assert tree.test_from_train
+  by_label = {label: sorted(p.split("/", 1)[1] for p, l in tree.files["train"] + tree.files["test"]
+                            if l == label) for label in range(3)}
+  expected = stratify.stratified_split(by_label, 0.2, seed=0)
+  assert sorted(p.split("/", 1)[1] for p, _ in tree.files["test"]) == expected["test"]
+  assert [sum(l == k for _, l in tree.files["test"]) for k in range(3)] == [2, 2, 2]
+  assert all(p.startswith("train/") for p, _ in tree.files["test"])
+  assert len(tree.files["train"]) == 27
+  assert "(test: 20% of each class of train/, seed 0)" in folder.describe(tree)
+
+
+def test_fingerprint_follows_names_sizes_and_mtimes(tmp_path):
+  write_tree(tmp_path)
+  first = folder.scan(str(tmp_path)).fingerprint
+  assert folder.scan(str(tmp_path)).fingerprint == first
+  (tmp_path / "train" / "cat" / "readme.txt").write_text("skipped, not listed")
+  assert folder.scan(str(tmp_path)).fingerprint == first
+  os.utime(tmp_path / "train" / "cat" / "000.png", ns=(1, 1))
+  touched = folder.scan(str(tmp_path)).fingerprint
+  assert touched != first
+  os.rename(tmp_path / "train" / "cat" / "001.jpg", tmp_path / "train" / "cat" / "009.jpg")
+  assert folder.scan(str(tmp_path)).fingerprint not in (first, touched)
+
+
+# --- decoding -----------------------------------------------------------------
+
+
+def test_every_format_decodes_to_the_requested_channels(tmp_path):
+  rng = np.random.default_rng(1)
+  grey = write_image(str(tmp_path / "g.png"), rng, "L")
+  rgba = write_image(str(tmp_path / "a.png"), rng, "RGBA")
+  bmp = write_image(str(tmp_path / "b.bmp"), rng, "RGB")
+  gif = write_image(str(tmp_path / "c.gif"), rng, "RGB", frames=3)
+
+  def decode(name, channels):
+    return pipeline.decode_image((tmp_path / name).read_bytes(), channels).numpy()
+
+  np.testing.assert_array_equal(decode("g.png", 3), np.repeat(grey[..., None], 3, axis=-1))
+  np.testing.assert_array_equal(decode("a.png", 3), rgba[..., :3])
+  np.testing.assert_array_equal(decode("b.bmp", 3), bmp)
+  np.testing.assert_array_equal(decode("c.gif", 3), gif)  # The first of 3 frames.
+  np.testing.assert_array_equal(decode("g.png", 1), grey[..., None])
+  for name, rgb in (("a.png", rgba[..., :3]), ("b.bmp", bmp), ("c.gif", gif)):
+    luma = rgb.astype(np.float64) @ [0.2989, 0.587, 0.114]
+    got = decode(name, 1)
+    assert got.shape == (*rgb.shape[:2], 1)
+    np.testing.assert_allclose(got[..., 0], luma, atol=1)
+
+
+# --- bad input: one line naming the path, nothing written ---------------------
+
+
+def _make_bad(root, case):
+  """Writes a tree at `root` with the fault `case`; returns (root, the path the error names)."""
+  rng = np.random.default_rng(2)
+  if case == "missing_path":
+    return str(root), str(root)
+  write_tree(root, counts={"train": 3, "test": 1})
+  if case == "no_train_folder":
+    os.rename(root / "train", root / "training")
+    return str(root), str(root)
+  if case == "class_without_images":
+    (root / "train" / "fox").mkdir()
+    (root / "train" / "fox" / "about.txt").write_text("no images here")
+    return str(root), str(root / "train" / "fox")
+  if case == "single_class":
+    for name in ("dog", "emu"):
+      for path in (root / "train" / name).iterdir():
+        path.unlink()
+      (root / "train" / name).rmdir()
+    return str(root), str(root / "train")
+  if case == "test_class_not_in_train":
+    write_image(str(root / "test" / "yak" / "0.png"), rng)
+    return str(root), str(root / "test")
+  if case == "image_outside_a_class_folder":
+    write_image(str(root / "train" / "loose.png"), rng)
+    return str(root), str(root / "train" / "loose.png")
+  if case == "image_does_not_decode":
+    (root / "train" / "emu" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return str(root), str(root / "train" / "emu" / "broken.jpg")
+  raise ValueError(case)
+
+
+BAD_TREES = {
+    "missing_path": "does not exist",
+    "no_train_folder": "has no train/ folder",
+    "class_without_images": "has no images",
+    "single_class": "has one class folder (cat)",
+    "test_class_not_in_train": "has classes that train/ lacks: yak",
+    "image_outside_a_class_folder": "is not in a class folder",
+    "image_does_not_decode": "does not decode as an image",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TREES))
+def test_bad_tree_is_refused_in_one_line_with_nothing_written(case, tmp_path):
+  root, named = _make_bad(tmp_path / "tree", case)
+  before = sorted(os.walk(root)) if os.path.exists(root) else None
+  workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
+  with pytest.raises(folder.FolderError) as error:
+    prepare.prepare_run(config_for(root, data_dir), str(workdir))
+  message = str(error.value)
+  assert "\n" not in message and named in message and BAD_TREES[case] in message
+  assert isinstance(error.value, prepare.ConfigError)  # main: exit 2.
+  assert not workdir.exists() and not data_dir.exists()
+  assert (sorted(os.walk(root)) if os.path.exists(root) else None) == before
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("size=0", "config.image_size=0 is invalid"),
+    ("channels=4", "config.channels=4 is invalid"),
+])
+def test_image_size_and_channels_are_checked_before_the_tree_is_read(arg, expected, tmp_path):
+  write_tree(tmp_path / "tree", counts={"train": 2})
+  with pytest.raises(prepare.ConfigError, match=expected):
+    prepare.validated_config(config_for(tmp_path / "tree", tmp_path / "tfds", arg))
+  assert not (tmp_path / "tfds").exists()
+
+
+def test_bad_tree_from_the_command_line_exits_2_with_one_line(tmp_path):
+  root, named = _make_bad(tmp_path / "tree", "image_does_not_decode")
+  workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
+  result = run_main.run("--config", f"configs/folder.py:path={root}",
+                        f"--config.data_dir={data_dir}", "--workdir", workdir, timeout=120)
+  lines = run_main.error_lines(result.stderr)
+  assert result.returncode == 2, result.stderr
+  assert lines == [f"error: {named} does not decode as an image (PNG, JPEG, BMP or GIF)"]
+  assert not workdir.exists() and not data_dir.exists()
+
+
+# --- prepared once, again when the tree changes -------------------------------
+
+
+def test_unchanged_tree_is_not_decoded_again_and_a_new_image_prepares_again(
+    tmp_path, monkeypatch, capsys):
+  from camri.data import dataset  # pylint: disable=g-import-not-at-top
+  write_tree(tmp_path / "tree")
+  decoded = []
+  check = folder.check_decodes
+  monkeypatch.setattr(folder, "check_decodes",
+                      lambda tree, channels: decoded.append(tree) or check(tree, channels))
+  config, _ = prepare.validated_config(config_for(tmp_path / "tree", tmp_path / "tfds"))
+
+  first = dataset.open_dataset(config)
+  assert len(decoded) == 1 and "skipped 2 files" in capsys.readouterr().out
+  again = dataset.open_dataset(config)
+  assert len(decoded) == 1 and "image folder" not in capsys.readouterr().out
+  assert again.builder.data_path == first.builder.data_path
+
+  write_image(str(tmp_path / "tree" / "train" / "emu" / "new.png"), np.random.default_rng(3))
+  changed = dataset.open_dataset(config)
+  assert len(decoded) == 2 and changed.builder.data_path != first.builder.data_path
+  assert changed.describe() == "train 34, val 3, test 9"
+  assert first.describe() == "train 33, val 3, test 9"
+
+
+def test_val_folder_is_the_validation_split(tmp_path):
+  from camri.data import dataset  # pylint: disable=g-import-not-at-top
+  write_tree(tmp_path / "tree", counts={"train": 4, "val": 2, "test": 1})
+  config, _ = prepare.validated_config(config_for(tmp_path / "tree", tmp_path / "tfds"))
+  data = dataset.open_dataset(config)
+  assert data.describe() == "train 12, val 6, test 3"
+  assert data.splits["val"].tfds_split == "val" and data.splits["val"].held_out is None
+  assert data.image_shape == (8, 8, 3) and data.class_names == CLASSES
+
+
+# --- the config -----------------------------------------------------------------
+
+
+def test_config_important_by_folder_name_and_cross_entropy_without_one(tmp_path, monkeypatch):
+  write_tree(tmp_path / "tree", counts={"train": 2})
+  monkeypatch.chdir(tmp_path)
+  config = folder_config.get_config("path=tree,important=Dog,channels=1")
+  assert config.folder == str(tmp_path / "tree") and config.channels == 1
+  resolved, names = prepare.validated_config(config)
+  assert names == list(CLASSES) and resolved.loss.name == "camri"
+  assert resolved.loss.important_classes == (1,)
+  plain, _ = prepare.validated_config(folder_config.get_config("path=tree"))
+  assert plain.loss.name == "cross_entropy" and plain.loss.important_classes == ()
+  assert plain.image_size == 64 and plain.model == "small_cnn"
+
+
+# --- end to end -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tree (with test/) and a 2-epoch run on it through the command line; reusable."""
+  base = tmp_path_factory.mktemp("folder_run")
+  tree, workdir, data_dir = base / "tree", base / "run", base / "tfds"
+  write_tree(tree)
+  result = run_main.run(
+      "--config", f"configs/folder.py:path={tree},important=emu,size=12",
+      f"--config.data_dir={data_dir}", "--config.num_epochs=2", "--config.batch_size=8",
+      "--config.progress_bar=False", "--workdir", workdir, timeout=300)
+  return {"tree": tree, "workdir": workdir, "data_dir": data_dir, "result": result}
+
+
+def test_trains_two_epochs_on_a_mixed_tree(trained):
+  result, workdir = trained["result"], trained["workdir"]
+  assert result.returncode == 0, result.stderr
+  assert (f"image folder {trained['tree']}: 3 classes, images train 36, test 9; "
+          "skipped 2 files that are not images") in result.stdout
+  with open(workdir / "config.json") as f:
+    record = json.load(f)
+  assert record["class_names"] == list(CLASSES) and record["folder"] == str(trained["tree"])
+  assert record["loss"]["important_classes"] == [2] and record["image_size"] == 12
+  with open(workdir / "metrics.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [int(r["epoch"]) for r in rows] == [1, 2]
+  assert all(np.isfinite(float(r["train_loss"])) for r in rows)
+  # 9 test images: accuracy is a multiple of 1/9.
+  accuracy = float(rows[-1]["test_accuracy"])
+  assert abs(accuracy * 9 - round(accuracy * 9)) < 1e-4
