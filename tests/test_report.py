@@ -460,13 +460,17 @@ def test_choose_bias_equals_a_search_over_every_breakpoint():
 def _bias_runs(root, with_val=True):
   """One cross-entropy run with the predictions above (metrics.csv agrees at b = 0) and one camri run."""
   val = (4 / 7, (1 / 3, 1.0, 0.5)) if with_val else ()
-  workdir = write_run(root, "ce", "cross_entropy", 0, [(2, 0.6, (0.0, 1.0, 1.0), *val)],
+  other_val = (0.5, (0.5,) * 3) if with_val else ()
+  # Epoch 1's numbers differ from the predictions, which are epoch 2's.
+  workdir = write_run(root, "ce", "cross_entropy", 0, [(1, 0.3, (0.9, 0.1, 0.1), *other_val),
+                                                       (2, 0.6, (0.0, 1.0, 1.0), *val)],
                       precision=(math.nan, 2 / 3, 1.0))
   if with_val:
     run_log.write_predictions(workdir, "val", _predictions(VAL_SCORES, VAL_LABELS))
   run_log.write_predictions(workdir, "test", _predictions(TEST_SCORES, TEST_LABELS))
-  workdir = write_run(root, "camri", "camri", 0, [(2, 0.6, (0.5, 0.5, 1.0), *val)], tag="worst1",
-                      precision=(0.5, 1.0, 1.0))
+  workdir = write_run(root, "camri", "camri", 0, [(1, 0.3, (0.5,) * 3, *other_val),
+                                                  (2, 0.6, (0.5, 0.5, 1.0), *val)],
+                      tag="worst1", precision=(0.5, 1.0, 1.0))
   if with_val:
     run_log.write_predictions(workdir, "val", _predictions(VAL_SCORES, VAL_LABELS))
   run_log.write_predictions(workdir, "test", _predictions(TEST_SCORES, TEST_LABELS))
@@ -488,6 +492,11 @@ def test_cross_entropy_bias_row_by_hand(tmp_path):
   assert float(loose["accuracy_mean"]) == pytest.approx(0.6) and float(loose["precision_mean"]) == 0.5
   text = report.report(str(tmp_path), warn=quiet)
   assert "| toy | worst1 | 0 (a) | cross_entropy+bias | b on val: 0.25 | 1 | - | 0.5000 | 0.5000 | 0.6000 |" in text
+  # At epoch 1 cross-entropy's row changes; the bias row, from the last epoch's predictions, does not,
+  # nor do its gains, over the same predictions at b = 0.
+  rows = _csv_rows(str(tmp_path), policy=1)
+  assert float(rows["worst1", "cross_entropy"]["recall_mean"]) == pytest.approx(0.9)
+  assert rows["worst1", "cross_entropy+bias"] == {**bias, "epoch": "1"}
 
 
 def test_bias_without_validation_predictions_is_chosen_on_test(tmp_path):
