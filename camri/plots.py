@@ -555,9 +555,11 @@ def plot_tradeoffs(results, rows, out_dir, policy="last", warn=None):
   """One `plot_tradeoff` per dataset x role of the table; returns the paths."""
   warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
   written = []
+  firsts = {}  # The first row of each dataset x role: its classes and selection split.
   for row in rows:
-    if row.method != report.BASELINE or row.role == "-":
-      continue
+    if row.role != "-":
+      firsts.setdefault((row.dataset, row.role), row)
+  for row in firsts.values():
     ce = [r for r in results if r.dataset == row.dataset and r.method == report.BASELINE]
     predictions = [p for p in (run_log.read_predictions(r.workdir, "test") for r in ce) if p is not None]
     curve = None

@@ -189,3 +189,15 @@ def test_grid_draws_every_method_of_a_protocol_grid(tmp_path, monkeypatch):
     assert_png(out / f"{name}_toy_worst1.png")
   assert plots.main(["tradeoff", root, "--out", str(tmp_path / "t")]) == 0
   assert os.listdir(tmp_path / "t") == ["tradeoff_toy_worst1.png"]
+
+
+def test_tradeoff_without_saved_predictions_has_no_curve_and_says_so(tmp_path):
+  root = str(tmp_path / "runs")
+  for seed in range(2):
+    write_run(root, f"ce{seed}", "cross_entropy", seed, 0.80, 0.5, important=())
+    write_run(root, f"camri{seed}", "camri", seed, 0.81, 0.6, margin=[0.2], scale=16.0)
+  warnings = []
+  results, rows = plots._load(root, "last", warnings.append)  # pylint: disable=protected-access
+  (path,) = plots.plot_tradeoffs(results, rows, str(tmp_path / "out"), warn=warnings.append)
+  assert_png(path)
+  assert warnings[-1] == "no cross_entropy run of toy saved test predictions: the trade-off plot of worst1 has no bias curve"
