@@ -263,7 +263,7 @@ def select_rows(rows, num_epochs, policy, split="test"):
     if num_epochs not in by_epoch:
       return None
     ordered = [by_epoch[e] for e in sorted(by_epoch)]
-    return [max(ordered, key=lambda r: r[f"{split}_accuracy"])]  # max keeps the earliest of ties
+    return [max(ordered, key=lambda r: r.get(f"{split}_accuracy", -math.inf))]  # earliest of ties
   return [by_epoch[policy]] if policy in by_epoch else None
 
 
@@ -500,13 +500,12 @@ class _Block:
           baseline=None):
     precisions = [o.precision for o in outcomes if not math.isnan(o.precision)]
     baseline = self.baseline if baseline is None else baseline
-    gain = (lambda field: paired_gain(outcomes, baseline, field)) if method != BASELINE else (
-        lambda field: None)
+    gains = {} if method == BASELINE else {
+        f"{field}_gain": paired_gain(outcomes, baseline, field) for field in ("recall", "accuracy")}
     paper = self.reference.get((self.dataset, self.role, method), (None, None))
     return Row(self.dataset, self.role, self.classes, self.class_names, method, setting, kept, total,
                recall=stats(o.recall for o in outcomes), accuracy=stats(o.accuracy for o in outcomes),
-               precision=stats(precisions) if precisions else None,
-               recall_gain=gain("recall"), accuracy_gain=gain("accuracy"),
+               precision=stats(precisions) if precisions else None, **gains,
                selected_on=selected_on or self.selected_on, paper_recall=paper[0],
                paper_accuracy=paper[1], chosen=chosen)
 
