@@ -1,20 +1,32 @@
 r"""Plots of runs and of the losses, as PNG files (matplotlib, Agg).
 
-    python -m camri.plots grid RUNS_DIR --out DIR [--epoch last|best|N]
+    python -m camri.plots grid RUNS_DIR --out DIR [--epoch last|best|N|last:K] \
+        [--select-on val|test] [--accuracy-tolerance DELTA] [--post-hoc-bias]
+    python -m camri.plots tradeoff RUNS_DIR --out DIR [the options of grid]
     python -m camri.plots angles RUN_DIR [RUN_DIR ...] --out FILE.png
     python -m camri.plots features2d RUN_DIR [RUN_DIR ...] --out FILE.png
     python -m camri.plots contours --out FILE.png [--margin M] [--scale S]
 
 `grid` reads metrics.csv of every run under RUNS_DIR and, for each dataset and
-role (as `camri.report` groups them; cross-entropy and, per method, the
-setting the report selects), writes:
+role (as `camri.report` groups and selects them, with its options), writes for
+cross-entropy and every method's reported setting (marked "not kept" when no
+setting of the method kept accuracy):
   curves_<dataset>_<role>.png        loss, test accuracy and test recall of the
                                      important class per epoch (mean +- std over seeds),
   class_recall_<dataset>_<role>.png  test recall of every class (mean +- std),
   angle_stats_<dataset>_<role>.png   mean and variance of the angle between each
                                      class's test features and its class weight,
   margin_<dataset>_<role>.png        recall and accuracy against the margin, for
-                                     every setting of the margin losses (when any).
+                                     every setting of the losses with a margin
+                                     (CAMRI, ArcFace, ...; when any),
+  tradeoff_<dataset>_<role>.png      what `tradeoff` writes.
+`tradeoff` writes only tradeoff_<dataset>_<role>.png: test recall of the
+important class against test accuracy. The line is cross-entropy as a bias
+on the important class's score sweeps (`camri.posthoc`, from the runs' saved
+test predictions; mean over seeds at each b); the points are every setting of
+every method, with 95% t-interval bars over seeds, the reported settings and
+the report's +bias rows highlighted. A loss shows something where it lies
+above the line: a recall the threshold shift does not buy at that accuracy.
 `angles` restores each run's newest checkpoint and draws, per class, the
 histogram of those angles over the test set. `features2d` draws the
 normalised test features of runs with feature_dim 2 on the unit circle with
@@ -37,8 +49,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from camri import posthoc  # pylint: disable=g-import-not-at-top,wrong-import-position
 from camri import report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from camri import run_log  # pylint: disable=g-import-not-at-top,wrong-import-position
+from camri import stats  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DPI = 100
 IMPORTANT_COLOR = "#fde9c9"  # Background of the important classes' columns.
@@ -192,6 +206,69 @@ def plot_margin_sweep(series, path, baseline=None, title=""):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle(title)
+  return _save(fig, path)
+
+
+_TRADEOFF_STYLES = {
+    "setting": dict(marker="o", markersize=5, alpha=0.45),
+    "chosen": dict(marker="o", markersize=10, markeredgecolor="k", markeredgewidth=1.5),
+    "bias": dict(marker="*", markersize=16, markeredgecolor="k"),
+    "baseline": dict(marker="s", markersize=8, markeredgecolor="k"),
+}
+
+
+def _half(s):
+  half = stats.half_width(s) if s is not None else math.nan
+  return None if math.isnan(half) else half
+
+
+def plot_tradeoff(points, path, curve=None, title=""):
+  """Test recall of the important class against test accuracy: what a bias buys, and the losses.
+
+  Args:
+    points: [(method, label, accuracy Stats, recall Stats, kind)] (`camri.stats`),
+      drawn at the means with 95% t-interval bars over seeds (none for one
+      seed). kind: "setting" (one setting of a method: small), "chosen" (the
+      reported setting: large, black edge), "bias" (a post-hoc bias row: a
+      star) or "baseline" (cross-entropy: a square). Colour: by method, a bias
+      row taking its method's.
+    path: the PNG to write.
+    curve: optional (accuracies, recalls), cross-entropy's means over seeds as
+      a bias on the important class sweeps (`bias_sweep`).
+    title: the figure's title.
+  """
+  bases = list(dict.fromkeys(method.removesuffix(report.BIAS) for method, *_ in points))
+  colors = dict(zip(bases, _colors(len(bases))))
+  fig, ax = plt.subplots(figsize=(8, 6))
+  if curve is not None:
+    ax.plot(curve[0], curve[1], "-", color="0.35", zorder=1,
+            label="cross_entropy + bias b, b swept (mean over seeds)")
+  labelled = set()
+  for method, label, accuracy, recall, kind in points:
+    if kind == "setting":
+      label = None if method in labelled else f"{method}: settings"
+      labelled.add(method)
+    ax.errorbar(accuracy.mean, recall.mean, xerr=_half(accuracy), yerr=_half(recall), linestyle="none",
+                color=colors[method.removesuffix(report.BIAS)], capsize=2, label=label,
+                zorder=2 if kind == "setting" else 3, **_TRADEOFF_STYLES[kind])
+  # Frame the points; the curve runs on to low accuracy, which is not of interest.
+  lows = [p[2].mean - (_half(p[2]) or 0.0) for p in points]
+  highs = [p[2].mean + (_half(p[2]) or 0.0) for p in points]
+  pad = max(0.005, 0.15 * (max(highs) - min(lows)))
+  left, right = min(lows) - pad, max(highs) + pad
+  ys = [p[3].mean + sign * (_half(p[3]) or 0.0) for p in points for sign in (-1, 1)]
+  if curve is not None:
+    inside = (np.asarray(curve[0]) >= left) & (np.asarray(curve[0]) <= right)
+    ys += list(np.asarray(curve[1])[inside])
+  ypad = max(0.005, 0.1 * (max(ys) - min(ys)))
+  ax.set_xlim(left, right)
+  ax.set_ylim(max(0.0, min(ys) - ypad), min(1.0, max(ys)) + ypad)
+  ax.set_xlabel("test accuracy")
+  ax.set_ylabel("test recall of the important class")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  ax.set_title(title + "\nbars: 95% t-interval over seeds; large: reported setting; star: +bias row",
+               fontsize=9)
   return _save(fig, path)
 
 
@@ -384,56 +461,144 @@ def _varying_fields(settings):
   return {k for s in settings for k, v in s if any(dict(t).get(k) != v for t in settings)}
 
 
+def _row_label(row):
+  label = row.method if row.setting == "-" else f"{row.method} ({row.setting})"
+  return label if row.kept else f"{label}, not kept"
+
+
 def _selected_groups(results, rows):
-  """{(dataset, role): {label: [RunResult]}}: cross-entropy and each method's selected setting."""
+  """{(dataset, role): {label: [RunResult]}}: cross-entropy and each method's reported setting."""
   selected = {}
   for row in rows:
-    if row.role == "-":
+    if row.role == "-" or row.method.endswith(report.BIAS):
       continue
     if row.method == report.BASELINE:
       runs = [r for r in results if r.dataset == row.dataset and r.method == report.BASELINE]
-      label = report.BASELINE
-    elif row.chosen is not None:
+    else:
       runs = [r for r in results if (r.dataset, r.role, r.method, r.setting)
               == (row.dataset, row.role, row.method, row.chosen)]
-      label = f"{row.method} ({row.setting})" if row.setting != "-" else row.method
-    else:
-      continue
-    selected.setdefault((row.dataset, row.role), {})[label] = runs
+    selected.setdefault((row.dataset, row.role), {})[_row_label(row)] = runs
   return selected
 
 
-def _row_at(workdir, policy):
+def _row_at(workdir, policy, split="test"):
   config = run_log.read_config(workdir)
-  return report.select_row(run_log.read_metrics(workdir), run_log.get_field(config, "num_epochs"),
-                           policy)
+  return report.epoch_row(run_log.read_metrics(workdir), run_log.get_field(config, "num_epochs"),
+                          policy, split)
 
 
-def plot_grid(root, out_dir, policy="last", warn=None):
-  """Writes the `grid` plots of the module docstring for the runs under root; returns the paths."""
-  warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
-  results = report.load_results(root, policy, warn=warn)
+def _load(root, policy, warn, **selection):
+  """`report.load_results` and `report.build_table` of the runs under root."""
+  results = report.load_results(root, policy, warn=warn, select_on=selection.get("select_on", "val"))
   if not results:
     raise ValueError(f"no runs under {root} have a row for the {report.describe_epoch_policy(policy)}")
-  rows = report.build_table(results, warn=warn)
+  return results, report.build_table(results, warn=warn, **selection)
+
+
+def _where(row):
+  where = f"{row.dataset}, {row.role}: class {'+'.join(map(str, row.classes))}"
+  if row.class_names and list(row.class_names) != [str(k) for k in row.classes]:
+    where += f" ({'+'.join(row.class_names)})"
+  return where
+
+
+def bias_sweep(predictions, important, num=100):
+  """Cross-entropy's trade-off as a bias b on class `important` sweeps: means over runs.
+
+  Every run is evaluated on one grid of b (`camri.posthoc`): 0 and `num`
+  quantiles of the runs' pooled breakpoints of the important class's examples,
+  the b where its recall moves.
+
+  Args:
+    predictions: one dict per run with "scores" (N, K) and "labels" (N,)
+      (`run_log.read_predictions`).
+    important: the class the bias goes to.
+    num: quantiles of the breakpoints.
+
+  Returns:
+    (biases, mean accuracies, mean recalls), each (B,).
+  """
+  gaps = np.concatenate([posthoc.breakpoints(p["scores"][p["labels"] == important], important)
+                         for p in predictions])
+  biases = np.unique(np.concatenate([[0.0], np.quantile(gaps, np.linspace(0, 1, num))
+                                     if gaps.size else []]))
+  values = np.array([[posthoc.accuracy_and_recall(p["scores"], p["labels"], important, b)
+                      for b in biases] for p in predictions])  # (runs, B, 2)
+  return biases, values[..., 0].mean(0), values[..., 1].mean(0)
+
+
+def _tradeoff_points(results, rows, dataset, role):
+  """`plot_tradeoff`'s points: cross-entropy, the bias rows and every setting of every method."""
+  points = []
+  chosen = {}
+  for row in rows:
+    if (row.dataset, row.role) != (dataset, role):
+      continue
+    if row.method == report.BASELINE:
+      points.append((row.method, "cross_entropy (b = 0)", row.accuracy, row.recall, "baseline"))
+    elif row.method.endswith(report.BIAS):
+      points.append((row.method, _row_label(row), row.accuracy, row.recall, "bias"))
+    else:
+      chosen[row.method, row.chosen] = _row_label(row)
+  groups = collections.defaultdict(list)
+  for r in results:
+    if (r.dataset, r.role) == (dataset, role):
+      groups[r.method, r.setting].append(r)
+  for (method, setting), runs in sorted(groups.items(), key=lambda kv: repr(kv[0])):
+    accuracy, recall = report.stats(r.accuracy for r in runs), report.stats(r.recall for r in runs)
+    label = chosen.get((method, setting))
+    points.append((method, label or method, accuracy, recall, "setting" if label is None else "chosen"))
+  return points
+
+
+def plot_tradeoffs(results, rows, out_dir, policy="last", warn=None):
+  """One `plot_tradeoff` per dataset x role of the table; returns the paths."""
+  warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
+  written = []
+  firsts = {}  # The first row of each dataset x role: its classes and selection split.
+  for row in rows:
+    if row.role != "-":
+      firsts.setdefault((row.dataset, row.role), row)
+  for row in firsts.values():
+    ce = [r for r in results if r.dataset == row.dataset and r.method == report.BASELINE]
+    predictions = [p for p in (run_log.read_predictions(r.workdir, "test") for r in ce) if p is not None]
+    curve = None
+    if predictions:
+      _, accuracy, recall = bias_sweep(predictions, row.classes[0])
+      curve = (accuracy, recall)
+    else:
+      warn(f"no cross_entropy run of {row.dataset} saved test predictions: the trade-off plot of "
+           f"{row.role} has no bias curve")
+    title = (f"{_where(row)}; {report.describe_epoch_policy(policy, row.selected_on)}, "
+             f"settings selected on {row.selected_on}")
+    written.append(plot_tradeoff(_tradeoff_points(results, rows, row.dataset, row.role),
+                                 os.path.join(out_dir, f"tradeoff_{row.dataset}_{row.role}.png"),
+                                 curve, title=title))
+  return written
+
+
+def plot_grid(root, out_dir, policy="last", warn=None, **selection):
+  """Writes the `grid` plots of the module docstring for the runs under root; returns the paths.
+
+  `selection`: `report.build_table`'s select_on, tolerance and post_hoc_bias.
+  """
+  warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
+  results, rows = _load(root, policy, warn, **selection)
   written = []
   for (dataset, role), groups in _selected_groups(results, rows).items():
     row = next(r for r in rows if (r.dataset, r.role) == (dataset, role))
     classes, names = row.classes, next(r.class_names for r in results if r.dataset == dataset)
-    where = f"{dataset}, {role}: class {'+'.join(map(str, classes))}"
-    if row.class_names and list(row.class_names) != [str(k) for k in classes]:
-      where += f" ({'+'.join(row.class_names)})"
-    name = f"{dataset}_{role}"
+    where, name = _where(row), f"{dataset}_{role}"
+    epoch = report.describe_epoch_policy(policy, row.selected_on)
     curves = {label: [run_log.read_metrics(r.workdir) for r in runs] for label, runs in groups.items()}
     written.append(plot_training_curves(curves, os.path.join(out_dir, f"curves_{name}.png"),
                                         title=f"{where}; mean ± std over seeds"))
     written.append(plot_class_recall(
         {label: [r.class_recall for r in runs] for label, runs in groups.items()},
-        os.path.join(out_dir, f"class_recall_{name}.png"), names, classes,
-        title=f"{where}; {report.describe_epoch_policy(policy)}"))
+        os.path.join(out_dir, f"class_recall_{name}.png"), names, classes, title=f"{where}; {epoch}"))
     angles = {}
     for label, runs in groups.items():
-      at = [_row_at(r.workdir, policy) for r in runs]
+      at = [_row_at(r.workdir, policy, row.selected_on) for r in runs]
       k = len(runs[0].class_recall)
       if all(f"test_angle_mean_{j}" in a for a in at for j in range(k)):
         angles[label] = ([[a[f"test_angle_mean_{j}"] for j in range(k)] for a in at],
@@ -443,11 +608,10 @@ def plot_grid(root, out_dir, policy="last", warn=None):
       written.append(plot_angle_stats(angles, os.path.join(out_dir, f"angle_stats_{name}.png"),
                                       names, classes, title=where))
     series = collections.defaultdict(list)
-    margin_runs = [r for r in results if r.dataset == dataset and r.role == role
-                   and "margin" in dict(r.setting) and r.method != report.BASELINE]
     by_setting = collections.defaultdict(list)
-    for r in margin_runs:
-      by_setting[(r.method, r.setting)].append(r)
+    for r in results:  # WCE and RWWCE have a margin field too, None.
+      if (r.dataset, r.role) == (dataset, role) and dict(r.setting).get("margin") is not None:
+        by_setting[(r.method, r.setting)].append(r)
     varying = _varying_fields({s for _, s in by_setting}) - {"margin"}
     for (method, setting), runs in sorted(by_setting.items(), key=lambda kv: repr(kv[0])):
       margin = dict(setting)["margin"]
@@ -462,8 +626,8 @@ def plot_grid(root, out_dir, policy="last", warn=None):
                     [math.fsum(r.class_recall[k] for k in classes) / len(classes) for r in ce],
                     [r.accuracy for r in ce])
       written.append(plot_margin_sweep(dict(series), os.path.join(out_dir, f"margin_{name}.png"),
-                                       baseline, title=f"{where}; {report.describe_epoch_policy(policy)}"))
-  return written
+                                       baseline, title=f"{where}; {epoch}"))
+  return written + plot_tradeoffs(results, rows, out_dir, policy, warn)
 
 
 def _run_labels(workdirs):
@@ -516,10 +680,18 @@ def main(argv=None):
                                    epilog=__doc__.split("\n\n", 2)[2],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
-  grid = commands.add_parser("grid", help="curves, class recall, angle statistics, margin sweep")
-  grid.add_argument("runs_dir")
-  grid.add_argument("--out", required=True, help="directory for the PNG files")
-  grid.add_argument("--epoch", default="last", help="last (default), best or an epoch number")
+  for name, text in (("grid", "curves, class recall, angle statistics, margin sweep, trade-off"),
+                     ("tradeoff", "recall against accuracy: the losses and a post-hoc bias")):
+    sub = commands.add_parser(name, help=text)
+    sub.add_argument("runs_dir")
+    sub.add_argument("--out", required=True, help="directory for the PNG files")
+    sub.add_argument("--epoch", default="last", help="last (default), best, an epoch number or last:K")
+    sub.add_argument("--select-on", choices=report.SPLITS, default="val",
+                     help="as camri.report: the split settings are chosen on (default val)")
+    sub.add_argument("--accuracy-tolerance", type=float, default=0.0, metavar="DELTA",
+                     help="as camri.report (default 0)")
+    sub.add_argument("--post-hoc-bias", action="store_true",
+                     help="as camri.report: a bias point for every method")
   for name, text in (("angles", "angle histograms from checkpoints"),
                      ("features2d", "2-D features from checkpoints (feature_dim 2)")):
     sub = commands.add_parser(name, help=text)
@@ -532,8 +704,14 @@ def main(argv=None):
   contours.add_argument("--scale", type=float, default=4.0)
   args = parser.parse_args(argv)
   try:
-    if args.command == "grid":
-      paths = plot_grid(args.runs_dir, args.out, report.parse_epoch_policy(args.epoch))
+    if args.command in ("grid", "tradeoff"):
+      policy = report.parse_epoch_policy(args.epoch)
+      selection = dict(select_on=args.select_on, tolerance=args.accuracy_tolerance,
+                       post_hoc_bias=args.post_hoc_bias)
+      if args.command == "grid":
+        paths = plot_grid(args.runs_dir, args.out, policy, **selection)
+      else:
+        paths = plot_tradeoffs(*_load(args.runs_dir, policy, None, **selection), args.out, policy)
     elif args.command == "angles":
       paths = [plot_run_angles(args.runs, args.out, args.data_dir)]
     elif args.command == "features2d":

@@ -74,10 +74,12 @@ def check_the_report_prints_the_table(root, capsys):
   assert report.main([str(root)]) == 0
   out = capsys.readouterr().out
   lines = [line for line in out.splitlines() if line.startswith("| digits")]
-  assert len(lines) == 2
+  assert len(lines) == 3
   assert lines[0].startswith("| digits | class8 | 8 (8) | cross_entropy | - | 1 | - |")
-  # After one epoch CAMRI may or may not keep cross-entropy's accuracy: a setting or a dash.
-  assert "| camri |" in lines[1] and "/2 |" in lines[1]
+  # From the saved predictions, b chosen on the validation split.
+  assert lines[1].startswith("| digits | class8 | 8 (8) | cross_entropy+bias | b on val: ")
+  # After one epoch CAMRI may or may not keep cross-entropy's accuracy: 1/2, 2/2 or 0/2.
+  assert "| camri |" in lines[2] and "/2 |" in lines[2]
 
 
 def check_metrics_angle_statistics_match_the_checkpointed_features(workdir, run):
@@ -98,7 +100,7 @@ def check_grid_and_angle_plots(root, loaded, camri_run, tfds_dir, out_dir):
   paths = plots.plot_grid(str(root), str(out_dir), warn=lambda message: None)
   assert sorted(os.path.basename(p) for p in paths) == [
       "angle_stats_digits_class8.png", "class_recall_digits_class8.png",
-      "curves_digits_class8.png", "margin_digits_class8.png"]
+      "curves_digits_class8.png", "margin_digits_class8.png", "tradeoff_digits_class8.png"]
   paths.append(plots.plot_angle_histograms(
       {os.path.basename(w): (f.angles, f.labels) for w, f in loaded.items()},
       str(out_dir / "histograms.png"), important=(8,)))

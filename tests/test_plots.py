@@ -8,6 +8,8 @@ import pytest
 
 from camri import losses
 from camri import plots
+from camri import run_log
+from camri import stats
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -97,3 +99,105 @@ def test_grid_without_runs_is_an_error(tmp_path, capsys):
     plots.main(["grid", str(tmp_path), "--out", str(tmp_path / "plots")])
   assert exit_info.value.code == 2
   assert f"error: no runs under {tmp_path}" in capsys.readouterr().err
+
+
+def test_tradeoff_png(tmp_path):
+  points = [("cross_entropy", "cross_entropy (b = 0)", stats.summarize([0.80, 0.82]), stats.summarize([0.5, 0.6]),
+             "baseline"),
+            ("cross_entropy+bias", "cross_entropy+bias", stats.summarize([0.80, 0.81]),
+             stats.summarize([0.7, 0.75]), "bias"),
+            ("camri", "camri", stats.summarize([0.81, 0.82]), stats.summarize([0.7, 0.8]), "setting"),
+            ("camri", "camri (m=0.2)", stats.summarize([0.83]), stats.summarize([0.9]), "chosen")]
+  curve = (np.linspace(0.82, 0.5, 20), np.linspace(0.55, 1.0, 20))
+  assert_png(plots.plot_tradeoff(points, str(tmp_path / "tradeoff.png"), curve, title="t"))
+
+
+def test_bias_sweep_is_the_mean_over_runs_on_one_grid():
+  # Class 0: run a's example of class 0 needs b >= 0.5, run b's b >= 0.25 (eighths: exact).
+  a = {"scores": np.array([[0.25, 0.75], [0.0, 1.0]], np.float32), "labels": np.array([0, 1])}
+  b = {"scores": np.array([[0.5, 0.75], [0.875, 0.0]], np.float32), "labels": np.array([0, 0])}
+  biases, accuracy, recall = plots.bias_sweep([a, b], 0, num=3)
+  np.testing.assert_allclose(biases, [0.0, 0.25, 0.375, 0.5])
+  np.testing.assert_allclose(recall, [0.25, 0.5, 0.5, 1.0])  # run b: 1/2 then 1; run a: 0 then 1
+  np.testing.assert_allclose(accuracy, [0.5, 0.75, 0.75, 1.0])
+
+
+CLASSES = ["a", "b", "c"]
+NULL_LOSS = {"margin": None, "scale": None, "important_weight": None, "fn_weight": None, "fp_weight": None}
+
+
+def write_run(root, name, method, seed, accuracy, recall, important=(0,), **loss):
+  """A protocol-shaped run: 3 epochs, validation and test columns; `recall` of class 0."""
+  workdir = os.path.join(root, name)
+  os.makedirs(workdir)
+  run_log.write_config(workdir, {
+      "dataset": "toy", "num_epochs": 3, "seed": seed, "tag": "worst1" if important else "",
+      "num_classes": 3, "class_names": CLASSES, "validation_fraction": 0.1,
+      "loss": {"name": method, "important_classes": list(important), **NULL_LOSS, **loss}})
+  columns = ["epoch", "train_loss"] + [f"{split}_{name}" for split in ("val", "test") for name in
+                                        ("loss", "accuracy", "recall", "recall_0", "recall_1", "recall_2")]
+  with open(os.path.join(workdir, "metrics.csv"), "w") as f:
+    f.write(",".join(columns) + "\n")
+    for epoch in (1, 2, 3):
+      split = [1.0 / epoch, accuracy, recall, recall, 0.9, 0.9]
+      f.write(",".join(map(str, [epoch, 1.0 / epoch, *split, *split])) + "\n")
+  return workdir
+
+
+def write_predictions(workdir, seed):
+  rng = np.random.default_rng(seed)
+  for split in ("val", "test"):
+    labels = rng.integers(0, 3, 60)
+    scores = rng.normal(size=(60, 3)).astype(np.float32) + 1.5 * np.eye(3, dtype=np.float32)[labels]
+    run_log.write_predictions(workdir, split, {"ids": np.arange(60).astype(str), "labels": labels,
+                                               "scores": scores, "step": np.int64(3)})
+
+
+def test_grid_draws_every_method_of_a_protocol_grid(tmp_path, monkeypatch):
+  root = str(tmp_path / "runs")
+  for seed in range(2):
+    write_predictions(write_run(root, f"ce{seed}", "cross_entropy", seed, 0.80, 0.5, important=()), seed)
+    for k in (4, 8):  # margin 8pi/64 loses accuracy
+      write_run(root, f"camri{k}_{seed}", "camri", seed, 0.81 if k == 4 else 0.70, 0.6 + 0.01 * k,
+                margin=[k * math.pi / 64], scale=16.0)
+    write_run(root, f"arcface{seed}", "arcface", seed, 0.75, 0.55, margin=[0.5], scale=64.0)  # not kept
+    write_run(root, f"wce{seed}", "wce", seed, 0.80, 0.7, important_weight=5.0)
+    write_run(root, f"rwwce{seed}", "rwwce", seed, 0.79, 0.8, fn_weight=5.0, fp_weight=1.0)
+  drawn = {}
+
+  def recording(name):
+    original = getattr(plots, name)
+
+    def plot(groups_or_points, path, *args, **kwargs):
+      drawn[name] = groups_or_points
+      return original(groups_or_points, path, *args, **kwargs)
+    monkeypatch.setattr(plots, name, plot)
+
+  for name in ("plot_class_recall", "plot_training_curves", "plot_margin_sweep", "plot_tradeoff"):
+    recording(name)
+  out = tmp_path / "plots"
+  assert plots.main(["grid", root, "--out", str(out)]) == 0
+  methods = ("cross_entropy", "wce", "rwwce", "arcface", "camri")
+  for name in ("plot_class_recall", "plot_training_curves"):
+    labels = list(drawn[name])
+    assert [label.split(" ")[0] for label in labels] == list(methods)
+    assert "arcface (margin=0.5, scale=64), not kept" in labels
+  assert {m for m, *_ in drawn["plot_tradeoff"]} == set(methods) | {"cross_entropy+bias"}
+  assert sum(kind == "chosen" for *_, kind in drawn["plot_tradeoff"]) == 4
+  assert [label.split(" ")[0] for label in drawn["plot_margin_sweep"]] == ["arcface", "camri"]
+  for name in ("curves", "class_recall", "margin", "tradeoff"):
+    assert_png(out / f"{name}_toy_worst1.png")
+  assert plots.main(["tradeoff", root, "--out", str(tmp_path / "t")]) == 0
+  assert os.listdir(tmp_path / "t") == ["tradeoff_toy_worst1.png"]
+
+
+def test_tradeoff_without_saved_predictions_has_no_curve_and_says_so(tmp_path):
+  root = str(tmp_path / "runs")
+  for seed in range(2):
+    write_run(root, f"ce{seed}", "cross_entropy", seed, 0.80, 0.5, important=())
+    write_run(root, f"camri{seed}", "camri", seed, 0.81, 0.6, margin=[0.2], scale=16.0)
+  warnings = []
+  results, rows = plots._load(root, "last", warnings.append)  # pylint: disable=protected-access
+  (path,) = plots.plot_tradeoffs(results, rows, str(tmp_path / "out"), warn=warnings.append)
+  assert_png(path)
+  assert warnings[-1] == "no cross_entropy run of toy saved test predictions: the trade-off plot of worst1 has no bias curve"

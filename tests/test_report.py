@@ -6,28 +6,51 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
+from camri import posthoc
 from camri import report
+from camri import run_log
+from camri import stats
 
 CLASS_NAMES = ["a", "b", "c"]
+T_975 = {1: 12.706204736174698, 2: 4.302652729749464, 3: 3.182446305284263}  # Student t tables.
 
 
-def write_run(root, name, method, seed, rows, classes=(0,), tag="", dataset="toy", num_epochs=2, **loss):
-  """A run dir like camri.main's; rows: (epoch, accuracy, (recall of class 0, 1, 2))."""
+def write_run(root, name, method, seed, rows, classes=(0,), tag="", dataset="toy", num_epochs=2,
+              precision=None, validation_fraction=None, **loss):
+  """A run dir like camri.main's.
+
+  rows: (epoch, accuracy, (recall of class 0, 1, 2)), for the test split, or
+  (epoch, accuracy, recalls, val_accuracy, val_recalls) with a validation split.
+  precision: test precision of class 0, 1, 2 in every row (no such columns when None).
+  """
   workdir = os.path.join(root, name)
   os.makedirs(workdir)
   loss = {"name": method, "important_classes": list(classes), "margin": [0.0], "scale": 1.0, **loss}
+  has_val = any(len(row) == 5 for row in rows)
   config = {"dataset": dataset, "num_epochs": num_epochs, "seed": seed, "tag": tag, "model": "cnn",
-            "num_classes": 3, "class_names": CLASS_NAMES, "loss": loss}
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config, f)
+            "num_classes": 3, "class_names": CLASS_NAMES, "loss": loss,
+            "validation_fraction": validation_fraction if validation_fraction is not None
+            else 0.1 if has_val else 0.0}
+  run_log.write_config(workdir, config)
+  mean = lambda recalls: sum(recalls[k] for k in classes) / len(classes)
   with open(os.path.join(workdir, "metrics.csv"), "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["epoch", "train_loss", "test_accuracy", "test_recall",
-                     "test_recall_0", "test_recall_1", "test_recall_2"])
-    for epoch, accuracy, recalls in rows:
-      writer.writerow([epoch, 1.0, accuracy, sum(recalls[k] for k in classes) / len(classes), *recalls])
+    writer.writerow(["epoch", "train_loss"]
+                    + (["val_accuracy", "val_recall", "val_recall_0", "val_recall_1", "val_recall_2"]
+                       if has_val else [])
+                    + ["test_accuracy", "test_recall", "test_recall_0", "test_recall_1", "test_recall_2"]
+                    + (["test_precision_0", "test_precision_1", "test_precision_2"] if precision else []))
+    for epoch, accuracy, recalls, *val in rows:
+      writer.writerow([epoch, 1.0] + ([val[0], mean(val[1]), *val[1]] if has_val else [])
+                      + [accuracy, mean(recalls), *recalls] + list(precision or []))
+  return workdir
+
+
+def quiet(message):
+  del message
 
 
 @pytest.fixture
@@ -79,7 +102,13 @@ def test_selection_means_and_sample_stds(runs):
       ("worst1", "cross_entropy"), ("worst1", "arcface"), ("worst1", "camri"),
       ("median", "cross_entropy"), ("median", "camri"),
       ("class2", "cross_entropy"), ("class2", "camri")]
-  assert len(warnings) == 1 and "1 runs have no row" in warnings[0] and "unfinished" in warnings[0]
+  assert len(warnings) == 3
+  assert "1 runs have no row" in warnings[0] and "unfinished" in warnings[0]
+  assert warnings[1] == ("18 of 18 runs of dataset toy have no validation split (validation_fraction=0): "
+                         "selecting on the test split, which is optimistic")
+  assert warnings[2].startswith("3 of 3 cross_entropy runs of toy have no saved test predictions: "
+                                "cross_entropy+bias rows are not shown")
+  assert all(r.selected_on == "test" for r in rows)
   rows = by_key(rows)
 
   ce = rows["worst1", "cross_entropy"]
@@ -101,8 +130,10 @@ def test_selection_means_and_sample_stds(runs):
   median_ce = rows["median", "cross_entropy"]
   assert median_ce.classes == (1,) and median_ce.recall.mean == pytest.approx(0.8)
   assert median_ce.recall.std == pytest.approx(0.1)
-  median = rows["median", "camri"]
-  assert median.recall is None and median.accuracy is None and (median.settings_kept, median.settings_total) == (0, 1)
+  median = rows["median", "camri"]  # Not kept, yet shown: the setting nearest to keeping accuracy.
+  assert not median.kept and (median.settings_kept, median.settings_total) == (0, 1)
+  assert median.setting == "margin=0.1, scale=16"
+  assert median.recall.mean == pytest.approx(0.95) and median.accuracy.mean == pytest.approx(0.81)
 
   untagged = rows["class2", "camri"]
   assert untagged.classes == (2,) and untagged.setting == "margin=0.3, scale=8"
@@ -117,7 +148,8 @@ def test_epoch_policy_changes_the_numbers_and_the_choice(runs):
   camri = rows["worst1", "camri"]  # at epoch 1 only margin 0.2 keeps accuracy; the unfinished run counts.
   assert camri.setting == "margin=0.2, scale=16" and camri.recall.mean == pytest.approx(0.3)
   assert (camri.settings_kept, camri.settings_total) == (1, 2)
-  assert rows["worst1", "arcface"].recall is None
+  arcface = rows["worst1", "arcface"]  # Neither setting keeps accuracy: the more accurate one is shown.
+  assert not arcface.kept and arcface.setting == "margin=0.2, scale=16"
 
 
 def test_best_epoch_policy_takes_each_runs_best_accuracy_row(tmp_path):
@@ -139,10 +171,17 @@ def test_markdown(runs):
   text = report.report(runs, "last", "markdown", warn=lambda m: None)
   assert "last epoch (epoch == num_epochs" in text and "sample std (ddof=1)" in text
   lines = text.splitlines()
-  assert lines[2] == "| dataset | role | class | method | setting | seeds | kept | recall | accuracy |"
-  assert "| toy | worst1 | 0 (a) | camri | margin=0.1, scale=16 | 3 | 1/2 | 0.6500 ± 0.0500 | 0.8300 ± 0.0100 |" in lines
-  assert "| toy | median | 1 (b) | camri | - | 0 | 0/1 | - | - |" in lines
-  assert "| toy | worst1 | 0 (a) | cross_entropy | - | 3 | - | 0.6000 ± 0.1000 | 0.8200 ± 0.0200 |" in lines
+  assert "Dataset toy has no validation split (validation_fraction=0): selected on the test split" in text
+  assert lines[2] == ("| dataset | role | class | method | setting | seeds | kept | recall | precision | "
+                      "accuracy | recall gain | accuracy gain |")
+  # Gains over seeds 0, 1, 2 by hand: recall 0.1, 0.05, 0 (sd 0.05), accuracy 0.02, 0.01, 0 (sd 0.01);
+  # half widths t(0.975, 2) * sd / sqrt(3) = 0.1242 and 0.0248.
+  assert ("| toy | worst1 | 0 (a) | camri | margin=0.1, scale=16 | 3 | 1/2 | 0.6500 ± 0.0500 | - | "
+          "0.8300 ± 0.0100 | +0.0500 [-0.0742, +0.1742]† | +0.0100 [-0.0148, +0.0348] |") in lines
+  assert ("| toy | median | 1 (b) | camri | margin=0.1, scale=16 (not kept) | 3 | 0/1 | 0.9500 ± 0.0000 | - | "
+          "0.8100 ± 0.0000 | +0.1500 [-0.0984, +0.3984]† | -0.0100 [-0.0597, +0.0397] |") in lines
+  assert ("| toy | worst1 | 0 (a) | cross_entropy | - | 3 | - | 0.6000 ± 0.1000 | - | 0.8200 ± 0.0200 | "
+          "- | - |") in lines
 
 
 def test_csv(runs):
@@ -155,7 +194,8 @@ def test_csv(runs):
   assert float(camri["accuracy_mean"]) == pytest.approx(0.8)
   assert camri["setting"] == "margin=0.2, scale=16" and camri["seeds"] == "3"
   arcface = rows["worst1", "arcface"]
-  assert arcface["recall_mean"] == "" and arcface["accuracy_mean"] == "" and arcface["settings_kept"] == "0"
+  assert arcface["recall_mean"] == "0.5" and arcface["settings_kept"] == "0"
+  assert all(r["selected_on"] == "test" for r in rows.values())
 
 
 def test_latex(runs):
@@ -163,9 +203,10 @@ def test_latex(runs):
   lines = text.splitlines()
   assert lines[0] == r"\begin{table}" and lines[-1] == r"\end{table}"
   assert r"\caption{" in text and "last epoch" in text and r"$\pm$" in text
-  assert (r"toy & worst1 & 0 (a) & cross\_entropy & - & 3 & -- & $0.6000 \pm 0.1000$ & "
-          r"$0.8200 \pm 0.0200$ \\") in lines
-  assert r"toy & median & 1 (b) & camri & - & 0 & 0/1 & -- & -- \\" in lines
+  assert (r"toy & worst1 & 0 (a) & cross\_entropy & - & 3 & -- & $0.6000 \pm 0.1000$ & -- & "
+          r"$0.8200 \pm 0.0200$ & -- & -- \\") in lines
+  assert (r"toy & median & 1 (b) & camri & margin=0.1, scale=16 (not kept) & 3 & 0/1 & $0.9500 \pm 0.0000$ & "
+          r"-- & $0.8100 \pm 0.0000$ & $+0.1500 [-0.0984, +0.3984]^\dagger$ & $-0.0100 [-0.0597, +0.0397]$ \\") in lines
   columns = lines[3][len(r"\begin{tabular}{"):-1]
   assert all(line.count(" & ") == len(columns) - 1 for line in lines if line.endswith(r" \\"))
 
@@ -189,8 +230,11 @@ def test_reference_columns_side_by_side(tmp_path):
               dataset="cifar10", tag="worst1", weight=4.0)
   text = report.report(root, "last", "markdown", with_reference=True, warn=lambda m: None)
   assert "| paper recall | paper accuracy |" in text
-  assert "| cifar10 | worst1 | 0 (a) | camri | margin=0.2, scale=16 | 2 | 1/1 | 0.8000 ± 0.0000 | 0.8900 ± 0.0000 | 0.7919 | 0.8821 |" in text
-  assert "| cifar10 | worst1 | 0 (a) | wce | - | 0 | 0/1 | - | - | 0.8023 | 0.8797 |" in text
+  assert ("| cifar10 | worst1 | 0 (a) | camri | margin=0.2, scale=16 | 2 | 1/1 | 0.8000 ± 0.0000 | - | "
+          "0.8900 ± 0.0000 | +0.1000 [+0.1000, +0.1000] | +0.0100 [+0.0100, +0.0100] | 0.7919 | 0.8821 |") in text
+  assert ("| cifar10 | worst1 | 0 (a) | wce | weight=4 (not kept) | 2 | 0/1 | 0.9000 ± 0.0000 | - | "
+          "0.8700 ± 0.0000 | +0.2000 [+0.2000, +0.2000] | -0.0100 [-0.0100, -0.0100] | 0.8023 | 0.8797 |") in text
+  assert "does not cover" not in text
   rows = {r["method"]: r for r in csv.DictReader(io.StringIO(
       report.report(root, "last", "csv", with_reference=True, warn=lambda m: None)))}
   assert rows["cross_entropy"]["paper_recall"] == "0.7383" and rows["cross_entropy"]["settings_kept"] == ""
@@ -211,7 +255,7 @@ def test_cli_writes_the_file(runs, tmp_path, capsys):
   assert out.read_text().startswith(r"\begin{table}")
   with pytest.raises(SystemExit):
     report.main([runs, "--epoch", "first"])
-  assert "--epoch must be last, best or a positive epoch number" in capsys.readouterr().err
+  assert "--epoch must be last, best, a positive epoch number or last:K" in capsys.readouterr().err
 
 
 def test_setting_shows_the_fields_that_vary_or_differ_from_cross_entropy(tmp_path):
@@ -251,3 +295,268 @@ def test_no_runs_warns(tmp_path):
   warnings = []
   assert report.load_results(str(tmp_path), "last", warn=warnings.append) == []
   assert warnings == [f"no run directories (with config.json) under {tmp_path}"]
+
+
+# The Student t interval (camri.stats).
+
+def test_t_quantiles_match_the_tables():
+  assert stats.t_quantile(0.975, 1) == pytest.approx(12.706, abs=5e-4)
+  assert stats.t_quantile(0.975, 2) == pytest.approx(4.303, abs=5e-4)
+  assert stats.t_quantile(0.975, 9) == pytest.approx(2.262, abs=5e-4)
+
+
+def test_t_interval_by_hand():
+  interval = stats.t_interval([0.1, 0.2, 0.3])  # mean 0.2, sd 0.1
+  half = T_975[2] * 0.1 / math.sqrt(3)
+  assert (interval.n, interval.mean) == (3, pytest.approx(0.2))
+  assert (interval.low, interval.high) == (pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+  assert interval.contains(0.0) and not interval.contains(0.5)
+  single = stats.t_interval([0.3])
+  assert single.mean == 0.3 and math.isnan(single.low) and not single.contains(0.3)
+
+
+# Selection on validation.
+
+def _csv_rows(root, **kwargs):
+  text = report.report(root, kwargs.pop("policy", "last"), "csv", warn=quiet, **kwargs)
+  return {(r["role"], r["method"]): r for r in csv.DictReader(io.StringIO(text))}
+
+
+@pytest.fixture
+def val_vs_test(tmp_path):
+  """Validation and test disagree on which camri setting keeps accuracy.
+
+  cross_entropy: validation accuracy 0.80, 0.82 (mean 0.81), test 0.80.
+  margin 0.1: validation 0.82 (kept), recall 0.7; test 0.79 (not kept), recall 0.6.
+  margin 0.2: validation 0.80 (not kept), recall 0.9; test 0.81 (kept), recall 0.8.
+  """
+  root = str(tmp_path)
+  for seed, val_accuracy in enumerate([0.80, 0.82]):
+    write_run(root, f"ce{seed}", "cross_entropy", seed, [(2, 0.80, (0.5, 0.9, 0.9), val_accuracy, (0.5, 0.9, 0.9))])
+  for margin, test, val in [(0.1, (0.79, 0.6), (0.82, 0.7)), (0.2, (0.81, 0.8), (0.80, 0.9))]:
+    for seed in range(2):
+      write_run(root, f"camri_m{margin}_{seed}", "camri", seed,
+                [(2, test[0], (test[1], 0.9, 0.9), val[0], (val[1], 0.9, 0.9))], tag="worst1",
+                margin=[margin], scale=16.0)
+  return root
+
+
+def test_selection_on_validation_differs_from_selection_on_test(val_vs_test):
+  on_val = _csv_rows(val_vs_test)["worst1", "camri"]
+  assert on_val["setting"] == "margin=0.1, scale=16" and on_val["selected_on"] == "val"
+  assert float(on_val["recall_mean"]) == pytest.approx(0.6)  # reported on test
+  assert float(on_val["accuracy_mean"]) == pytest.approx(0.79) and on_val["settings_kept"] == "1"
+  on_test = _csv_rows(val_vs_test, select_on="test")["worst1", "camri"]
+  assert on_test["setting"] == "margin=0.2, scale=16" and on_test["selected_on"] == "test"
+  assert float(on_test["recall_mean"]) == pytest.approx(0.8) and on_test["settings_kept"] == "1"
+  assert "selected on the validation split, reported on the test split" in report.report(val_vs_test, warn=quiet)
+  text = report.report(val_vs_test, select_on="test", warn=quiet)
+  assert "selected on the test split, as the paper did: optimistic" in text
+
+
+def test_accuracy_tolerance_changes_which_settings_are_kept(val_vs_test):
+  # margin 0.2's validation accuracy 0.80 is 0.01 below cross-entropy's 0.81.
+  assert _csv_rows(val_vs_test, tolerance=0.009)["worst1", "camri"]["settings_kept"] == "1"
+  loose = _csv_rows(val_vs_test, tolerance=0.01)["worst1", "camri"]
+  assert loose["settings_kept"] == "2" and loose["setting"] == "margin=0.2, scale=16"
+  assert "at least cross-entropy's minus 0.01, both on the validation split" in report.report(
+      val_vs_test, tolerance=0.01, warn=quiet)
+  out = os.path.join(val_vs_test, "table.csv")
+  assert report.main([val_vs_test, "--accuracy-tolerance", "0.01", "--format", "csv", "--out", out]) == 0
+  with open(out) as f:
+    assert {r["method"]: r["setting"] for r in csv.DictReader(f)}["camri"] == "margin=0.2, scale=16"
+
+
+def test_best_epoch_is_chosen_on_the_selection_split(tmp_path):
+  root = str(tmp_path)
+  # Validation accuracy peaks at epoch 2, test accuracy at epoch 1.
+  write_run(root, "ce", "cross_entropy", 0, [(1, 0.9, (0.1, 0.5, 0.5), 0.7, (0.5,) * 3),
+                                             (2, 0.7, (0.2, 0.5, 0.5), 0.9, (0.5,) * 3),
+                                             (3, 0.8, (0.3, 0.5, 0.5), 0.8, (0.5,) * 3)], num_epochs=3)
+  write_run(root, "camri", "camri", 0, [(3, 0.5, (0.5,) * 3, 0.5, (0.5,) * 3)], num_epochs=3, tag="worst1")
+  (result,) = [r for r in report.load_results(root, "best") if r.method == "cross_entropy"]
+  assert (result.accuracy, result.class_recall[0], result.val.accuracy) == (0.7, 0.2, 0.9)
+  (result,) = [r for r in report.load_results(root, "best", select_on="test") if r.method == "cross_entropy"]
+  assert (result.accuracy, result.class_recall[0]) == (0.9, 0.1)
+  assert "epoch of best validation accuracy" in report.report(root, "best", warn=quiet)
+
+
+# Paired statistics.
+
+def test_paired_gains_and_intervals_by_hand(tmp_path):
+  root = str(tmp_path)
+  ce = {0: (0.80, 0.5), 1: (0.81, 0.6), 2: (0.82, 0.7)}  # seed: (accuracy, recall of class 0)
+  for seed, (accuracy, recall) in ce.items():
+    write_run(root, f"ce{seed}", "cross_entropy", seed, [(2, accuracy, (recall, 0.5, 0.5), accuracy, (recall, 0.5, 0.5))])
+  # camri: seed 3 has no cross-entropy run to pair with; recall differences 0.1, 0.05, 0.15.
+  for seed, (accuracy, recall) in {0: (0.81, 0.6), 1: (0.81, 0.65), 2: (0.83, 0.85), 3: (0.81, 0.99)}.items():
+    write_run(root, f"camri{seed}", "camri", seed, [(2, accuracy, (recall, 0.5, 0.5), accuracy, (recall, 0.5, 0.5))],
+              tag="worst1", margin=[0.1])
+  for seed, recall in {0: 0.60, 1: 0.71, 2: 0.82}.items():  # Differences 0.10, 0.11, 0.12.
+    write_run(root, f"arc{seed}", "arcface", seed, [(2, 0.81, (recall, 0.5, 0.5), 0.81, (recall, 0.5, 0.5))],
+              tag="worst1", margin=[0.2])
+  rows = _csv_rows(root)
+  camri, arcface = rows["worst1", "camri"], rows["worst1", "arcface"]
+  assert camri["seeds"] == "4" and camri["pairs"] == "3"
+  half = T_975[2] * 0.05 / math.sqrt(3)  # sd of 0.1, 0.05, 0.15
+  assert float(camri["recall_gain_mean"]) == pytest.approx(0.1)
+  assert float(camri["recall_gain_ci_low"]) == pytest.approx(0.1 - half)
+  assert float(camri["recall_gain_ci_high"]) == pytest.approx(0.1 + half)
+  # Accuracy differences 0.01, 0, 0.01: mean 1/150, sd sqrt(((1/300)^2 * 2 + (2/300)^2) / 2) = 0.01 / sqrt(3).
+  half = T_975[2] * (0.01 / math.sqrt(3)) / math.sqrt(3)
+  assert float(camri["accuracy_gain_mean"]) == pytest.approx(1 / 150)
+  assert float(camri["accuracy_gain_ci_low"]) == pytest.approx(1 / 150 - half)
+  assert float(camri["accuracy_gain_ci_high"]) == pytest.approx(1 / 150 + half)
+  half = T_975[2] * 0.01 / math.sqrt(3)
+  assert float(arcface["recall_gain_ci_low"]) == pytest.approx(0.11 - half)
+  assert float(arcface["recall_gain_ci_high"]) == pytest.approx(0.11 + half)
+  assert float(arcface["accuracy_gain_mean"]) == pytest.approx(0.0, abs=1e-12)
+  assert rows["worst1", "cross_entropy"]["recall_gain_mean"] == ""
+  lines = report.report(root, warn=quiet).splitlines()
+  assert any("| camri |" in line and "| +0.1000 [-0.0242, +0.2242]† |" in line for line in lines)
+  assert any("| arcface |" in line and "| +0.1100 [+0.0852, +0.1348] |" in line for line in lines)
+
+
+# The post-hoc bias baseline. Class 0 is important; scores in eighths are exact in float32.
+# Validation: gaps max_{k != 0} s_k - s_0 of 4 examples of class 0 (-2/8, 2/8, 4/8) and of others
+# (1/8, 3/8, 4/8, 5/8). Accuracy and recall of class 0 at each b:
+#   b=0: 4/7, 1/3   1/8: 3/7, 1/3   2/8: 4/7, 2/3 (a tie s_0 + b = s_1 goes to class 0)
+#   3/8: 3/7, 2/3   4/8: 3/7, 1     5/8: 3/7, 1 (the example of class 2 was already wrong)
+VAL_SCORES = np.array([[4, 2, 1], [2, 4, 1], [1, 5, 2], [3, 4, 0], [2, 5, 1], [1, 0, 5], [1, 6, 0]], np.float32) / 8
+VAL_LABELS = np.array([0, 0, 0, 1, 1, 2, 2])
+# Test gaps: 1/8 and 3/8 (class 0), 2/8 and 5/8 (class 1), 3/8 (class 2). At b = 0: accuracy 3/5,
+# recall 0, class 0 never predicted. At b = 2/8: examples 0 and 2 go to class 0 (2 a tie):
+# accuracy 3/5, recall 1/2, precision 1/2. At b = 4/8 also examples 1 and 3: accuracy 3/5,
+# recall 1, precision 2/4.
+TEST_SCORES = np.array([[3, 4, 0], [1, 4, 0], [2, 4, 1], [0, 1, 3], [0, 5, 1]], np.float32) / 8
+TEST_LABELS = np.array([0, 0, 1, 2, 1])
+
+
+def _predictions(scores, labels):
+  return {"ids": np.array([f"x{i}" for i in range(len(labels))]), "labels": labels.astype(np.int64),
+          "scores": scores, "step": np.int64(10)}
+
+
+def test_choose_bias_by_hand_ties_included():
+  assert report.choose_bias(VAL_SCORES, VAL_LABELS, 0) == 0.25  # recall 2/3 at the accuracy of b = 0
+  # Accuracy may drop by 1/7: recall 1 at b = 4/8 and 5/8, same accuracy: the smaller b.
+  assert report.choose_bias(VAL_SCORES, VAL_LABELS, 0, tolerance=0.15) == 0.5
+  assert report.choose_bias(VAL_SCORES, VAL_LABELS, 0, tolerance=0.14) == 0.25  # 1/7 = 0.1429
+
+
+def test_choose_bias_equals_a_search_over_every_breakpoint():
+  rng = np.random.default_rng(0)
+  scores = np.round(rng.normal(size=(300, 4)) * 4).astype(np.float32) / 4  # many ties
+  labels = rng.integers(0, 4, 300)
+  for important in range(4):
+    for tolerance in (0.0, 0.01, 0.05):
+      candidates = np.concatenate([[0.0], posthoc.breakpoints(scores, important)])
+      values = [posthoc.accuracy_and_recall(scores, labels, important, b) for b in candidates]
+      floor = values[0][0] - tolerance - 1e-9
+      best = max((recall, accuracy, -b) for (accuracy, recall), b in zip(values, candidates) if accuracy >= floor)
+      assert report.choose_bias(scores, labels, important, tolerance) == -best[2]
+
+
+def _bias_runs(root, with_val=True):
+  """One cross-entropy run with the predictions above (metrics.csv agrees at b = 0) and one camri run."""
+  val = (4 / 7, (1 / 3, 1.0, 0.5)) if with_val else ()
+  other_val = (0.5, (0.5,) * 3) if with_val else ()
+  # Epoch 1's numbers differ from the predictions, which are epoch 2's.
+  workdir = write_run(root, "ce", "cross_entropy", 0, [(1, 0.3, (0.9, 0.1, 0.1), *other_val),
+                                                       (2, 0.6, (0.0, 1.0, 1.0), *val)],
+                      precision=(math.nan, 2 / 3, 1.0))
+  if with_val:
+    run_log.write_predictions(workdir, "val", _predictions(VAL_SCORES, VAL_LABELS))
+  run_log.write_predictions(workdir, "test", _predictions(TEST_SCORES, TEST_LABELS))
+  workdir = write_run(root, "camri", "camri", 0, [(1, 0.3, (0.5,) * 3, *other_val),
+                                                  (2, 0.6, (0.5, 0.5, 1.0), *val)],
+                      tag="worst1", precision=(0.5, 1.0, 1.0))
+  if with_val:
+    run_log.write_predictions(workdir, "val", _predictions(VAL_SCORES, VAL_LABELS))
+  run_log.write_predictions(workdir, "test", _predictions(TEST_SCORES, TEST_LABELS))
+  return root
+
+
+def test_cross_entropy_bias_row_by_hand(tmp_path):
+  rows = _csv_rows(_bias_runs(str(tmp_path)))
+  assert list(rows) == [("worst1", "cross_entropy"), ("worst1", "cross_entropy+bias"), ("worst1", "camri")]
+  assert rows["worst1", "cross_entropy"]["precision_mean"] == ""  # never predicts class 0
+  bias = rows["worst1", "cross_entropy+bias"]
+  assert bias["setting"] == "b on val: 0.25" and bias["selected_on"] == "val" and bias["seeds"] == "1"
+  assert float(bias["recall_mean"]) == pytest.approx(0.5) and float(bias["accuracy_mean"]) == pytest.approx(0.6)
+  assert float(bias["precision_mean"]) == pytest.approx(0.5)
+  assert float(bias["recall_gain_mean"]) == pytest.approx(0.5) and bias["recall_gain_ci_low"] == ""
+  assert float(bias["accuracy_gain_mean"]) == pytest.approx(0.0, abs=1e-12)
+  loose = _csv_rows(str(tmp_path), tolerance=0.15)["worst1", "cross_entropy+bias"]
+  assert loose["setting"] == "b on val: 0.5" and float(loose["recall_mean"]) == 1.0
+  assert float(loose["accuracy_mean"]) == pytest.approx(0.6) and float(loose["precision_mean"]) == 0.5
+  text = report.report(str(tmp_path), warn=quiet)
+  assert "| toy | worst1 | 0 (a) | cross_entropy+bias | b on val: 0.25 | 1 | - | 0.5000 | 0.5000 | 0.6000 |" in text
+  # At epoch 1 cross-entropy's row changes; the bias row, from the last epoch's predictions, does not,
+  # nor do its gains, over the same predictions at b = 0.
+  rows = _csv_rows(str(tmp_path), policy=1)
+  assert float(rows["worst1", "cross_entropy"]["recall_mean"]) == pytest.approx(0.9)
+  assert rows["worst1", "cross_entropy+bias"] == {**bias, "epoch": "1"}
+
+
+def test_bias_without_validation_predictions_is_chosen_on_test(tmp_path):
+  rows = _csv_rows(_bias_runs(str(tmp_path), with_val=False))
+  bias = rows["worst1", "cross_entropy+bias"]
+  # On test: b = 1/8 gives accuracy 4/5, recall 1/2; b = 3/8 accuracy 3/5 (= at b = 0), recall 1.
+  assert bias["setting"] == "b on test: 0.375" and bias["selected_on"] == "test"
+  assert float(bias["recall_mean"]) == 1.0 and float(bias["accuracy_mean"]) == pytest.approx(0.6)
+
+
+def test_post_hoc_bias_adds_a_row_for_every_method(tmp_path):
+  rows = _csv_rows(_bias_runs(str(tmp_path)), post_hoc_bias=True)
+  assert list(rows)[-2:] == [("worst1", "camri"), ("worst1", "camri+bias")]
+  camri_bias = rows["worst1", "camri+bias"]
+  assert camri_bias["setting"] == "b on val: 0.25" and camri_bias["settings_kept"] == "1"
+  assert float(camri_bias["recall_gain_mean"]) == pytest.approx(0.5)  # over cross_entropy's 0
+
+
+# Epochs and seeds.
+
+def test_last_k_averages_the_last_k_rows(tmp_path):
+  root = str(tmp_path)
+  rows = [(1, 0.1, (0.1, 0.5, 0.5)), (2, 0.2, (0.2, 0.5, 0.5)), (3, 0.3, (0.4, 0.5, 0.5)), (4, 0.5, (0.8, 0.5, 0.5))]
+  workdir = write_run(root, "ce", "cross_entropy", 0, rows, num_epochs=4, precision=(0.6, 1.0, 1.0))
+  write_run(root, "short", "cross_entropy", 1, rows[:3], num_epochs=4)  # unfinished: left out
+  with open(os.path.join(workdir, "metrics.csv")) as f:
+    text = f.read().rstrip("\n").split("\n")
+  text[-1] = text[-1].rsplit(",", 3)[0] + ",nan,1.0,1.0"  # class 0 never predicted at epoch 4
+  with open(os.path.join(workdir, "metrics.csv"), "w") as f:
+    f.write("\n".join(text) + "\n")
+  assert report.parse_epoch_policy("last:2") == "last:2"
+  with pytest.raises(ValueError, match="last:K"):
+    report.parse_epoch_policy("last:0")
+  warnings = []
+  (result,) = report.load_results(root, "last:2", warn=warnings.append)
+  assert result.accuracy == pytest.approx(0.4) and result.class_recall[0] == pytest.approx(0.6)
+  assert result.test.class_precision[0] == pytest.approx(0.6)  # epoch 4's nan left out
+  assert "1 runs have no row for the mean of the last 2 epochs" in warnings[0] and "short" in warnings[0]
+  (result,) = report.load_results(root, "last:3", warn=quiet)
+  assert result.accuracy == pytest.approx(1 / 3) and result.class_recall[0] == pytest.approx(1.4 / 3)
+  assert report.load_results(root, "last:5", warn=quiet) == []
+  assert "mean of the last 2 epochs" in report.report(root, "last:2", warn=quiet)
+
+
+def test_two_runs_of_one_setting_and_seed_count_once_with_a_warning(tmp_path):
+  root = str(tmp_path)
+  first = write_run(root, "ce0", "cross_entropy", 0, [(2, 0.8, (0.5,) * 3)])
+  second = write_run(root, "quickstart/run", "cross_entropy", 0, [(2, 0.9, (0.5,) * 3)])
+  write_run(root, "ce1", "cross_entropy", 1, [(2, 0.7, (0.5,) * 3)])
+  warnings = []
+  results = report.load_results(root, "last", warn=warnings.append)
+  assert sorted(r.accuracy for r in results) == [0.7, 0.8]
+  assert warnings == [f"runs {first} and {second} are one setting of cross_entropy on toy with one seed (0); "
+                      f"counting only {first}"]
+
+
+def test_reference_on_a_dataset_the_paper_does_not_cover(runs):
+  text = report.report(runs, "last", "markdown", with_reference=True, warn=quiet)
+  assert "The paper's Table 1 does not cover toy." in text
+  assert "paper recall" not in text and "| toy | worst1 | 0 (a) | camri |" in text
+  warnings = []
+  report.report(runs, "last", "csv", with_reference=True, warn=warnings.append)
+  assert "the paper's Table 1 does not cover toy" in warnings
