@@ -27,6 +27,7 @@ from camri import train
 from camri.data import dataset as dataset_lib
 from camri.data.dataset import Dataset
 from camri.data.spec import DatasetSpec
+from camri.models import heads
 from camri.objectives import Objective
 
 
@@ -67,6 +68,11 @@ class Run:
   def dataset(self) -> Dataset:
     """The run's splits and input pipeline, opened (and prepared, if asked) on first use."""
     return dataset_lib.open_dataset(self.config, prepare=self.prepare_data)
+
+  @property
+  def angular(self) -> bool:
+    """Whether the head is angular (CAMRI, ArcFace, ...): its scores are cos(theta_k)."""
+    return isinstance(self.objective.head, heads.AngularHead)
 
   def apply(self, variables, images):
     """The model's outputs ({"features", "cosine", "logits", ...}) at inference (no margin)."""
