@@ -126,11 +126,12 @@ def main(argv=None) -> int:
     parser.exit(2, f"error: --workdir {args.workdir} does not exist\n")
   from camri import inference  # pylint: disable=g-import-not-at-top
   from camri import predict  # pylint: disable=g-import-not-at-top
+  from camri.config_lib import ConfigError  # pylint: disable=g-import-not-at-top
 
   predict.quiet_runtime()
   try:
     run = inference.load_run(args.workdir, prepare_data=False)
-  except (inference.RunNotFoundError, ValueError) as e:
+  except (inference.RunNotFoundError, ConfigError) as e:
     parser.exit(2, f"error: {e}\n")
   exported = export_run(run)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

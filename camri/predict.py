@@ -122,10 +122,9 @@ def _why_not(path, run) -> str:
           "images (its config.image_size=0 keeps the dataset's stored size); resize it")
 
 
-def make_forward(run):
-  """jit(variables, images) -> {"scores", and "cosine" for an angular head}."""
+def make_forward(run, sharding):
+  """jit(variables, images) -> {"scores", and "cosine" for an angular head}, batch-sharded."""
 
-  @jax.jit
   def forward(variables, images):
     outputs = run.apply(variables, images)
     out = {"scores": run.objective.scores(outputs)}
@@ -133,7 +132,7 @@ def make_forward(run):
       out["cosine"] = outputs["cosine"]
     return out
 
-  return forward
+  return jax.jit(forward, out_shardings=sharding.batch)
 
 
 def predict(run, images, count: int, batch_size: int, progress=True) -> dict:
@@ -146,7 +145,7 @@ def predict(run, images, count: int, batch_size: int, progress=True) -> dict:
   from camri import train  # pylint: disable=g-import-not-at-top
 
   sharding = train.Sharding.over_all_devices()
-  forward = make_forward(run)
+  forward = make_forward(run, sharding)
   images = iter(images)
   kept = []
   with tqdm.tqdm(total=count, unit="img", disable=None if progress else True,
@@ -162,7 +161,6 @@ def predict(run, images, count: int, batch_size: int, progress=True) -> dict:
 
 def rows(paths, class_names, outputs, bias=None) -> list[dict]:
   """The CSV's rows: path, predicted, score_<class>..., angle_<class>... (angular heads)."""
-
   scores = outputs["scores"]
   if bias is None:
     predicted = np.argmax(scores, axis=1)
@@ -192,8 +190,11 @@ def write_csv(path, table: list[dict]):
 
 
 def quiet_runtime():
-  """camri.main's quiet logs, and no notes on opening the checkpoints read-only (orbax) or on
-  an unprepared data_dir (tfds): readers never write there."""
+  """camri.main's quiet logs, and TensorFlow off the accelerators.
+
+  Warnings are silenced too: orbax's notes on opening checkpoints read-only and
+  tfds's on an unprepared data_dir are about writes a reader never makes.
+  """
   from absl import logging  # pylint: disable=g-import-not-at-top
   from camri import prepare  # pylint: disable=g-import-not-at-top
   prepare.setup_runtime()
@@ -220,6 +221,7 @@ def main(argv=None) -> int:
   if not os.path.isdir(args.workdir):
     parser.exit(2, f"error: --workdir {args.workdir} does not exist\n")
   from camri import inference  # pylint: disable=g-import-not-at-top
+  from camri.config_lib import ConfigError  # pylint: disable=g-import-not-at-top
 
   quiet_runtime()
   try:
@@ -229,7 +231,7 @@ def main(argv=None) -> int:
     devices = jax.device_count()
     batch_size = -(-(args.batch_size or run.config.eval_batch_size) // devices) * devices
     outputs = predict(run, preprocessed_images(images, run), len(images), batch_size)
-  except (PredictError, inference.RunNotFoundError, ValueError) as e:
+  except (PredictError, inference.RunNotFoundError, ConfigError) as e:
     parser.exit(2, f"error: {e}\n")
   write_csv(args.out, rows(images, run.class_names, outputs, bias))
   print(f"predicted {len(images)} images with {run.workdir} (step {run.step}): {args.out}")
