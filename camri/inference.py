@@ -5,6 +5,11 @@
 are built by `camri.train`, the data opened by `camri.data.dataset`, exactly
 as training built them, and the checkpoint is opened read-only, so a reader
 never changes a workdir and is safe on a run still training.
+
+The model needs only the dataset's image shape and class names (the builder's
+info and config.json), so the data itself is opened on first use of
+`Run.dataset`: predicting on new images or exporting the model never reads,
+prepares or downloads the run's dataset.
 """
 
 import dataclasses
@@ -16,10 +21,13 @@ import ml_collections
 import numpy as np
 
 from camri import checkpoint
+from camri import data as data_lib
 from camri import run_log
 from camri import train
 from camri.data import dataset as dataset_lib
 from camri.data.dataset import Dataset
+from camri.data.spec import DatasetSpec
+from camri.models import heads
 from camri.objectives import Objective
 
 
@@ -47,15 +55,24 @@ class Run:
   workdir: str
   config: ml_collections.ConfigDict
   record: dict  # config.json as written (with class_names).
-  dataset: Dataset
+  spec: DatasetSpec
+  image_shape: tuple[int, int, int]  # The model's input (height, width, channels).
+  class_names: tuple[str, ...]
   model: Any  # The flax module.
   objective: Objective
   variables: dict  # {"params", "batch_stats"}.
   step: int
+  prepare_data: bool = True
+
+  @functools.cached_property
+  def dataset(self) -> Dataset:
+    """The run's splits and input pipeline, opened (and prepared, if asked) on first use."""
+    return dataset_lib.open_dataset(self.config, prepare=self.prepare_data)
 
   @property
-  def class_names(self) -> tuple[str, ...]:
-    return tuple(self.record.get("class_names") or self.dataset.class_names)
+  def angular(self) -> bool:
+    """Whether the head is angular (CAMRI, ArcFace, ...): its scores are cos(theta_k)."""
+    return isinstance(self.objective.head, heads.AngularHead)
 
   def apply(self, variables, images):
     """The model's outputs ({"features", "cosine", "logits", ...}) at inference (no margin)."""
@@ -81,21 +98,25 @@ def load_run(workdir, data_dir=None, prepare_data=True) -> Run:
   Args:
     workdir: a run directory written by `camri.main`.
     data_dir: the tfds data_dir, when not the run's own.
-    prepare_data: prepare the dataset if it is not (readers of the test split
-      need it; predicting on new images does not).
+    prepare_data: prepare the dataset if it is not, when `Run.dataset` is
+      first used (readers of the test split need it; predicting on new
+      images never opens it).
 
   Raises:
     RunNotFoundError: no config.json, or no checkpoint that restores.
   """
   config = load_config(workdir, data_dir)
-  dataset = dataset_lib.open_dataset(config, prepare=prepare_data)
-  model, objective = train.make_model(config, dataset.num_classes)
+  record = run_log.read_config(workdir)
+  spec, builder = data_lib.builder_for(config, prepare=False)
+  image_shape = data_lib.image_shape(builder, config.image_size)
+  class_names = tuple(record.get("class_names") or data_lib.class_names(spec, builder))
+  model, objective = train.make_model(config, len(class_names))
   sharding = train.Sharding.over_all_devices()
-  abstract = train.abstract_train_state(config, model, dataset.image_shape, sharding.replicated)
+  abstract = train.abstract_train_state(config, model, image_shape, sharding.replicated)
   manager = checkpoint.manager(workdir, read_only=True)
   try:
     restored = checkpoint.restore_latest(manager, abstract,
-                                         train.empty_train_sums(dataset.num_classes),
+                                         train.empty_train_sums(len(class_names)),
                                          delete_unreadable=False)
   except checkpoint.UnreadableCheckpointError as e:
     raise RunNotFoundError(str(e)) from None
@@ -105,10 +126,11 @@ def load_run(workdir, data_dir=None, prepare_data=True) -> Run:
     raise RunNotFoundError(f"{workdir} has no checkpoint under {run_log.CHECKPOINT_DIR}/ "
                            "(has the run trained an epoch?)")
   step, state, _ = restored
-  return Run(workdir=str(workdir), config=config, record=run_log.read_config(workdir),
-             dataset=dataset, model=model, objective=objective,
+  return Run(workdir=str(workdir), config=config, record=record, spec=spec,
+             image_shape=image_shape, class_names=class_names, model=model,
+             objective=objective,
              variables={"params": state.params, "batch_stats": state.batch_stats},
-             step=int(step))
+             step=int(step), prepare_data=prepare_data)
 
 
 def split_outputs(run: Run, split: str, keys=("features", "cosine")) -> dict[str, np.ndarray]:
