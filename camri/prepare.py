@@ -76,9 +76,18 @@ def _check_init_checkpoint(config, num_classes):
 
 
 def _run_record(config, class_names) -> dict:
+  """config.json: the config, the class names and which prepared copy of the data it reads.
+
+  "prepared_data" names the builder config of datasets that have one (an
+  image-folder tree's path and file fingerprint), so a run is not resumed on a
+  tree that changed under it.
+  """
   record = json.loads(config.to_json_best_effort())
   record["class_names"] = list(class_names)
   record["num_classes"] = len(class_names)
+  builder_config = data_lib.builder_for(config, prepare=False)[1].builder_config
+  if builder_config is not None:
+    record["prepared_data"] = builder_config.name
   return record
 
 

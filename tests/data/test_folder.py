@@ -9,6 +9,7 @@ from PIL import Image
 import pytest
 
 from camri import prepare
+from camri import run_log
 from camri.data import folder
 from camri.data import pipeline
 from camri.data import stratify
@@ -254,6 +255,21 @@ def test_unchanged_tree_is_not_decoded_again_and_a_new_image_prepares_again(
   assert first.describe() == "train 33, val 3, test 9"
 
 
+def test_a_run_is_not_resumed_on_a_tree_that_changed(tmp_path):
+  write_tree(tmp_path / "tree")
+  workdir = str(tmp_path / "run")
+  config = config_for(tmp_path / "tree", tmp_path / "tfds")
+  prepare.prepare_run(config.copy_and_resolve_references(), workdir)
+  record = run_log.read_config(workdir)
+  assert record["prepared_data"] == folder.builder_config(
+      folder.scan(str(tmp_path / "tree")), 3).name
+  prepare.prepare_run(config.copy_and_resolve_references(), workdir)  # Unchanged: resumable.
+  write_image(str(tmp_path / "tree" / "train" / "emu" / "new.png"), np.random.default_rng(3))
+  with pytest.raises(prepare.ConfigError, match="holds a run with a different config "
+                     r"\(prepared_data: "):
+    prepare.prepare_run(config.copy_and_resolve_references(), workdir)
+
+
 def test_val_folder_is_the_validation_split(tmp_path):
   from camri.data import dataset  # pylint: disable=g-import-not-at-top
   write_tree(tmp_path / "tree", counts={"train": 4, "val": 2, "test": 1})
@@ -312,3 +328,24 @@ def test_trains_two_epochs_on_a_mixed_tree(trained):
   # 9 test images: accuracy is a multiple of 1/9.
   accuracy = float(rows[-1]["test_accuracy"])
   assert abs(accuracy * 9 - round(accuracy * 9)) < 1e-4
+
+
+def test_predict_on_the_test_folder_reproduces_the_test_accuracy(trained, tmp_path):
+  from camri import predict  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "predictions.csv"
+  assert predict.main(["--workdir", str(trained["workdir"]), str(trained["tree"] / "test"),
+                       "--out", str(out)]) == 0
+  with open(out) as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == 9
+  truth = [os.path.basename(os.path.dirname(row["path"])) for row in table]
+  accuracy = np.mean([row["predicted"] == c for row, c in zip(table, truth)])
+  with open(trained["workdir"] / "metrics.csv") as f:
+    last = list(csv.DictReader(f))[-1]
+  assert accuracy == float(last["test_accuracy"])
+  # Example by example: each image's scores are one of the run's saved test predictions.
+  saved = run_log.read_predictions(trained["workdir"], "test")["scores"]
+  predicted = np.array([[float(row[f"score_{c}"]) for c in CLASSES] for row in table])
+  distance = np.abs(predicted[:, None, :] - saved[None, :, :]).max(axis=-1)
+  np.testing.assert_array_less(distance.min(axis=1), 1e-5)
+  assert sorted(distance.argmin(axis=1)) == list(range(9))
