@@ -12,9 +12,16 @@ and so the baseline a class-sensitive loss must beat.
 The predictions change only where b crosses an example's breakpoint
 t_i = max_{k != c} s_ik - s_ic, so the breakpoints (with 0) are every distinct
 operating point. Computed in float64.
+
+`choose_bias` is the report's rule for the `cross_entropy+bias` baseline: on
+validation predictions, the b of highest recall of c among those that keep
+the accuracy of b = 0 (minus a tolerance).
 """
 
 import numpy as np
+
+# Accuracies closer than this are equal (float rounding of means).
+ROUNDING = 1e-9
 
 
 def _split_scores(scores, important: int):
@@ -45,3 +52,34 @@ def accuracy_and_recall(scores, labels, important: int, bias: float) -> tuple[fl
   positives = labels == important
   recall = float(correct[positives].mean()) if positives.any() else float("nan")
   return float(correct.mean()), recall
+
+
+def choose_bias(scores, labels, important, tolerance=0.0):
+  """The bias b >= 0 on class `important` chosen on (scores, labels): camri.report's rule.
+
+  Among 0 and the breakpoints of (scores, labels), the b of highest recall of
+  `important` whose accuracy is >= the accuracy at b = 0 minus `tolerance`;
+  ties go to the higher accuracy, then to the smaller b.
+  """
+  scores, labels = np.asarray(scores), np.asarray(labels)
+  # Passing the breakpoint of an example of another class cannot raise recall and
+  # cannot raise accuracy, so the breakpoint below it wins the tie: the important
+  # class's own breakpoints are the only ones that can be chosen.
+  candidates = np.concatenate([[0.0], breakpoints(scores[labels == important], important)])
+  floor = accuracy_and_recall(scores, labels, important, 0.0)[0] - tolerance - ROUNDING
+  best = None
+  for bias in candidates:  # Ascending: a later b must be strictly better.
+    accuracy, recall = accuracy_and_recall(scores, labels, important, bias)
+    if accuracy >= floor and (best is None or (recall, accuracy) > best[:2]):
+      best = (recall, accuracy, float(bias))
+  return best[2]
+
+
+def rates_with_bias(scores, labels, classes, bias):
+  """(accuracy, recall, precision) with `bias` on classes[0]; recall, precision: means over classes."""
+  labels = np.asarray(labels)
+  predicted = predict_with_bias(scores, classes[0], bias)
+  recall = [np.mean(predicted[labels == k] == k) if np.any(labels == k) else np.nan for k in classes]
+  precision = [np.mean(labels[predicted == k] == k) if np.any(predicted == k) else np.nan
+               for k in classes]
+  return float(np.mean(predicted == labels)), float(np.mean(recall)), float(np.mean(precision))

@@ -388,37 +388,6 @@ def load_results(root, policy, warn=None, select_on="val"):
 
 # The post-hoc bias baseline.
 
-def choose_bias(scores, labels, important, tolerance=0.0):
-  """The bias b >= 0 on class `important` that the baseline row uses (module docstring).
-
-  Among 0 and the breakpoints of (scores, labels), the b of highest recall of
-  `important` whose accuracy is >= the accuracy at b = 0 minus `tolerance`;
-  ties go to the higher accuracy, then to the smaller b.
-  """
-  scores, labels = np.asarray(scores), np.asarray(labels)
-  # Passing the breakpoint of an example of another class cannot raise recall and
-  # cannot raise accuracy, so the breakpoint below it wins the tie: the important
-  # class's own breakpoints are the only ones that can be chosen.
-  candidates = np.concatenate([[0.0], posthoc.breakpoints(scores[labels == important], important)])
-  floor = posthoc.accuracy_and_recall(scores, labels, important, 0.0)[0] - tolerance - ACCURACY_TOLERANCE
-  best = None
-  for bias in candidates:  # Ascending: a later b must be strictly better.
-    accuracy, recall = posthoc.accuracy_and_recall(scores, labels, important, bias)
-    if accuracy >= floor and (best is None or (recall, accuracy) > best[:2]):
-      best = (recall, accuracy, float(bias))
-  return best[2]
-
-
-def rates_with_bias(scores, labels, classes, bias):
-  """(accuracy, recall, precision) with `bias` on classes[0]; recall, precision: means over classes."""
-  labels = np.asarray(labels)
-  predicted = posthoc.predict_with_bias(scores, classes[0], bias)
-  recall = [np.mean(predicted[labels == k] == k) if np.any(labels == k) else np.nan for k in classes]
-  precision = [np.mean(labels[predicted == k] == k) if np.any(predicted == k) else np.nan
-               for k in classes]
-  return float(np.mean(predicted == labels)), float(np.mean(recall)), float(np.mean(precision))
-
-
 def bias_outcome(run, classes, split, tolerance):
   """`run`'s test Outcome with the bias chosen on `split`'s saved predictions; None without them.
 
@@ -431,8 +400,8 @@ def bias_outcome(run, classes, split, tolerance):
     return None, None
   if chooser is None:
     chooser, split = test, "test"
-  bias = choose_bias(chooser["scores"], chooser["labels"], classes[0], tolerance)
-  accuracy, recall, precision = rates_with_bias(test["scores"], test["labels"], classes, bias)
+  bias = posthoc.choose_bias(chooser["scores"], chooser["labels"], classes[0], tolerance)
+  accuracy, recall, precision = posthoc.rates_with_bias(test["scores"], test["labels"], classes, bias)
   return Outcome(run.seed, recall, precision, accuracy, bias), split
 
 
@@ -441,7 +410,7 @@ def saved_outcome(run, classes):
   test = run_log.read_predictions(run.workdir, "test")
   if test is None:
     return None
-  accuracy, recall, precision = rates_with_bias(test["scores"], test["labels"], classes, 0.0)
+  accuracy, recall, precision = posthoc.rates_with_bias(test["scores"], test["labels"], classes, 0.0)
   return Outcome(run.seed, recall, precision, accuracy, 0.0)
 
 

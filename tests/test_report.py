@@ -438,10 +438,10 @@ def _predictions(scores, labels):
 
 
 def test_choose_bias_by_hand_ties_included():
-  assert report.choose_bias(VAL_SCORES, VAL_LABELS, 0) == 0.25  # recall 2/3 at the accuracy of b = 0
+  assert posthoc.choose_bias(VAL_SCORES, VAL_LABELS, 0) == 0.25  # recall 2/3 at the accuracy of b = 0
   # Accuracy may drop by 1/7: recall 1 at b = 4/8 and 5/8, same accuracy: the smaller b.
-  assert report.choose_bias(VAL_SCORES, VAL_LABELS, 0, tolerance=0.15) == 0.5
-  assert report.choose_bias(VAL_SCORES, VAL_LABELS, 0, tolerance=0.14) == 0.25  # 1/7 = 0.1429
+  assert posthoc.choose_bias(VAL_SCORES, VAL_LABELS, 0, tolerance=0.15) == 0.5
+  assert posthoc.choose_bias(VAL_SCORES, VAL_LABELS, 0, tolerance=0.14) == 0.25  # 1/7 = 0.1429
 
 
 def test_choose_bias_equals_a_search_over_every_breakpoint():
@@ -454,7 +454,7 @@ def test_choose_bias_equals_a_search_over_every_breakpoint():
       values = [posthoc.accuracy_and_recall(scores, labels, important, b) for b in candidates]
       floor = values[0][0] - tolerance - 1e-9
       best = max((recall, accuracy, -b) for (accuracy, recall), b in zip(values, candidates) if accuracy >= floor)
-      assert report.choose_bias(scores, labels, important, tolerance) == -best[2]
+      assert posthoc.choose_bias(scores, labels, important, tolerance) == -best[2]
 
 
 def _bias_runs(root, with_val=True):
