@@ -712,10 +712,11 @@ def main(argv=None):
         paths = plot_grid(args.runs_dir, args.out, policy, **selection)
       else:
         paths = plot_tradeoffs(*_load(args.runs_dir, policy, None, **selection), args.out, policy)
-    elif args.command == "angles":
-      paths = [plot_run_angles(args.runs, args.out, args.data_dir)]
-    elif args.command == "features2d":
-      paths = [plot_run_features_2d(args.runs, args.out, args.data_dir)]
+    elif args.command in ("angles", "features2d"):
+      from camri import predict  # pylint: disable=g-import-not-at-top
+      predict.quiet_runtime()  # Reads checkpoints and data with TensorFlow.
+      plot = plot_run_angles if args.command == "angles" else plot_run_features_2d
+      paths = [plot(args.runs, args.out, args.data_dir)]
     else:
       paths = [plot_loss_contours(args.out, margin=args.margin, scale=args.scale)]
   except ValueError as e:

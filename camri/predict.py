@@ -190,15 +190,9 @@ def write_csv(path, table: list[dict]):
 
 
 def quiet_runtime():
-  """camri.main's quiet logs, and TensorFlow off the accelerators.
-
-  Warnings are silenced too: orbax's notes on opening checkpoints read-only and
-  tfds's on an unprepared data_dir are about writes a reader never makes.
-  """
-  from absl import logging  # pylint: disable=g-import-not-at-top
+  """A reader's quiet logs, and TensorFlow off the accelerators."""
   from camri import prepare  # pylint: disable=g-import-not-at-top
-  prepare.setup_runtime()
-  logging.set_verbosity(logging.ERROR)
+  prepare.setup_runtime(reader=True)
   prepare.keep_accelerators_for_jax()
 
 

@@ -30,12 +30,17 @@ __all__ = ["ConfigError", "DownloadError", "MissingArchiveError", "prepare_run",
            "setup_runtime", "validated_config"]
 
 
-def setup_runtime():
-  """Quiet library logs (unless --verbosity is given)."""
+def setup_runtime(reader=False):
+  """Quiet library logs (unless --verbosity is given).
+
+  A reader of finished runs (`reader=True`: predict, export, the checkpoint
+  plots) hears no warnings either: orbax's notes on opening checkpoints
+  read-only and tfds's on an unprepared data_dir are about writes it never makes.
+  """
   import logging as std_logging  # pylint: disable=g-import-not-at-top
   from absl import flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR if reader else logging.WARNING)
     # TensorFlow's own deprecation notices (tfds calls deprecated tf.data ops).
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
 
