@@ -253,7 +253,8 @@ def describe(tree: Tree) -> str:
                     if split in tree.files)
   made = (f" (test: {TEST_FRACTION:.0%} of each class of train/, seed {SPLIT_SEED})"
           if tree.test_from_train else "")
-  skipped = (f"; skipped {tree.skipped} file{'s' if tree.skipped > 1 else ''} that are not images"
+  skipped = (f"; skipped {tree.skipped} file{'s' if tree.skipped > 1 else ''} that "
+             f"{'are not images' if tree.skipped > 1 else 'is not an image'}"
              if tree.skipped else "")
   return (f"image folder {tree.root}: {len(tree.class_names)} classes, "
           f"images {sizes}{made}{skipped}")
