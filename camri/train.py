@@ -176,7 +176,7 @@ def restore_or_init(config, model, dataset: Dataset, sharding: Sharding,
   sums = jax.device_put(empty_train_sums(dataset.num_classes), sharding.replicated)
   restored = checkpoint.restore_latest(
       manager, abstract_train_state(config, model, dataset.image_shape, sharding.replicated),
-      sums)
+      sums, delete_unreadable=True)
   if restored is not None:
     return restored
   state = create_train_state(config, model, dataset.image_shape)
