@@ -12,13 +12,24 @@ Exit status:
   3  the loss or the train state became NaN or Inf (the message names the step);
      the checkpoints saved before are kept.
   4  the workdir has checkpoints but none of them restores.
+  5  reading the prepared dataset failed (a truncated or corrupt file): the line
+     names its directory, whose deletion makes the next run prepare it again;
+     the checkpoints saved before are kept.
+  6  a write failed (no space, quota, file size limit, read-only, permission):
+     the line names the path and the OS error; the checkpoints and metrics.csv
+     written before are intact, so the same command resumes once fixed.
   130 / 143  stopped by SIGINT / SIGTERM after saving a checkpoint; the same
      command resumes.
+
+Errors are one line `error: ...` on stderr, without a traceback; --verbosity=1
+(or CAMRI_TRACEBACK=1 in the environment) prints the traceback too.
 """
 
+import logging as std_logging
 import os
 import shlex
 import sys
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads.
 # TensorFlow only runs the input pipeline here (decode, cast, resize), which
@@ -42,9 +53,41 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _show_traceback() -> bool:
+  return os.environ.get("CAMRI_TRACEBACK", "") not in ("", "0") or (
+      flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1)
+
+
 def _fail(error, status: int):
+  if _show_traceback() and sys.exc_info()[0] is not None:
+    traceback.print_exc()
   print(f"error: {error}", file=sys.stderr)
   sys.exit(status)
+
+
+class _NoLibraryTracebacks(std_logging.Filter):
+  """Drops orbax's logs of a failed background save (the main thread re-raises it: one line)."""
+
+  def filter(self, record):
+    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _quiet_failed_saves():
+  """No tracebacks from a checkpoint save that failed: `_fail` reports it in one line.
+
+  Orbax logs the error of its background thread, and tensorstore, finishing the
+  save's other writes after orbax closed their event loop, reports each as an
+  unraisable "Event loop is closed". Both stay with --verbosity=1.
+  """
+  logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
+  default_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError and unraisable.object is None
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      default_hook(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def _parse_flags(argv):
@@ -84,6 +127,34 @@ def _resume_command() -> str:
   return shlex.join([os.path.basename(sys.executable), "-m", "camri.main", *sys.argv[1:]])
 
 
+def _train():
+  """Prepares and trains the run: (config, metrics.csv's rows, the StopRequest)."""
+  from camri import checkpoint  # pylint: disable=g-import-not-at-top
+  from camri import prepare  # pylint: disable=g-import-not-at-top
+  from camri import run_log  # pylint: disable=g-import-not-at-top
+  from camri import train  # pylint: disable=g-import-not-at-top
+  stop = train.StopRequest()
+  try:
+    config = prepare.prepare_run(_CONFIG.value, _WORKDIR.value)
+    stop.install()
+    return config, train.train_and_evaluate(config, _WORKDIR.value, stop), stop
+  except (prepare.ConfigError, prepare.MissingArchiveError) as e:
+    _fail(e, 2)
+  except train.NonFiniteLossError as e:
+    _fail(e, 3)
+  except checkpoint.UnreadableCheckpointError as e:
+    _fail(e, 4)
+  except train.DamagedDataError as e:
+    _fail(e, 5)
+  except Exception as e:  # pylint: disable=broad-except
+    failure = run_log.write_failure(e)  # Orbax and TensorFlow wrap the OSError.
+    if failure is None:
+      raise
+    _fail(failure, 6)
+  finally:
+    stop.uninstall()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -92,29 +163,13 @@ def main(argv):
   from camri import prepare  # pylint: disable=g-import-not-at-top
 
   prepare.setup_runtime()
+  if not _show_traceback():
+    _quiet_failed_saves()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  try:
-    config = prepare.prepare_run(_CONFIG.value, _WORKDIR.value)
-  except (prepare.ConfigError, prepare.MissingArchiveError) as e:
-    _fail(e, 2)
-
-  from camri import checkpoint  # pylint: disable=g-import-not-at-top
-  from camri import train  # pylint: disable=g-import-not-at-top
-  stop = train.StopRequest()
-  stop.install()
-  try:
-    rows = train.train_and_evaluate(config, _WORKDIR.value, stop)
-  except prepare.ConfigError as e:  # prepare_run checks first; a safety net.
-    _fail(e, 2)
-  except train.NonFiniteLossError as e:
-    _fail(e, 3)
-  except checkpoint.UnreadableCheckpointError as e:
-    _fail(e, 4)
-  finally:
-    stop.uninstall()
+  config, rows, stop = _train()
   finished = bool(rows) and rows[-1]["epoch"] == config.num_epochs
   if stop and not finished:
     print(f"stopped by {stop.signal}. Resume with the same command:\n  "
