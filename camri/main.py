@@ -66,18 +66,25 @@ def _fail(error, status: int):
 
 
 class _NoLibraryTracebacks(std_logging.Filter):
-  """Drops orbax's logs of a failed background save (the main thread re-raises it: one line)."""
+  """Drops the logged errors of a failed background save (the main thread re-raises it).
+
+  Orbax logs its save thread's error; asyncio logs each of the save's write
+  tasks whose error nobody retrieved ("Task exception was never retrieved";
+  only orbax and tensorstore run event loops in camri.main).
+  """
 
   def filter(self, record):
-    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+    return not (record.exc_info and (f"{os.sep}orbax{os.sep}" in record.pathname
+                                     or record.name == "asyncio"))
 
 
 def _quiet_failed_saves():
   """No tracebacks from a checkpoint save that failed: `_fail` reports it in one line.
 
-  Orbax logs the error of its background thread, and tensorstore, finishing the
-  save's other writes after orbax closed their event loop, reports each as an
-  unraisable "Event loop is closed". Both stay with --verbosity=1.
+  Orbax and asyncio log the errors of the save's threads and tasks, and
+  tensorstore, finishing the save's other writes after orbax closed their
+  event loop, reports each as an unraisable "Event loop is closed". All stay
+  with --verbosity=1.
   """
   logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
   default_hook = sys.unraisablehook
