@@ -6,9 +6,10 @@ Running the same command again in the same workdir resumes the run.
 
 Exit status:
   0  the run is finished (or was already).
-  2  bad command line or config, a workdir holding another run, or a dataset's
-     manually downloaded archives missing: one line `error: ...` on stderr,
-     nothing computed or written.
+  2  bad command line or config, a workdir holding another run, a workdir in use
+     by another live process (`camri.workdir_lock`; the line names its host,
+     pid and start), or a dataset's manually downloaded archives missing: one
+     line `error: ...` on stderr, nothing computed or written.
   3  the loss or the train state became NaN or Inf (the message names the step);
      the checkpoints saved before are kept.
   4  the workdir has checkpoints but none of them restores.
@@ -25,6 +26,7 @@ Errors are one line `error: ...` on stderr, without a traceback; --verbosity=1
 (or CAMRI_TRACEBACK=1 in the environment) prints the traceback too.
 """
 
+import contextlib
 import logging as std_logging
 import os
 import shlex
@@ -95,6 +97,34 @@ def _quiet_failed_saves():
       default_hook(unraisable)
 
   sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def _holding_workdir(workdir: str):
+  """Process 0 holds the workdir's lock for the run's life; every process exits 2 if it can't."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from camri import run_log  # pylint: disable=g-import-not-at-top
+  from camri import workdir_lock  # pylint: disable=g-import-not-at-top
+  lock = workdir_lock.WorkdirLock(workdir)
+  error, status = None, 0
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirBusyError as e:
+      error, status = e, 2
+    except OSError as e:  # E.g. a read-only workdir.
+      error, status = run_log.write_failure(e) or e, 6
+  if jax.process_count() > 1:  # The others would wait for process 0 forever.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    status = int(multihost_utils.broadcast_one_to_all(np.int32(status)))
+    error = error or f"process 0 could not lock --workdir {workdir} (see its error)"
+  if status:
+    _fail(error, status)
+  try:
+    yield
+  finally:
+    lock.release()
 
 
 def _parse_flags(argv):
@@ -176,7 +206,8 @@ def main(argv):
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  config, rows, stop = _train()
+  with _holding_workdir(_WORKDIR.value):  # Before anything in the workdir is read or written.
+    config, rows, stop = _train()
   finished = bool(rows) and rows[-1]["epoch"] == config.num_epochs
   if stop and not finished:
     print(f"stopped by {stop.signal}. Resume with the same command:\n  "

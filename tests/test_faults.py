@@ -8,18 +8,25 @@ byte. Every error is one `error:` line on stderr without a traceback.
 """
 
 import errno
+import logging
 import os
 import resource
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import run_main
 
 from camri import run_log
+from camri import workdir_lock
+from launch import grid
 
 STEPS_PER_EPOCH = 323  # digits_args: 1292 training images, batch size 4.
+HOST = socket.gethostname()
 
 
 def _after_epoch_2(reference, workdir):
@@ -52,6 +59,180 @@ def _one_error_line(result, status):
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
   assert "Traceback" not in result.stderr
   return lines[0]
+
+
+def _wait_for_holder(workdir, process, timeout=120) -> workdir_lock.Holder:
+  deadline = time.monotonic() + timeout
+  while (found := workdir_lock.holder(workdir)) is None or found.pid != process.pid:
+    assert process.poll() is None, process.stderr.read()
+    assert time.monotonic() < deadline, "the lock was not taken in time"
+    time.sleep(0.01)
+  return found
+
+
+# The workdir lock.
+
+def _stopped(pid) -> bool:
+  """Whether every thread of process `pid` is stopped (state T in /proc)."""
+  tasks = f"/proc/{pid}/task"
+  for task in os.listdir(tasks):
+    try:
+      with open(f"{tasks}/{task}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:  # The thread ended.
+      continue
+    if state not in "tT":
+      return False
+  return True
+
+
+def _freeze(process, timeout=60):
+  """SIGSTOP, and waits until it took effect: a signal is delivered asynchronously."""
+  process.send_signal(signal.SIGSTOP)
+  deadline = time.monotonic() + timeout
+  while not _stopped(process.pid):
+    assert time.monotonic() < deadline, "the process did not stop"
+    time.sleep(0.01)
+
+
+def test_a_second_run_on_a_busy_workdir_exits_2_and_the_first_finishes_unharmed(
+    reference, digits_args, compile_cache, tmp_path):
+  workdir = _after_epoch_2(reference, tmp_path / "run")
+  args = [*digits_args, "--workdir", workdir]
+  first = run_main.start(*args, compile_cache=compile_cache)
+  try:
+    for line in first.stdout:
+      if line.startswith("resuming from the checkpoint at step"):
+        break
+    else:
+      raise AssertionError(f"exited with {first.wait()}:\n{first.stderr.read()}")
+    # Frozen mid-epoch 3, whatever the machine's load: the second run meets a
+    # training run, and a workdir that nothing else writes to.
+    _freeze(first)
+    holder = workdir_lock.holder(workdir)
+    before = _snapshot(workdir)
+    second = run_main.run(*args, compile_cache=compile_cache)
+    assert _snapshot(workdir) == before  # No config.json rewrite, no checkpoint clean-up.
+  finally:
+    first.send_signal(signal.SIGCONT)
+  line = _one_error_line(second, 2)
+  assert line == (f"error: --workdir {workdir} is in use by pid {first.pid} on host {HOST} "
+                  f"since {holder.since} ({workdir}/.lock): wait for that run to end or stop it, "
+                  "or use another --workdir")
+  out, err = first.communicate(timeout=300)
+  assert first.returncode == 0 and "Traceback" not in err, err
+  assert _metrics_text(workdir) == _metrics_text(reference)
+  assert not (workdir / ".lock").exists()
+
+  # A run killed with kill -9 leaves the lock file, but not the lock.
+  killed = run_main.start(*args, compile_cache=compile_cache)
+  _wait_for_holder(workdir, killed)
+  killed.kill()
+  killed.communicate()
+  assert workdir_lock.holder(workdir).pid == killed.pid
+  rerun = run_main.run(*args, compile_cache=compile_cache)
+  assert rerun.returncode == 0 and "Traceback" not in rerun.stderr, rerun.stderr
+  assert f"taking over the lock of --workdir {workdir} left by pid {killed.pid} on host {HOST}" \
+         in rerun.stderr and "its process is gone" in rerun.stderr
+  assert "done: epoch 3" in rerun.stdout
+  assert _metrics_text(workdir) == _metrics_text(reference)
+  assert not (workdir / ".lock").exists()
+
+
+def test_a_held_workdir_refuses_a_lock_and_release_leaves_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  with workdir_lock.WorkdirLock(workdir):
+    found = workdir_lock.holder(workdir)
+    assert (found.host, found.pid) == (HOST, os.getpid())
+    assert time.strptime(found.since, "%Y-%m-%dT%H:%M:%SZ")
+    assert workdir_lock.busy(workdir) == found
+    with pytest.raises(workdir_lock.WorkdirBusyError, match=f"in use by pid {os.getpid()} on "
+                       f"host {HOST} since {found.since}"):
+      workdir_lock.WorkdirLock(workdir).acquire()
+  assert not workdir.exists()  # It made the directory, and nothing else was written there.
+  assert workdir_lock.holder(workdir) is None
+
+
+def _dead_pid() -> int:
+  process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+  return int(process.stdout)
+
+
+def _write_lock_file(workdir, host, pid, age_seconds=0.0):
+  workdir.mkdir(exist_ok=True)
+  path = workdir / workdir_lock.LOCK_FILE
+  path.write_text(f'{{"host": "{host}", "pid": {pid}, "since": "2026-01-01T00:00:00Z"}}\n')
+  stamp = time.time() - age_seconds
+  os.utime(path, (stamp, stamp))
+  return path
+
+
+def _without_flock(monkeypatch):
+  """As on a filesystem without flock (some NFS, Lustre): the lock file's contents decide."""
+  def unsupported(fd, operation):
+    raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+  monkeypatch.setattr(workdir_lock.fcntl, "flock", unsupported)
+
+
+@pytest.fixture(params=["flock", "no_flock"])
+def flock_mode(request, monkeypatch):
+  if request.param == "no_flock":
+    _without_flock(monkeypatch)
+  return request.param
+
+
+@pytest.mark.parametrize("host, age, busy", [
+    (HOST, 0, False),  # Its process is gone.
+    ("elsewhere", 60, True),  # Another host's heartbeat 1 minute old.
+    ("elsewhere", workdir_lock.STALE_AFTER_SECONDS + 60, False),  # 11 minutes old.
+])
+def test_stale_locks_are_taken_over_with_a_warning_live_ones_refused(
+    flock_mode, host, age, busy, tmp_path, caplog):
+  del flock_mode
+  path = _write_lock_file(tmp_path, host, _dead_pid(), age)
+  lock = workdir_lock.WorkdirLock(tmp_path)
+  if busy:
+    with pytest.raises(workdir_lock.WorkdirBusyError, match=f"on host {host} since"):
+      lock.acquire()
+    assert "elsewhere" in path.read_text()
+    return
+  with caplog.at_level(logging.WARNING), lock:
+    assert workdir_lock.holder(tmp_path).pid == os.getpid()
+  assert f"taking over the lock of --workdir {tmp_path} left by pid" in caplog.text
+  assert ("its process is gone" if host == HOST else "no heartbeat for 11 minutes") in caplog.text
+  assert not path.exists()
+
+
+def test_without_flock_a_live_pid_on_this_host_holds_the_lock(monkeypatch, tmp_path):
+  _without_flock(monkeypatch)
+  _write_lock_file(tmp_path, HOST, os.getppid())  # Alive: pytest's parent.
+  with pytest.raises(workdir_lock.WorkdirBusyError, match=f"pid {os.getppid()} on host {HOST}"):
+    workdir_lock.WorkdirLock(tmp_path).acquire()
+
+
+def test_the_heartbeat_refreshes_the_lock_files_time(monkeypatch, tmp_path):
+  monkeypatch.setattr(workdir_lock, "HEARTBEAT_SECONDS", 0.02)
+  with workdir_lock.WorkdirLock(tmp_path):
+    path = tmp_path / workdir_lock.LOCK_FILE
+    os.utime(path, (1, 1))
+    time.sleep(0.5)
+    assert time.time() - path.stat().st_mtime < 5
+
+
+def test_grid_skips_a_run_whose_workdir_is_busy(tmp_path, capsys):
+  runs = grid.expand("configs/digits.py", [{"seed": 0}, {"seed": 1}], tmp_path)
+  for run in runs:
+    os.makedirs(run.workdir)
+  with workdir_lock.WorkdirLock(runs[0].workdir):
+    todo = grid.pending(runs)
+    holder = workdir_lock.holder(runs[0].workdir)
+  assert todo == [runs[1]]
+  err = capsys.readouterr().err
+  assert f"running elsewhere: seed=0 ({holder.describe()})" in err
+  assert ("2 runs: 0 finished (skipped), 1 running elsewhere (skipped), 1 unfinished (resumed)"
+          in err)
+  assert grid.pending(runs) == runs  # Released.
 
 
 # Damaged prepared data.
