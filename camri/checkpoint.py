@@ -54,6 +54,17 @@ def manager(workdir, keep: int | None = None, read_only=False) -> ocp.Checkpoint
           max_to_keep=keep, create=True, cleanup_tmp_directories=True))
 
 
+def complete_steps(workdir) -> list[int]:
+  """The steps whose checkpoint was written completely, read from the directory (sorted).
+
+  Orbax renames a step's temporary directory to `<step>/` once every file is
+  written; a save that failed leaves only the temporary one.
+  """
+  directory = os.path.join(workdir, run_log.CHECKPOINT_DIR)
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return sorted(int(name) for name in names if name.isdigit())
+
+
 def _read_only(mngr: ocp.CheckpointManager) -> bool:
   return bool(getattr(getattr(mngr, "_options", None), "read_only", False))
 

@@ -332,23 +332,41 @@ def describe_run(config, dataset: Dataset, steps_per_epoch: int) -> str:
 
 
 @contextlib.contextmanager
-def run_resources(config, workdir):
+def run_resources(config, workdir, steps_per_epoch: int):
   """A run's checkpoint manager and metrics log, closed on every way out.
 
   Closing the manager waits for the checkpoint being written; a write that
   failed in the background raises there (or at the next save), with an error
-  raised meanwhile as its context, for `run_log.write_failure` to read.
+  raised meanwhile as its context, for `run_log.write_failure` to read. A run
+  ending in an error keeps only the metrics.csv rows its complete checkpoints
+  hold (as its resume would): a failed save of the last epoch's checkpoint
+  does not leave the run looking finished.
   """
   manager = checkpoint.manager(workdir, config.keep_checkpoints)
   log = run_log.MetricsLog(workdir, enabled=jax.process_index() == 0,
                            num_epochs=config.num_epochs)
+  failed = True
   try:
     yield manager, log
+    failed = False
   finally:
     try:
       manager.close()
+    except BaseException:
+      failed = True
+      raise
     finally:
+      if failed:
+        _forget_unsaved_epochs(log, workdir, steps_per_epoch)
       log.close()
+
+
+def _forget_unsaved_epochs(log: run_log.MetricsLog, workdir, steps_per_epoch: int):
+  saved = max(checkpoint.complete_steps(workdir), default=0)
+  try:
+    log.truncate(saved // steps_per_epoch)
+  except OSError:  # The disk is full: the next run drops those rows when it resumes.
+    pass
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -388,7 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_every = max(1, min(50, steps_per_epoch // 4))
   main_process = jax.process_index() == 0
   _say(describe_run(config, dataset, steps_per_epoch), main_process)
-  with run_resources(config, workdir) as (manager, log):
+  with run_resources(config, workdir, steps_per_epoch) as (manager, log):
     step, state, train_sums = restore_or_init(config, model, dataset, sharding, manager)
     if step:
       _say(f"resuming from the checkpoint at step {step} (epoch {step // steps_per_epoch} "

@@ -287,6 +287,9 @@ def test_a_failed_checkpoint_write_stops_in_one_line_and_the_rerun_ends_as_unint
                        "the same command to resume")
   assert run_main.checkpoint_steps(workdir) == [2 * STEPS_PER_EPOCH]
   assert _snapshot(workdir / "checkpoints" / str(2 * STEPS_PER_EPOCH)) == kept
+  # The epoch-3 row goes with its checkpoint: the run does not look finished.
+  assert _metrics_text(workdir).splitlines() == _metrics_text(reference).splitlines()[:3]
+  assert not run_log.is_finished(workdir)
   assert not (workdir / ".lock").exists()
 
   result = run_main.run(*args, compile_cache=compile_cache)
