@@ -9,8 +9,11 @@ config's num_epochs.
 
 metrics.csv is rewritten whole through a temporary file and an atomic rename at
 every epoch, so a process killed at any moment leaves either the old or the new
-file, never a torn one. On resume, rows past the restored checkpoint's epoch are
-dropped, so the file ends with exactly one row per epoch.
+file, never a torn one; a write that fails (a full disk) leaves the old file and
+no temporary. On resume, rows past the restored checkpoint's epoch are
+dropped, so the file ends with exactly one row per epoch. `write_failure` words
+any failed write of a run (checkpoint, metrics, predictions, TensorBoard) in
+one line.
 """
 
 import csv
