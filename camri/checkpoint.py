@@ -54,6 +54,21 @@ def manager(workdir, keep: int | None = None, read_only=False) -> ocp.Checkpoint
           max_to_keep=keep, create=True, cleanup_tmp_directories=True))
 
 
+def complete_steps(workdir) -> list[int]:
+  """The steps whose checkpoint was written completely, read from the directory (sorted).
+
+  Orbax renames a step's temporary directory to `<step>/` once every file is
+  written; a save that failed leaves only the temporary one.
+  """
+  directory = os.path.join(workdir, run_log.CHECKPOINT_DIR)
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return sorted(int(name) for name in names if name.isdigit())
+
+
+def _read_only(mngr: ocp.CheckpointManager) -> bool:
+  return bool(getattr(getattr(mngr, "_options", None), "read_only", False))
+
+
 def fingerprint(tree) -> str:
   """CRC32 (hex) of the bytes of every array in `tree`, in tree order."""
   crc = 0
@@ -85,12 +100,13 @@ def _restore(mngr: ocp.CheckpointManager, step: int, state, train_sums):
   return arrays
 
 
-def restore_latest(mngr: ocp.CheckpointManager, state, train_sums, delete_unreadable=True):
+def restore_latest(mngr: ocp.CheckpointManager, state, train_sums, delete_unreadable=False):
   """The newest checkpoint that restores intact: (step, state, train_sums).
 
   Newer checkpoints that do not restore are reported and, with
-  `delete_unreadable` (the trainer's), deleted: a later save of the same step
-  would collide with them. Readers pass False and a read-only manager.
+  `delete_unreadable` (the trainer's; never with a read-only manager), deleted:
+  a later save of the same step would collide with them. Readers keep the
+  default and open the manager read-only: they never change a workdir.
 
   Args:
     mngr: the run's checkpoint manager.
@@ -114,7 +130,7 @@ def restore_latest(mngr: ocp.CheckpointManager, state, train_sums, delete_unread
                       step, reason)
       unreadable.append((step, reason))
       continue
-    for bad, _ in unreadable if delete_unreadable else ():
+    for bad, _ in unreadable if delete_unreadable and not _read_only(mngr) else ():
       logging.warning("deleting the unreadable checkpoint at step %d; resuming from step %d",
                       bad, step)
       mngr.delete(bad)

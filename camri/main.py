@@ -6,19 +6,33 @@ Running the same command again in the same workdir resumes the run.
 
 Exit status:
   0  the run is finished (or was already).
-  2  bad command line or config, a workdir holding another run, a dataset's
-     manually downloaded archives missing, or a dataset's download failing:
-     one line `error: ...` on stderr, nothing computed or written.
+  2  bad command line or config, a workdir holding another run, a workdir in use
+     by another live process (`camri.workdir_lock`; the line names its host,
+     pid and start), a dataset's manually downloaded archives missing, or a
+     dataset's download failing: one line `error: ...` on stderr, nothing
+     computed or written.
   3  the loss or the train state became NaN or Inf (the message names the step);
      the checkpoints saved before are kept.
   4  the workdir has checkpoints but none of them restores.
+  5  reading the prepared dataset failed (a truncated or corrupt file): the line
+     names its directory, whose deletion makes the next run prepare it again;
+     the checkpoints saved before are kept.
+  6  a write failed (no space, quota, file size limit, read-only, permission):
+     the line names the path and the OS error; the checkpoints and metrics.csv
+     written before are intact, so the same command resumes once fixed.
   130 / 143  stopped by SIGINT / SIGTERM after saving a checkpoint; the same
      command resumes.
+
+Errors are one line `error: ...` on stderr, without a traceback; --verbosity=1
+(or CAMRI_TRACEBACK=1 in the environment) prints the traceback too.
 """
 
+import contextlib
+import logging as std_logging
 import os
 import shlex
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -37,9 +51,76 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _show_traceback() -> bool:
+  return os.environ.get("CAMRI_TRACEBACK", "") not in ("", "0") or (
+      flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1)
+
+
 def _fail(error, status: int):
+  if _show_traceback() and sys.exc_info()[0] is not None:
+    traceback.print_exc()
   print(f"error: {error}", file=sys.stderr)
   sys.exit(status)
+
+
+class _NoLibraryTracebacks(std_logging.Filter):
+  """Drops the logged errors of a failed background save (the main thread re-raises it).
+
+  Orbax logs its save thread's error; asyncio logs each of the save's write
+  tasks whose error nobody retrieved ("Task exception was never retrieved";
+  only orbax and tensorstore run event loops in camri.main).
+  """
+
+  def filter(self, record):
+    return not (record.exc_info and (f"{os.sep}orbax{os.sep}" in record.pathname
+                                     or record.name == "asyncio"))
+
+
+def _quiet_failed_saves():
+  """No tracebacks from a checkpoint save that failed: `_fail` reports it in one line.
+
+  Orbax and asyncio log the errors of the save's threads and tasks, and
+  tensorstore, finishing the save's other writes after orbax closed their
+  event loop, reports each as an unraisable "Event loop is closed". All stay
+  with --verbosity=1.
+  """
+  logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
+  default_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError and unraisable.object is None
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      default_hook(unraisable)
+
+  sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def _holding_workdir(workdir: str):
+  """Process 0 holds the workdir's lock for the run's life; every process exits 2 if it can't."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from camri import run_log  # pylint: disable=g-import-not-at-top
+  from camri import workdir_lock  # pylint: disable=g-import-not-at-top
+  lock = workdir_lock.WorkdirLock(workdir)
+  error, status = None, 0
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirBusyError as e:
+      error, status = e, 2
+    except OSError as e:  # E.g. a read-only workdir.
+      error, status = run_log.write_failure(e) or e, 6
+  if jax.process_count() > 1:  # The others would wait for process 0 forever.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    status = int(multihost_utils.broadcast_one_to_all(np.int32(status)))
+    error = error or f"process 0 could not lock --workdir {workdir} (see its error)"
+  if status:
+    _fail(error, status)
+  try:
+    yield
+  finally:
+    lock.release()
 
 
 def _parse_flags(argv):
@@ -80,6 +161,34 @@ def _resume_command() -> str:
   return shlex.join([os.path.basename(sys.executable), "-m", "camri.main", *sys.argv[1:]])
 
 
+def _train():
+  """Prepares and trains the run: (config, metrics.csv's rows, the StopRequest)."""
+  from camri import checkpoint  # pylint: disable=g-import-not-at-top
+  from camri import prepare  # pylint: disable=g-import-not-at-top
+  from camri import run_log  # pylint: disable=g-import-not-at-top
+  from camri import train  # pylint: disable=g-import-not-at-top
+  stop = train.StopRequest()
+  try:
+    config = prepare.prepare_run(_CONFIG.value, _WORKDIR.value)
+    stop.install()
+    return config, train.train_and_evaluate(config, _WORKDIR.value, stop), stop
+  except (prepare.ConfigError, prepare.MissingArchiveError, prepare.DownloadError) as e:
+    _fail(e, 2)
+  except train.NonFiniteLossError as e:
+    _fail(e, 3)
+  except checkpoint.UnreadableCheckpointError as e:
+    _fail(e, 4)
+  except train.DamagedDataError as e:
+    _fail(e, 5)
+  except Exception as e:  # pylint: disable=broad-except
+    failure = run_log.write_failure(e)  # Orbax and TensorFlow wrap the OSError.
+    if failure is None:
+      raise
+    _fail(failure, 6)
+  finally:
+    stop.uninstall()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -88,29 +197,14 @@ def main(argv):
   from camri import prepare  # pylint: disable=g-import-not-at-top
 
   prepare.setup_runtime()
+  if not _show_traceback():
+    _quiet_failed_saves()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  try:
-    config = prepare.prepare_run(_CONFIG.value, _WORKDIR.value)
-  except (prepare.ConfigError, prepare.MissingArchiveError, prepare.DownloadError) as e:
-    _fail(e, 2)
-
-  from camri import checkpoint  # pylint: disable=g-import-not-at-top
-  from camri import train  # pylint: disable=g-import-not-at-top
-  stop = train.StopRequest()
-  stop.install()
-  try:
-    rows = train.train_and_evaluate(config, _WORKDIR.value, stop)
-  except prepare.ConfigError as e:  # prepare_run checks first; a safety net.
-    _fail(e, 2)
-  except train.NonFiniteLossError as e:
-    _fail(e, 3)
-  except checkpoint.UnreadableCheckpointError as e:
-    _fail(e, 4)
-  finally:
-    stop.uninstall()
+  with _holding_workdir(_WORKDIR.value):  # Before anything in the workdir is read or written.
+    config, rows, stop = _train()
   finished = bool(rows) and rows[-1]["epoch"] == config.num_epochs
   if stop and not finished:
     print(f"stopped by {stop.signal}. Resume with the same command:\n  "

@@ -9,15 +9,20 @@ config's num_epochs.
 
 metrics.csv is rewritten whole through a temporary file and an atomic rename at
 every epoch, so a process killed at any moment leaves either the old or the new
-file, never a torn one. On resume, rows past the restored checkpoint's epoch are
-dropped, so the file ends with exactly one row per epoch.
+file, never a torn one; a write that fails (a full disk) leaves the old file and
+no temporary. On resume, rows past the restored checkpoint's epoch are
+dropped, so the file ends with exactly one row per epoch. `write_failure` words
+any failed write of a run (checkpoint, metrics, predictions, TensorBoard) in
+one line.
 """
 
 import csv
+import errno
 import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +37,61 @@ PREDICTIONS_DIR = "predictions"
 
 
 def _atomic_write(path: Path, text: str | bytes):
+  """Writes `path` whole or not at all; a failed write leaves the old file and no temporary."""
   tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)
+    raise OSError(e.errno, e.strerror, str(path)) from e
+
+
+# Errors of a write that space, a quota, the file size limit or permissions stop.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+
+
+def _chain(error: BaseException):
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def _os_error(error: BaseException) -> tuple[int | None, str | None]:
+  """(errno, path) of an OS error, also as tensorstore or TensorFlow word it; else (None, None)."""
+  if isinstance(error, OSError):
+    return error.errno, error.filename
+  text = str(error)
+  # tensorstore (orbax): `Failed writing: "PATH": ... [os_error_code='27']`;
+  # TensorFlow (TensorBoard): `PATH; File too large`.
+  code = re.search(r"os_error_code='?(\d+)", text)
+  code = int(code[1]) if code else next(
+      (c for c in WRITE_ERRNOS if os.strerror(c) in text), None)
+  quoted = re.findall(r'"(/[^"]+)"', text)
+  paths = quoted or re.findall(r"(?<![\w:])(/[\w.+=,@%~/-]+)", text)
+  return code, paths[-1] if paths else None
+
+
+def write_failure(error: BaseException) -> str | None:
+  """A one-line account of `error` if a write failed on space, quota, size limit or permissions.
+
+  Looks along the chain of causes: orbax raises tensorstore's ValueError (in
+  the main thread, from the save's background thread), TensorFlow its own
+  errors, each with the OS error in the message.
+  """
+  for link in _chain(error):
+    code, path = _os_error(link)
+    if code in WRITE_ERRNOS:
+      return (f"writing {path or 'the run directory'} failed: {os.strerror(code)} "
+              f"({errno.errorcode[code]}); the checkpoints and {METRICS_FILE} written before are "
+              "intact: make room (or fix the quota or permissions) and rerun the same command "
+              "to resume")
+  return None
 
 
 def read_config(workdir) -> dict | None:

@@ -10,12 +10,15 @@ repeats an uninterrupted one.
 Stopping: SIGTERM or SIGINT finishes the current step, writes a checkpoint
 (with the epoch's metric sums, so the epoch can be resumed mid-way) and
 returns; a second signal exits at once. A NaN or Inf loss or state raises
-`NonFiniteLossError` before anything non-finite is saved. The checkpoint being
-written is waited for on every way out.
+`NonFiniteLossError` before anything non-finite is saved, a prepared data file
+that cannot be read `DamagedDataError`. The checkpoint being written is waited
+for on every way out (a failed write surfaces there, or at the next save, as
+orbax or tensorstore's error; `run_log.write_failure` reads it).
 """
 
 import contextlib
 import dataclasses
+import re
 from typing import Any
 
 from absl import logging
@@ -45,6 +48,35 @@ class TrainState(train_state.TrainState):
 
 class NonFiniteLossError(RuntimeError):
   """The training loss or the train state became NaN or Inf."""
+
+
+class DamagedDataError(RuntimeError):
+  """A file of the prepared dataset could not be read: truncated or corrupt."""
+
+
+def read_checked(batches, dataset: Dataset):
+  """`batches`, with a read error of the prepared data raised as DamagedDataError.
+
+  tf.data raises DataLossError for a truncated or corrupt record and
+  InvalidArgumentError for an image it cannot decode, when the batch holding
+  it is read; both are caught here, where batches are read, and nowhere else.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (loaded by the pipeline)
+  iterator = iter(batches)
+  while True:
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      return
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      # Without TensorFlow's "{{function_node ...}}" prefix and "[Op:...]" suffix.
+      reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:.*", "", str(e.message))
+      reason = (reason.strip().splitlines() or [""])[0][:200]
+      raise DamagedDataError(
+          f"reading the prepared {dataset.spec.tfds_name} data failed ({type(e).__name__}: "
+          f"{reason}): delete {dataset.builder.data_dir} and the next run prepares it again "
+          "(the checkpoints written so far are kept)") from e
+    yield batch
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -177,7 +209,7 @@ def restore_or_init(config, model, dataset: Dataset, sharding: Sharding,
   sums = jax.device_put(empty_train_sums(dataset.num_classes), sharding.replicated)
   restored = checkpoint.restore_latest(
       manager, abstract_train_state(config, model, dataset.image_shape, sharding.replicated),
-      sums)
+      sums, delete_unreadable=True)
   if restored is not None:
     return restored
   state = create_train_state(config, model, dataset.image_shape)
@@ -201,7 +233,8 @@ def evaluate(eval_step, state, dataset: Dataset, split: str, sharding: Sharding,
   """
   sums = jax.device_put(metrics.empty(dataset.num_classes), sharding.replicated)
   kept = []
-  for batch in dataset.eval_batches(split, global_batch_size=global_batch_size):
+  for batch in read_checked(dataset.eval_batches(split, global_batch_size=global_batch_size),
+                            dataset):
     sums, scores = eval_step(state, sums, sharding.put_batch(batch))
     if keep_predictions:
       real = batch["mask"] > 0
@@ -300,21 +333,41 @@ def describe_run(config, dataset: Dataset, steps_per_epoch: int) -> str:
 
 
 @contextlib.contextmanager
-def run_resources(config, workdir):
+def run_resources(config, workdir, steps_per_epoch: int):
   """A run's checkpoint manager and metrics log, closed on every way out.
 
-  Closing the manager waits for the checkpoint being written.
+  Closing the manager waits for the checkpoint being written; a write that
+  failed in the background raises there (or at the next save), with an error
+  raised meanwhile as its context, for `run_log.write_failure` to read. A run
+  ending in an error keeps only the metrics.csv rows its complete checkpoints
+  hold (as its resume would): a failed save of the last epoch's checkpoint
+  does not leave the run looking finished.
   """
   manager = checkpoint.manager(workdir, config.keep_checkpoints)
   log = run_log.MetricsLog(workdir, enabled=jax.process_index() == 0,
                            num_epochs=config.num_epochs)
+  failed = True
   try:
     yield manager, log
+    failed = False
   finally:
     try:
       manager.close()
+    except BaseException:
+      failed = True
+      raise
     finally:
+      if failed:
+        _forget_unsaved_epochs(log, workdir, steps_per_epoch)
       log.close()
+
+
+def _forget_unsaved_epochs(log: run_log.MetricsLog, workdir, steps_per_epoch: int):
+  saved = max(checkpoint.complete_steps(workdir), default=0)
+  try:
+    log.truncate(saved // steps_per_epoch)
+  except OSError:  # The disk is full: the next run drops those rows when it resumes.
+    pass
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -339,6 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       non-finite was saved.
     checkpoint.UnreadableCheckpointError: the run has checkpoints, but none
       restores.
+    DamagedDataError: a file of the prepared dataset cannot be read.
   """
   stop = stop if stop is not None else StopRequest()
   dataset = dataset_lib.open_dataset(config)
@@ -353,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_every = max(1, min(50, steps_per_epoch // 4))
   main_process = jax.process_index() == 0
   _say(describe_run(config, dataset, steps_per_epoch), main_process)
-  with run_resources(config, workdir) as (manager, log):
+  with run_resources(config, workdir, steps_per_epoch) as (manager, log):
     step, state, train_sums = restore_or_init(config, model, dataset, sharding, manager)
     if step:
       _say(f"resuming from the checkpoint at step {step} (epoch {step // steps_per_epoch} "
@@ -365,9 +419,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         break
       if step == epoch * steps_per_epoch:
         train_sums = jax.device_put(empty_train_sums(dataset.num_classes), sharding.replicated)
-      batches = dataset.train_batches(
+      batches = read_checked(dataset.train_batches(
           global_batch_size=config.batch_size, seed=config.seed, epoch=epoch,
-          start_step=step - epoch * steps_per_epoch, augmentations=tuple(config.augment))
+          start_step=step - epoch * steps_per_epoch, augmentations=tuple(config.augment)), dataset)
       with tqdm.tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch,
                      disable=not (config.progress_bar and main_process), leave=False,
                      desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step",

@@ -14,7 +14,9 @@ sorted by field (`loss.margin=0.19635,loss.name=camri,seed=1`; floats to 6
 significant digits; a name over 128 characters or with characters outside
 [A-Za-z0-9._=,+-] ends in a hash of the overrides). The launcher writes
 `launch.json` (config, overrides, command) into each workdir and refuses a
-workdir whose launch.json holds other overrides.
+workdir whose launch.json holds other overrides. A run whose workdir a live
+`camri.main` holds (its lock, `camri.workdir_lock`) is reported as running
+elsewhere and not started.
 
 Re-running a grid skips finished runs: metrics.csv has a row with epoch ==
 num_epochs of the run's config.json. Any other run (new, or with only
@@ -43,6 +45,7 @@ import shlex
 import sys
 
 from camri import run_log
+from camri import workdir_lock
 from launch import executors
 from launch import hyper
 
@@ -154,24 +157,31 @@ def write_launch_file(run, **extra):
 
 
 def pending(runs, queued=frozenset(), out=None):
-  """The runs to start: not finished, and not a Slurm job in `queued` (ids of queued jobs).
+  """The runs to start: not finished, not a Slurm job in `queued` (ids of queued jobs), and
+  not running elsewhere (a live process holds the workdir's lock, `camri.workdir_lock`).
 
-  Prints how many are skipped, queued, resumed and new.
+  Prints how many are skipped, queued, running elsewhere, resumed and new.
   """
   out = out or sys.stderr
-  counts = {"finished": 0, "queued": 0, "unfinished": 0, "new": 0}
+  counts = {"finished": 0, "queued": 0, "elsewhere": 0, "unfinished": 0, "new": 0}
   todo = []
   for run in runs:
     check_workdir(run)
     state = status(run)
     if state == "unfinished" and read_launch_file(run.workdir).get("slurm_job_id") in queued:
       state = "queued"
+    if state == "unfinished" and (holder := workdir_lock.busy(run.workdir)) is not None:
+      state = "elsewhere"
+      print(f"running elsewhere: {run.name} ({holder.describe()})", file=out)
     counts[state] += 1
     if state in ("unfinished", "new"):
       todo.append(run)
   queued_text = f"{counts['queued']} queued or running on Slurm (skipped), " if counts["queued"] else ""
+  elsewhere_text = (f"{counts['elsewhere']} running elsewhere (skipped), "
+                    if counts["elsewhere"] else "")
   print(f"{len(runs)} runs: {counts['finished']} finished (skipped), {queued_text}"
-        f"{counts['unfinished']} unfinished (resumed), {counts['new']} new", file=out)
+        f"{elsewhere_text}{counts['unfinished']} unfinished (resumed), {counts['new']} new",
+        file=out)
   return todo
 
 

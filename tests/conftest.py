@@ -1,6 +1,13 @@
-"""Test set-up: two simulated CPU devices, quiet TensorFlow, a shared digits copy."""
+"""Test set-up: two simulated CPU devices, quiet TensorFlow, a shared digits copy.
 
+And, for the end-to-end tests of `camri.main` (test_preemption.py,
+test_faults.py): a short digits command line, a JAX compilation cache per
+pytest worker, and one uninterrupted run of it per test session.
+"""
+
+import fcntl
 import os
+import shutil
 
 # Before JAX starts: every test runs data-parallel over 2 simulated devices.
 # XLA's CPU compile, not the tiny models' compute, dominates the tests' time:
@@ -38,3 +45,34 @@ def digits_config(tfds_dir):
   config.data_dir = tfds_dir
   config.progress_bar = False
   return config
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="session")
+def digits_args(tfds_dir):
+  """camri.main's arguments but --workdir: digits, 3 epochs of 323 steps (batch size 4)."""
+  return ["--config", "configs/digits.py", f"--config.data_dir={tfds_dir}",
+          "--config.num_epochs=3", "--config.batch_size=4", "--config.progress_bar=False"]
+
+
+@pytest.fixture(scope="session")
+def reference(digits_args, compile_cache, tmp_path_factory, worker_id):
+  """An uninterrupted run's workdir, made once for all pytest-xdist workers; copy to change."""
+  import run_main  # pylint: disable=g-import-not-at-top
+  from camri import run_log  # pylint: disable=g-import-not-at-top
+  shared = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    shared = shared.parent  # The session's directory, above each worker's.
+  workdir = shared / "reference_run"
+  with open(shared / "reference_run.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not run_log.is_finished(workdir):
+      shutil.rmtree(workdir, ignore_errors=True)
+      result = run_main.run(*digits_args, "--workdir", workdir, compile_cache=compile_cache)
+      assert result.returncode == 0, result.stderr
+  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2, 3]
+  return workdir

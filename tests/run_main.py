@@ -31,11 +31,16 @@ def command(*args) -> list[str]:
   return [sys.executable, "-m", "camri.main", *map(str, args)]
 
 
-def run(*args, compile_cache=None, timeout=300, main=None) -> subprocess.CompletedProcess:
-  """Runs camri.main with `args` (or the script `main`, taking the same flags)."""
+def run(*args, compile_cache=None, timeout=300, main=None, extra_env=None,
+        preexec_fn=None) -> subprocess.CompletedProcess:
+  """Runs camri.main with `args` (or the script `main`, taking the same flags).
+
+  `extra_env` adds environment variables; `preexec_fn` runs in the child
+  before it starts (e.g. to set a resource limit).
+  """
   cmd = [sys.executable, main, *map(str, args)] if main else command(*args)
-  return subprocess.run(cmd, cwd=ROOT, env=env(compile_cache),
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(cmd, cwd=ROOT, env={**env(compile_cache), **(extra_env or {})},
+                        capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
 def start(*args, compile_cache=None) -> subprocess.Popen:
