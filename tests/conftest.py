@@ -76,3 +76,15 @@ def reference(digits_args, compile_cache, tmp_path_factory, worker_id):
       assert result.returncode == 0, result.stderr
   assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2, 3]
   return workdir
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_levels():
+  """Entry points called in-process (predict, plots) quiet the logs for good; not across tests."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  verbosity = absl_logging.get_verbosity()
+  tensorflow_level = logging.getLogger("tensorflow").level
+  yield
+  absl_logging.set_verbosity(verbosity)
+  logging.getLogger("tensorflow").setLevel(tensorflow_level)
