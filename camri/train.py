@@ -261,6 +261,19 @@ def save_predictions(workdir, split: str, predictions: Predictions, step: int):
       run_log.merge_prediction_parts(workdir, split, jax.process_count())
 
 
+def evaluate_splits(eval_step, state, step, dataset: Dataset, sharding: Sharding, config,
+                    workdir, save: bool) -> dict[str, float]:
+  """The metrics of every split in `dataset.eval_splits`; with `save`, their predictions saved too."""
+  row = {}
+  for split in dataset.eval_splits:
+    sums, predictions = evaluate(eval_step, state, dataset, split, sharding,
+                                 config.eval_batch_size, keep_predictions=save)
+    row |= metrics.summarize(sums, config.loss.important_classes, split, per_class=True)
+    if save:
+      save_predictions(workdir, split, predictions, step)
+  return row
+
+
 def save_missing_predictions(eval_step, state, step, dataset: Dataset, sharding: Sharding,
                              config, workdir):
   """Saves the predictions of every evaluated split whose file is missing or not from `step`."""
@@ -419,25 +432,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         break
       if step == epoch * steps_per_epoch:
         train_sums = jax.device_put(empty_train_sums(dataset.num_classes), sharding.replicated)
+      done_in_epoch = step - epoch * steps_per_epoch
       batches = read_checked(dataset.train_batches(
           global_batch_size=config.batch_size, seed=config.seed, epoch=epoch,
-          start_step=step - epoch * steps_per_epoch, augmentations=tuple(config.augment)), dataset)
-      with tqdm.tqdm(total=steps_per_epoch, initial=step - epoch * steps_per_epoch,
-                     disable=not (config.progress_bar and main_process), leave=False,
-                     desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step",
-                     dynamic_ncols=True) as bar:
+          start_step=done_in_epoch, augmentations=tuple(config.augment)), dataset)
+      with _progress_bar(config, epoch, done_in_epoch, steps_per_epoch, main_process) as bar:
         state, train_sums, step = train_epoch(
             state, train_sums, step, batches, train_step, sharding,
             step_hooks(stop, check_every, last_saved, bar))
       _check_finite(train_sums, step, last_saved)
       if step == (epoch + 1) * steps_per_epoch:
         row = metrics.summarize(train_sums, config.loss.important_classes, "train")
-        for split in dataset.eval_splits:
-          sums, predictions = evaluate(eval_step, state, dataset, split, sharding,
-                                       config.eval_batch_size, keep_predictions=step == total_steps)
-          row |= metrics.summarize(sums, config.loss.important_classes, split, per_class=True)
-          if predictions is not None:
-            save_predictions(workdir, split, predictions, step)
+        row |= evaluate_splits(eval_step, state, step, dataset, sharding, config, workdir,
+                               save=step == total_steps)
         log.write(epoch + 1, row, step)
       if step != last_saved:
         checkpoint.save(manager, step, state, train_sums)
@@ -449,6 +456,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     total_steps, f"checkpoint saved at step {last_saved}" if last_saved
                     else "nothing trained yet, no checkpoint")
   return log.rows
+
+
+def _progress_bar(config, epoch: int, initial: int, steps_per_epoch: int, main_process: bool):
+  return tqdm.tqdm(total=steps_per_epoch, initial=initial,
+                   disable=not (config.progress_bar and main_process), leave=False,
+                   desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step", dynamic_ncols=True)
 
 
 def _say(text: str, main_process: bool):
