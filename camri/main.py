@@ -167,6 +167,7 @@ def _train():
   from camri import prepare  # pylint: disable=g-import-not-at-top
   from camri import run_log  # pylint: disable=g-import-not-at-top
   from camri import train  # pylint: disable=g-import-not-at-top
+  from camri.data import pipeline  # pylint: disable=g-import-not-at-top
   stop = train.StopRequest()
   try:
     config = prepare.prepare_run(_CONFIG.value, _WORKDIR.value)
@@ -178,7 +179,7 @@ def _train():
     _fail(e, 3)
   except checkpoint.UnreadableCheckpointError as e:
     _fail(e, 4)
-  except train.DamagedDataError as e:
+  except pipeline.DamagedDataError as e:
     _fail(e, 5)
   except Exception as e:  # pylint: disable=broad-except
     failure = run_log.write_failure(e)  # Orbax and TensorFlow wrap the OSError.

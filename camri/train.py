@@ -11,14 +11,13 @@ Stopping: SIGTERM or SIGINT finishes the current step, writes a checkpoint
 (with the epoch's metric sums, so the epoch can be resumed mid-way) and
 returns; a second signal exits at once. A NaN or Inf loss or state raises
 `NonFiniteLossError` before anything non-finite is saved, a prepared data file
-that cannot be read `DamagedDataError`. The checkpoint being written is waited
+that cannot be read `pipeline.DamagedDataError`. The checkpoint being written is waited
 for on every way out (a failed write surfaces there, or at the next save, as
 orbax or tensorstore's error; `run_log.write_failure` reads it).
 """
 
 import contextlib
 import dataclasses
-import re
 from typing import Any
 
 from absl import logging
@@ -48,35 +47,6 @@ class TrainState(train_state.TrainState):
 
 class NonFiniteLossError(RuntimeError):
   """The training loss or the train state became NaN or Inf."""
-
-
-class DamagedDataError(RuntimeError):
-  """A file of the prepared dataset could not be read: truncated or corrupt."""
-
-
-def read_checked(batches, dataset: Dataset):
-  """`batches`, with a read error of the prepared data raised as DamagedDataError.
-
-  tf.data raises DataLossError for a truncated or corrupt record and
-  InvalidArgumentError for an image it cannot decode, when the batch holding
-  it is read; both are caught here, where batches are read, and nowhere else.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (loaded by the pipeline)
-  iterator = iter(batches)
-  while True:
-    try:
-      batch = next(iterator)
-    except StopIteration:
-      return
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-      # Without TensorFlow's "{{function_node ...}}" prefix and "[Op:...]" suffix.
-      reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:.*", "", str(e.message))
-      reason = (reason.strip().splitlines() or [""])[0][:200]
-      raise DamagedDataError(
-          f"reading the prepared {dataset.spec.tfds_name} data failed ({type(e).__name__}: "
-          f"{reason}): delete {dataset.builder.data_dir} and the next run prepares it again "
-          "(the checkpoints written so far are kept)") from e
-    yield batch
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -233,8 +203,7 @@ def evaluate(eval_step, state, dataset: Dataset, split: str, sharding: Sharding,
   """
   sums = jax.device_put(metrics.empty(dataset.num_classes), sharding.replicated)
   kept = []
-  for batch in read_checked(dataset.eval_batches(split, global_batch_size=global_batch_size),
-                            dataset):
+  for batch in dataset.eval_batches(split, global_batch_size=global_batch_size):
     sums, scores = eval_step(state, sums, sharding.put_batch(batch))
     if keep_predictions:
       real = batch["mask"] > 0
@@ -405,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       non-finite was saved.
     checkpoint.UnreadableCheckpointError: the run has checkpoints, but none
       restores.
-    DamagedDataError: a file of the prepared dataset cannot be read.
+    pipeline.DamagedDataError: a file of the prepared dataset cannot be read.
   """
   stop = stop if stop is not None else StopRequest()
   dataset = dataset_lib.open_dataset(config)
@@ -433,9 +402,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if step == epoch * steps_per_epoch:
         train_sums = jax.device_put(empty_train_sums(dataset.num_classes), sharding.replicated)
       done_in_epoch = step - epoch * steps_per_epoch
-      batches = read_checked(dataset.train_batches(
+      batches = dataset.train_batches(
           global_batch_size=config.batch_size, seed=config.seed, epoch=epoch,
-          start_step=done_in_epoch, augmentations=tuple(config.augment)), dataset)
+          start_step=done_in_epoch, augmentations=tuple(config.augment))
       with _progress_bar(config, epoch, done_in_epoch, steps_per_epoch, main_process) as bar:
         state, train_sums, step = train_epoch(
             state, train_sums, step, batches, train_step, sharding,

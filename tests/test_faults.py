@@ -21,8 +21,10 @@ import time
 import pytest
 import run_main
 
+from camri import prepare
 from camri import run_log
 from camri import workdir_lock
+from camri.data import pipeline
 from launch import grid
 
 STEPS_PER_EPOCH = 323  # digits_args: 1292 training images, batch size 4.
@@ -262,6 +264,20 @@ def test_a_truncated_tfrecord_stops_the_run_naming_the_directory_to_delete(
   assert result.returncode == 0, result.stderr
   assert f"resuming from the checkpoint at step {2 * STEPS_PER_EPOCH}" in result.stdout
   assert _metrics_text(workdir) == _metrics_text(reference)
+
+
+def test_damage_found_while_holding_out_the_validation_split_is_the_same_error(
+    digits_config, tfds_dir, tmp_path):
+  data_dir = tmp_path / "tfds"
+  shutil.copytree(os.path.join(tfds_dir, "digits"), data_dir / "digits")
+  prepared = data_dir / "digits" / "1.0.0"
+  for cache in prepared.glob("camri-validation-*"):
+    cache.unlink()  # So preparing the run reads the training split's labels.
+  (record,) = prepared.glob("digits-train.tfrecord-*")
+  os.truncate(record, record.stat().st_size * 9 // 10)
+  digits_config.data_dir = str(data_dir)
+  with pytest.raises(pipeline.DamagedDataError, match=f"delete {prepared} and the next run"):
+    prepare.prepare_run(digits_config, str(tmp_path / "run"))
 
 
 # Write failures.

@@ -14,6 +14,7 @@ test example counts exactly once whatever the batch size and device count.
 """
 
 import math
+import re
 
 import jax
 import numpy as np
@@ -23,6 +24,35 @@ import tensorflow_datasets as tfds
 from camri.config_lib import ConfigError
 from camri.data.spec import DatasetSpec
 from camri.data.spec import Split
+
+
+class DamagedDataError(RuntimeError):
+  """A file of the prepared dataset could not be read: truncated or corrupt."""
+
+
+def read_checked(examples, builder):
+  """`examples` (any iterable read from `builder`'s data), with a read error raised as DamagedDataError.
+
+  tf.data raises DataLossError for a truncated or corrupt record and
+  InvalidArgumentError for an image it cannot decode, when the batch holding
+  it is read; every reader of prepared data (batches, the validation split's
+  labels) iterates through here.
+  """
+  iterator = iter(examples)
+  while True:
+    try:
+      example = next(iterator)
+    except StopIteration:
+      return
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      # Without TensorFlow's "{{function_node ...}}" prefix and "[Op:...]" suffix.
+      reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:.*", "", str(e.message))
+      reason = (reason.strip().splitlines() or [""])[0][:200]
+      raise DamagedDataError(
+          f"reading the prepared {builder.name} data failed ({type(e).__name__}: "
+          f"{reason}): delete {builder.data_dir} and the next run prepares it again "
+          "(the checkpoints written so far are kept)") from e
+    yield example
 
 
 def split_size(builder, tfds_split) -> int:
@@ -192,7 +222,7 @@ def train_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size
         num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True).take(steps).skip(start_step)
   ds = ds.map(lambda b: {**b, "mask": tf.ones([local_batch], tf.float32)})
-  return tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE))
+  return read_checked(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)), builder)
 
 
 def eval_steps(builder, split: Split, global_batch_size) -> int:
@@ -218,7 +248,7 @@ def eval_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size,
   ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
   steps = eval_steps(builder, split, global_batch_size)
   done = 0
-  for batch in tfds.as_numpy(ds):
+  for batch in read_checked(tfds.as_numpy(ds), builder):
     yield _pad(batch, local_batch)
     done += 1
   empty = {key: np.zeros((0, *spec_.shape[1:]), spec_.dtype.as_numpy_dtype)

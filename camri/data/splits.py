@@ -45,7 +45,7 @@ def held_out_ids(builder, tfds_split: str, fraction: float) -> frozenset[str]:
   by_class = collections.defaultdict(list)
   labels = pipeline._read_tfds(builder, tfds_split).map(  # pylint: disable=protected-access
       lambda ex: (ex["tfds_id"], ex["label"]))
-  for tfds_id, label in tfds.as_numpy(labels):
+  for tfds_id, label in pipeline.read_checked(tfds.as_numpy(labels), builder):
     by_class[int(label)].append(tfds_id.decode())
   held_out = stratify.stratified_split(by_class, fraction, SPLIT_SEED)["test"]
   _write_cache(builder, cache, held_out)
