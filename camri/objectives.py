@@ -33,12 +33,19 @@ class Objective:
   Attributes:
     head: the head module mapping features to `Outputs`; the model's outputs
       are `{"features": z, **head(z)}`.
-    loss: (outputs, labels) -> (N,) per-example losses.
+    loss: (outputs, labels, where) -> (N,) per-example losses; `where` (N,)
+      marks the rows that are examples, for a batch-level term (CC-Loss's) to
+      leave an evaluation batch's padding out. Per-example losses ignore it.
     scores: outputs -> (N, K) scores; their argmax is the prediction.
   """
   head: nn.Module
-  loss: Callable[[Outputs, jax.Array], jax.Array]
+  loss: Callable[[Outputs, jax.Array, jax.Array | None], jax.Array]
   scores: Callable[[Outputs], jax.Array]
+
+
+def _per_example(loss):
+  """`loss(outputs, labels)` as an `Objective.loss`: each example's loss is its own."""
+  return lambda outputs, labels, where=None: loss(outputs, labels)
 
 
 def _logits(outputs):
@@ -52,7 +59,7 @@ def _cosine(outputs):
 def _linear(num_classes, loss):
   """A linear head, `loss(logits, labels)`, argmax-logits prediction."""
   return Objective(heads.LinearHead(num_classes),
-                   lambda o, labels: loss(o["logits"], labels), _logits)
+                   _per_example(lambda o, labels: loss(o["logits"], labels)), _logits)
 
 
 def _angular(num_classes, margins, scale, kind="additive_angular"):
@@ -64,8 +71,8 @@ def _angular(num_classes, margins, scale, kind="additive_angular"):
   """
   margins = jnp.asarray(margins, jnp.float32)
   return Objective(heads.AngularHead(num_classes),
-                   lambda o, labels: losses.margin_cross_entropy(
-                       o["cosine"], labels, margins, scale, kind), _cosine)
+                   _per_example(lambda o, labels: losses.margin_cross_entropy(
+                       o["cosine"], labels, margins, scale, kind)), _cosine)
 
 
 def cross_entropy(cfg, num_classes):
@@ -93,8 +100,9 @@ def competing_ratio(cfg, num_classes):
 
 def cc_loss(cfg, num_classes):
 
-  def loss(outputs, labels):
-    return losses.cc_loss(outputs["logits"], outputs["attention"], labels, cfg.cc_weight)
+  def loss(outputs, labels, where=None):
+    return losses.cc_loss(outputs["logits"], outputs["attention"], labels, cfg.cc_weight,
+                          where=where)
 
   return Objective(heads.ChannelAttentionHead(num_classes, cfg.reduction), loss, _logits)
 
@@ -130,7 +138,7 @@ def nirvana(cfg, num_classes):
         o["features"], o["centers"], labels, margin)
   else:
     loss = lambda o, labels: losses.nirvana_loss(o["features"], o["centers"], labels)
-  return Objective(heads.SimplexHead(num_classes, cfg.radius), loss,
+  return Objective(heads.SimplexHead(num_classes, cfg.radius), _per_example(loss),
                    lambda o: losses.nearest_center_scores(o["features"], o["centers"]))
 
 
@@ -140,7 +148,7 @@ def lgm(cfg, num_classes):
     return losses.lgm_loss(outputs["features"], outputs["means"], labels, cfg.alpha,
                            cfg.likelihood_weight)
 
-  return Objective(heads.GaussianMeansHead(num_classes), loss,
+  return Objective(heads.GaussianMeansHead(num_classes), _per_example(loss),
                    lambda o: losses.lgm_scores(o["features"], o["means"]))
 
 
@@ -150,7 +158,7 @@ def em_softmax(cfg, num_classes):
     return losses.em_softmax_loss(outputs["features"], outputs["weights"], labels,
                                   cfg.margin[0], cfg.hsic_weight)
 
-  return Objective(heads.EnsembleHead(num_classes, cfg.num_heads), loss,
+  return Objective(heads.EnsembleHead(num_classes, cfg.num_heads), _per_example(loss),
                    lambda o: losses.em_softmax_scores(o["features"], o["weights"]))
 
 

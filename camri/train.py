@@ -101,7 +101,7 @@ def make_train_step(objective: Objective, seed: int):
       outputs, updates = state.apply_fn(
           {"params": params, "batch_stats": state.batch_stats}, batch["image"],
           train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-      per_example = objective.loss(outputs, batch["label"])
+      per_example = objective.loss(outputs, batch["label"], batch["mask"])
       return jnp.sum(per_example * mask) / jnp.sum(mask), (outputs, per_example, updates)
 
     grads, (outputs, per_example, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -129,7 +129,7 @@ def make_eval_step(objective: Objective):
     outputs = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats},
         batch["image"], train=False)
-    per_example = objective.loss(outputs, batch["label"])
+    per_example = objective.loss(outputs, batch["label"], batch["mask"])
     scores = objective.scores(outputs)
     return metrics.add(sums, metrics.batch_sums(
         per_example, scores, batch["label"], batch["mask"], outputs.get("cosine"))), scores

@@ -62,22 +62,26 @@ def _safe_norm(sq):
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
-def channel_correlation_term(attention, labels):
+def channel_correlation_term(attention, labels, *, where=None):
   """L_CC = intra / inter of the module docstring; a scalar for the batch.
 
   Args:
     attention: (N, C) per-sample channel attention.
     labels: (N,) integer labels.
+    where: (N,) bool or 0/1, the rows that are examples (an evaluation
+      batch's padding is not); None: all. Pairs with another row are left out.
 
   Returns:
     The scalar L_CC (0 when the batch has no same-class or no
     different-class pair).
   """
   dist = _safe_norm(squared_distances(attention, attention))
+  rows = jnp.ones(labels.shape, bool) if where is None else jnp.asarray(where).astype(bool)
+  pairs = rows[:, None] & rows[None, :]
   same = labels[:, None] == labels[None, :]
   not_self = ~jnp.eye(labels.shape[0], dtype=bool)
-  intra_mask = same & not_self
-  inter_mask = ~same
+  intra_mask = same & not_self & pairs
+  inter_mask = ~same & pairs
   n_intra = jnp.sum(intra_mask)
   n_inter = jnp.sum(inter_mask)
   intra = jnp.sum(jnp.where(intra_mask, dist, 0.0)) / jnp.maximum(n_intra, 1)
@@ -86,7 +90,7 @@ def channel_correlation_term(attention, labels):
   return jnp.where(defined, intra / jnp.where(defined, inter, 1.0), 0.0)
 
 
-def cc_loss(logits, attention, labels, cc_weight=1.0):
+def cc_loss(logits, attention, labels, cc_weight=1.0, *, where=None):
   """CC-Loss, per example: cross_entropy_n + lambda * L_CC (batch-level L_CC).
 
   Args:
@@ -95,9 +99,11 @@ def cc_loss(logits, attention, labels, cc_weight=1.0):
       backbone's last feature map.
     labels: (N,) integer labels.
     cc_weight: lambda >= 0.
+    where: (N,) the rows that are examples; L_CC is over their pairs only
+      (None: all rows).
 
   Returns:
-    (N,) losses whose mean is the batch loss.
+    (N,) losses whose mean over the `where` rows is the batch loss.
   """
   return (optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-          + cc_weight * channel_correlation_term(attention, labels))
+          + cc_weight * channel_correlation_term(attention, labels, where=where))

@@ -1,6 +1,7 @@
 """CC-Loss: the SE attention module and the batch distance term against NumPy."""
 
 import jax
+from jax import test_util as jax_test_util
 import jax.numpy as jnp
 import numpy as np
 
@@ -103,3 +104,27 @@ def test_gradients_finite_through_module_and_loss():
   grads = jax.grad(total, argnums=(0, 1))(params, jnp.asarray(logits))
   for g in jax.tree.leaves(grads):
     assert np.all(np.isfinite(g))
+
+
+def test_padding_rows_are_left_out_with_where():
+  # An evaluation batch padded with 3 zero rows: under `where` the term is the
+  # unpadded batch's, as the NumPy formula over the 6 real rows gives.
+  rng = np.random.default_rng(3)
+  attention = rng.uniform(size=(6, 5)).astype(np.float32)
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  logits = rng.normal(size=(6, 3)).astype(np.float32)
+  padded_attention = np.concatenate([attention, np.zeros((3, 5), np.float32)])
+  padded_labels = np.concatenate([labels, np.zeros(3, labels.dtype)])
+  padded_logits = np.concatenate([logits, np.zeros((3, 3), np.float32)])
+  where = np.arange(9) < 6
+  term = jax.jit(losses.channel_correlation_term)(padded_attention, padded_labels, where=where)
+  np.testing.assert_allclose(term, np_cc_term(attention, labels), rtol=1e-5)
+  assert abs(float(losses.channel_correlation_term(padded_attention, padded_labels))
+             - np_cc_term(attention, labels)) > 1e-3  # Without it, the padding counts.
+  got = jax.jit(losses.cc_loss)(padded_logits, padded_attention, padded_labels, 0.7,
+                                where=where)[:6]
+  np.testing.assert_allclose(got, np_ce(logits, labels) + 0.7 * np_cc_term(attention, labels),
+                             rtol=1e-5)
+  jax_test_util.check_grads(
+      lambda a: losses.channel_correlation_term(a, padded_labels, where=where),
+      (jnp.asarray(padded_attention),), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
