@@ -65,10 +65,6 @@ def complete_steps(workdir) -> list[int]:
   return sorted(int(name) for name in names if name.isdigit())
 
 
-def _read_only(mngr: ocp.CheckpointManager) -> bool:
-  return bool(getattr(getattr(mngr, "_options", None), "read_only", False))
-
-
 def fingerprint(tree) -> str:
   """CRC32 (hex) of the bytes of every array in `tree`, in tree order."""
   crc = 0
@@ -130,7 +126,7 @@ def restore_latest(mngr: ocp.CheckpointManager, state, train_sums, delete_unread
                       step, reason)
       unreadable.append((step, reason))
       continue
-    for bad, _ in unreadable if delete_unreadable and not _read_only(mngr) else ():
+    for bad, _ in unreadable if delete_unreadable else ():
       logging.warning("deleting the unreadable checkpoint at step %d; resuming from step %d",
                       bad, step)
       mngr.delete(bad)

@@ -17,7 +17,8 @@ class names, the image size and channels, the loss, the important classes and
 this input contract.
 
 Exit status: 0 written; 2 no run or checkpoint in --workdir: one line
-`error: ...` on stderr, nothing written.
+`error: ...` on stderr, nothing written; 6 a file could not be written (the line
+names it and the OS error).
 """
 
 import argparse
@@ -25,13 +26,10 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-# pylint: disable=g-import-not-at-top
 import jax
 import jax.numpy as jnp
-# pylint: enable=g-import-not-at-top
+
+from camri import run_log
 
 # jax.export lowers for every platform on any machine: the artifact runs anywhere.
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -98,13 +96,6 @@ def describe(run, exported, artifact: str) -> dict:
   }
 
 
-def _write(path, data: bytes):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def description_path(artifact: str) -> str:
   """model.jax -> model.json."""
   return os.path.splitext(artifact)[0] + ".json"
@@ -125,18 +116,21 @@ def main(argv=None) -> int:
   if not os.path.isdir(args.workdir):
     parser.exit(2, f"error: --workdir {args.workdir} does not exist\n")
   from camri import inference  # pylint: disable=g-import-not-at-top
-  from camri import predict  # pylint: disable=g-import-not-at-top
+  from camri import prepare  # pylint: disable=g-import-not-at-top
   from camri.config_lib import ConfigError  # pylint: disable=g-import-not-at-top
 
-  predict.quiet_runtime()
+  prepare.setup_runtime(reader=True)
   try:
     run = inference.load_run(args.workdir, prepare_data=False)
   except (inference.RunNotFoundError, ConfigError) as e:
     parser.exit(2, f"error: {e}\n")
   exported = export_run(run)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  _write(args.out, exported.serialize())
-  _write(description, (json.dumps(describe(run, exported, args.out), indent=2) + "\n").encode())
+  try:
+    run_log.atomic_write(args.out, exported.serialize())
+    run_log.atomic_write(description, json.dumps(describe(run, exported, args.out), indent=2) + "\n")
+  except OSError as e:
+    parser.exit(6, f"error: writing {e.filename} failed: {e.strerror}\n")
   height, width, channels = run.image_shape
   print(f"exported {run.workdir} (step {run.step}) for {', '.join(exported.platforms)}: "
         f"uint8 (n, {height}, {width}, {channels}) -> float32 (n, {len(run.class_names)}) "

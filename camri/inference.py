@@ -6,8 +6,8 @@ are built by `camri.train`, the data opened by `camri.data.dataset`, exactly
 as training built them, and the checkpoint is opened read-only, so a reader
 never changes a workdir and is safe on a run still training.
 
-The model needs only the dataset's image shape and class names (the builder's
-info and config.json), so the data itself is opened on first use of
+The model needs only the dataset's image shape and class names (config.json
+records both), so the data itself is opened on first use of
 `Run.dataset`: predicting on new images or exporting the model never reads,
 prepares or downloads the run's dataset.
 """
@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from camri import checkpoint
+from camri import prepare
 from camri import data as data_lib
 from camri import run_log
 from camri import train
@@ -41,7 +42,7 @@ def load_config(workdir, data_dir=None) -> ml_collections.ConfigDict:
   if record is None:
     raise RunNotFoundError(f"{workdir} holds no {run_log.CONFIG_FILE}: not a run directory "
                            "(give the --workdir of a camri.main run)")
-  record = {k: v for k, v in record.items() if k not in ("class_names", "num_classes")}
+  record = {k: v for k, v in record.items() if k not in prepare.DERIVED_FIELDS}
   config = ml_collections.ConfigDict(record)
   config.loss.important_classes = tuple(config.loss.important_classes)
   if data_dir is not None:
@@ -66,8 +67,20 @@ class Run:
 
   @functools.cached_property
   def dataset(self) -> Dataset:
-    """The run's splits and input pipeline, opened (and prepared, if asked) on first use."""
-    return dataset_lib.open_dataset(self.config, prepare=self.prepare_data)
+    """The run's splits and input pipeline, opened (and prepared, if asked) on first use.
+
+    Raises:
+      RunNotFoundError: the data is not the copy the run trained on (an
+        image-folder tree that changed since).
+    """
+    dataset = dataset_lib.open_dataset(self.config, prepare=self.prepare_data)
+    trained_on = self.record.get("prepared_data")
+    if trained_on and dataset.builder.builder_config.name != trained_on:
+      raise RunNotFoundError(
+          f"the data of {self.workdir} changed since it trained ({self.config.get('folder')} "
+          f"is now {dataset.builder.builder_config.name}, the run read {trained_on}): "
+          "restore the tree as it was, or train a new run on it")
+    return dataset
 
   @property
   def angular(self) -> bool:
@@ -107,9 +120,13 @@ def load_run(workdir, data_dir=None, prepare_data=True) -> Run:
   """
   config = load_config(workdir, data_dir)
   record = run_log.read_config(workdir)
-  spec, builder = data_lib.builder_for(config, prepare=False)
-  image_shape = data_lib.image_shape(builder, config.image_size)
-  class_names = tuple(record.get("class_names") or data_lib.class_names(spec, builder))
+  spec = data_lib.get_spec(config.dataset)
+  if "image_shape" in record:  # Without the data: an image-folder tree may be gone.
+    image_shape, class_names = tuple(record["image_shape"]), tuple(record["class_names"])
+  else:  # config.json from before "image_shape" was recorded.
+    _, builder = data_lib.builder_for(config, prepare=False)
+    image_shape = data_lib.image_shape(builder, config.image_size)
+    class_names = tuple(record.get("class_names") or data_lib.class_names(spec, builder))
   model, objective = train.make_model(config, len(class_names))
   sharding = train.Sharding.over_all_devices()
   abstract = train.abstract_train_state(config, model, image_shape, sharding.replicated)

@@ -713,13 +713,13 @@ def main(argv=None):
       else:
         paths = plot_tradeoffs(*_load(args.runs_dir, policy, None, **selection), args.out, policy)
     elif args.command in ("angles", "features2d"):
-      from camri import predict  # pylint: disable=g-import-not-at-top
-      predict.quiet_runtime()  # Reads checkpoints and data with TensorFlow.
+      from camri import prepare  # pylint: disable=g-import-not-at-top
+      prepare.setup_runtime(reader=True)  # Reads checkpoints and data with TensorFlow.
       plot = plot_run_angles if args.command == "angles" else plot_run_features_2d
       paths = [plot(args.runs, args.out, args.data_dir)]
     else:
       paths = [plot_loss_contours(args.out, margin=args.margin, scale=args.scale)]
-  except ValueError as e:
+  except (ValueError, OSError) as e:  # OSError: a missing, damaged or unreachable dataset.
     parser.exit(2, f"error: {e}\n")
   for path in paths:
     print(path)

@@ -19,7 +19,8 @@ CLASS): the post-hoc operating point of `camri.posthoc`.
 
 Exit status: 0 written; 2 bad input (no run or checkpoint in --workdir, a path
 that does not exist, no image found, a file that does not decode, an unknown
---bias class): one line `error: ...` on stderr, nothing written.
+--bias class): one line `error: ...` on stderr, nothing written; 6 the CSV could
+not be written (the line names it and the OS error).
 """
 
 import argparse
@@ -29,20 +30,16 @@ import itertools
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow loads.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-# pylint: disable=g-import-not-at-top
 import jax
 import numpy as np
 import tqdm
 
 from camri import posthoc
-# pylint: enable=g-import-not-at-top
+from camri import run_log
 # camri.inference, camri.train and camri.data load TensorFlow (seconds): they are
 # imported where used, so that --help and a bad command line answer at once.
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # camri.data.folder's too.
 
 
 class PredictError(ValueError):
@@ -58,7 +55,8 @@ def find_images(paths) -> list[str]:
     elif os.path.isdir(path):
       found += sorted(
           os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-          if name.lower().endswith(IMAGE_EXTENSIONS))
+          # Hidden files (macOS's ._x.jpg) are skipped, as the folder dataset does.
+          if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
     else:
       raise PredictError(f"{path} does not exist")
   if not found:
@@ -181,19 +179,8 @@ def write_csv(path, table: list[dict]):
   writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
   writer.writeheader()
   writer.writerows(table)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", newline="") as f:
-    f.write(buffer.getvalue())
-  os.replace(tmp, path)
-
-
-def quiet_runtime():
-  """A reader's quiet logs, and TensorFlow off the accelerators."""
-  from camri import prepare  # pylint: disable=g-import-not-at-top
-  prepare.setup_runtime(reader=True)
-  prepare.keep_accelerators_for_jax()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  run_log.atomic_write(path, buffer.getvalue())
 
 
 def main(argv=None) -> int:
@@ -215,9 +202,10 @@ def main(argv=None) -> int:
   if not os.path.isdir(args.workdir):
     parser.exit(2, f"error: --workdir {args.workdir} does not exist\n")
   from camri import inference  # pylint: disable=g-import-not-at-top
+  from camri import prepare  # pylint: disable=g-import-not-at-top
   from camri.config_lib import ConfigError  # pylint: disable=g-import-not-at-top
 
-  quiet_runtime()
+  prepare.setup_runtime(reader=True)
   try:
     images = find_images(args.paths)
     run = inference.load_run(args.workdir, prepare_data=False)
@@ -227,7 +215,10 @@ def main(argv=None) -> int:
     outputs = predict(run, preprocessed_images(images, run), len(images), batch_size)
   except (PredictError, inference.RunNotFoundError, ConfigError) as e:
     parser.exit(2, f"error: {e}\n")
-  write_csv(args.out, rows(images, run.class_names, outputs, bias))
+  try:
+    write_csv(args.out, rows(images, run.class_names, outputs, bias))
+  except OSError as e:
+    parser.exit(6, f"error: writing {e.filename or args.out} failed: {e.strerror}\n")
   print(f"predicted {len(images)} images with {run.workdir} (step {run.step}): {args.out}")
   return 0
 

@@ -35,7 +35,8 @@ def setup_runtime(reader=False):
 
   A reader of finished runs (`reader=True`: predict, export, the checkpoint
   plots) hears no warnings either: orbax's notes on opening checkpoints
-  read-only and tfds's on an unprepared data_dir are about writes it never makes.
+  read-only and tfds's on an unprepared data_dir are about writes it never makes;
+  and TensorFlow, which only decodes its images, is kept off the accelerators.
   """
   import logging as std_logging  # pylint: disable=g-import-not-at-top
   from absl import flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
@@ -43,6 +44,8 @@ def setup_runtime(reader=False):
     logging.set_verbosity(logging.ERROR if reader else logging.WARNING)
     # TensorFlow's own deprecation notices (tfds calls deprecated tf.data ops).
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+  if reader:
+    keep_accelerators_for_jax()
 
 
 def keep_accelerators_for_jax():
@@ -80,19 +83,25 @@ def _check_init_checkpoint(config, num_classes):
   models.load_backbone(variables, config.init_checkpoint)
 
 
-def _run_record(config, class_names) -> dict:
-  """config.json: the config, the class names and which prepared copy of the data it reads.
+# What config.json records besides the config: derived from it and the data.
+DERIVED_FIELDS = ("class_names", "num_classes", "image_shape", "prepared_data")
 
-  "prepared_data" names the builder config of datasets that have one (an
-  image-folder tree's path and file fingerprint), so a run is not resumed on a
-  tree that changed under it.
+
+def _run_record(config, class_names) -> dict:
+  """config.json: the config, the class names, the model's input shape and the data's copy.
+
+  Readers (predict, export) build the model from "class_names" and
+  "image_shape" without opening the dataset. "prepared_data" names the builder
+  config of datasets that have one (an image-folder tree's path and file
+  fingerprint), so a run is not resumed, or read, on a tree that changed under it.
   """
   record = json.loads(config.to_json_best_effort())
   record["class_names"] = list(class_names)
   record["num_classes"] = len(class_names)
-  builder_config = data_lib.builder_for(config, prepare=False)[1].builder_config
-  if builder_config is not None:
-    record["prepared_data"] = builder_config.name
+  builder = data_lib.builder_for(config, prepare=False)[1]
+  record["image_shape"] = list(data_lib.image_shape(builder, config.image_size))
+  if builder.builder_config is not None:
+    record["prepared_data"] = builder.builder_config.name
   return record
 
 
@@ -119,6 +128,8 @@ def check_workdir(workdir: str, record: dict):
       raise ConfigError(f"--workdir {workdir} holds {' and '.join(leftovers)} but no "
                         f"{run_log.CONFIG_FILE}, so its run is unknown: {fresh}")
     return
+  # config.json files from before "image_shape" was recorded.
+  previous.setdefault("image_shape", record["image_shape"])
   diffs = _differences(previous, record)
   if diffs:
     raise ConfigError(

@@ -263,7 +263,10 @@ def select_rows(rows, num_epochs, policy, split="test"):
     if num_epochs not in by_epoch:
       return None
     ordered = [by_epoch[e] for e in sorted(by_epoch)]
-    return [max(ordered, key=lambda r: r.get(f"{split}_accuracy", -math.inf))]  # earliest of ties
+    def accuracy(row):  # NaN (an empty cell) is never the best.
+      value = row.get(f"{split}_accuracy", math.nan)
+      return -math.inf if math.isnan(value) else value
+    return [max(ordered, key=accuracy)]  # The earliest of ties.
   return [by_epoch[policy]] if policy in by_epoch else None
 
 

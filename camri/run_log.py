@@ -36,11 +36,16 @@ CHECKPOINT_DIR = "checkpoints"
 PREDICTIONS_DIR = "predictions"
 
 
-def _atomic_write(path: Path, text: str | bytes):
-  """Writes `path` whole or not at all; a failed write leaves the old file and no temporary."""
-  tmp = path.with_name(path.name + ".tmp")
+def atomic_write(path, text: str | bytes | bytearray):
+  """Writes `path` whole or not at all; a failed write leaves the old file and no temporary.
+
+  Raises:
+    OSError: naming `path` (not its temporary), with the OS error.
+  """
+  path = Path(path)
+  tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
   try:
-    with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
+    with open(tmp, "w" if isinstance(text, str) else "wb") as f:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
@@ -105,7 +110,7 @@ def read_config(workdir) -> dict | None:
 
 
 def write_config(workdir, config_dict: dict):
-  _atomic_write(Path(workdir) / CONFIG_FILE, json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+  atomic_write(Path(workdir) / CONFIG_FILE, json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
 
 
 def _number(key, text):
@@ -135,7 +140,7 @@ def write_predictions(workdir, split: str, arrays: dict, part: int | None = None
   path.parent.mkdir(exist_ok=True)
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  _atomic_write(path, buffer.getvalue())
+  atomic_write(path, buffer.getvalue())
 
 
 def read_predictions(workdir, split: str, part: int | None = None) -> dict | None:
@@ -239,7 +244,7 @@ class MetricsLog:
     lines = [",".join(columns)]
     for r in self.rows:
       lines.append(",".join(str(r.get(c, "nan")) for c in columns))
-    _atomic_write(self.workdir / METRICS_FILE, "\n".join(lines) + "\n")
+    atomic_write(self.workdir / METRICS_FILE, "\n".join(lines) + "\n")
 
   def close(self):
     if self._tb is not None:

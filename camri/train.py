@@ -245,7 +245,11 @@ def evaluate_splits(eval_step, state, step, dataset: Dataset, sharding: Sharding
 
 def save_missing_predictions(eval_step, state, step, dataset: Dataset, sharding: Sharding,
                              config, workdir):
-  """Saves the predictions of every evaluated split whose file is missing or not from `step`."""
+  """Saves the predictions of every evaluated split whose file is missing or not from `step`.
+
+  For a rerun of a finished run only: the files it reads are not being
+  written, so every process decides alike whether to evaluate (a collective).
+  """
   for split in dataset.eval_splits:
     saved = run_log.read_predictions(workdir, split)
     if saved is None or int(saved["step"]) != step:
@@ -391,6 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   _say(describe_run(config, dataset, steps_per_epoch), main_process)
   with run_resources(config, workdir, steps_per_epoch) as (manager, log):
     step, state, train_sums = restore_or_init(config, model, dataset, sharding, manager)
+    restored_step = step
     if step:
       _say(f"resuming from the checkpoint at step {step} (epoch {step // steps_per_epoch} "
            f"of {config.num_epochs} done)", main_process)
@@ -418,7 +423,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if step != last_saved:
         checkpoint.save(manager, step, state, train_sums)
         last_saved = step
-    if step == total_steps:  # A rerun of a finished run whose predictions were lost.
+    if restored_step == total_steps:  # A rerun of a finished run: remake lost predictions.
       save_missing_predictions(eval_step, state, step, dataset, sharding, config, workdir)
   if stop and step < total_steps:
     logging.warning("%s received: stopped at step %d of %d; %s", stop.signal, step,

@@ -20,7 +20,7 @@ flock, two processes starting in the same instant can both take the lock.
 The file is removed when the lock is released, as is the workdir when taking
 the lock created it and nothing else was written there. Readers
 (`holder`, `busy`; launch.grid's "running elsewhere") read the file without
-taking the lock. Standard library only: the launcher imports it.
+taking the lock. Light (the standard library and absl): the launcher imports it.
 """
 
 import dataclasses

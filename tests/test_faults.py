@@ -320,7 +320,7 @@ def test_a_failed_metrics_write_keeps_the_old_file_and_names_it(tmp_path):
   path.write_text("epoch\n1\n")
   script = ("import resource, sys\nfrom pathlib import Path\nfrom camri import run_log\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
-            "try:\n  run_log._atomic_write(Path(sys.argv[1]), 'x' * 5000)\n"
+            "try:\n  run_log.atomic_write(Path(sys.argv[1]), 'x' * 5000)\n"
             "except OSError as e:\n  print(run_log.write_failure(e))\n")
   result = subprocess.run([sys.executable, "-c", script, str(path)], cwd=run_main.ROOT,
                           env=run_main.env(), capture_output=True, text=True, timeout=60)

@@ -26,7 +26,7 @@ from camri.data.spec import DatasetSpec
 from camri.data.spec import Split
 
 
-class DamagedDataError(RuntimeError):
+class DamagedDataError(OSError):
   """A file of the prepared dataset could not be read: truncated or corrupt."""
 
 

@@ -17,7 +17,6 @@ writable.
 """
 
 import collections
-import functools
 import json
 import os
 
@@ -65,8 +64,7 @@ def _write_cache(builder, path, held_out):
     pass
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_splits(builder, spec: DatasetSpec, fraction: float):
+def _splits(builder, spec: DatasetSpec, fraction: float):
   test = Split("test", spec.test_split, pipeline.split_size(builder, spec.test_split))
   train_size = pipeline.split_size(builder, spec.train_split)
   if spec.validation_split is not None and spec.validation_split in builder.info.splits:
@@ -89,4 +87,4 @@ def run_splits(builder, spec: DatasetSpec, validation_fraction: float) -> dict[s
   The dataset's own validation split where its data has one (`spec.validation_split`),
   else one held out of the training split by `validation_fraction`.
   """
-  return dict(_cached_splits(builder, spec, float(validation_fraction)))
+  return _splits(builder, spec, float(validation_fraction))

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -349,3 +350,32 @@ def test_predict_on_the_test_folder_reproduces_the_test_accuracy(trained, tmp_pa
   distance = np.abs(predicted[:, None, :] - saved[None, :, :]).max(axis=-1)
   np.testing.assert_array_less(distance.min(axis=1), 1e-5)
   assert sorted(distance.argmin(axis=1)) == list(range(9))
+
+
+def test_readers_need_no_tree_and_refuse_a_changed_one(trained, tmp_path):
+  from camri import inference  # pylint: disable=g-import-not-at-top
+  from camri import predict  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(trained["workdir"], workdir)
+  record = json.loads((workdir / "config.json").read_text())
+  assert record["image_shape"] == [12, 12, 3]
+  record["folder"] = str(tmp_path / "moved")  # The tree is gone: predicting needs none.
+  (workdir / "config.json").write_text(json.dumps(record))
+  out = tmp_path / "p.csv"
+  assert predict.main(["--workdir", str(workdir), str(trained["tree"] / "test"),
+                       "--out", str(out)]) == 0
+  assert out.read_text() == _predict_csv(trained, tmp_path)
+  record["folder"] = str(trained["tree"])
+  record["prepared_data"] = "another-copy"  # As after the tree changed.
+  (workdir / "config.json").write_text(json.dumps(record))
+  run = inference.load_run(workdir, data_dir=str(trained["data_dir"]))
+  with pytest.raises(inference.RunNotFoundError, match="changed since it trained"):
+    run.dataset  # pylint: disable=pointless-statement
+
+
+def _predict_csv(trained, tmp_path):
+  from camri import predict  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "reference.csv"
+  assert predict.main(["--workdir", str(trained["workdir"]), str(trained["tree"] / "test"),
+                       "--out", str(out)]) == 0
+  return out.read_text()
