@@ -33,6 +33,7 @@ import os
 import shlex
 import sys
 import traceback
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -163,31 +164,38 @@ def _resume_command() -> str:
 
 def _train():
   """Prepares and trains the run: (config, metrics.csv's rows, the StopRequest)."""
-  from camri import checkpoint  # pylint: disable=g-import-not-at-top
   from camri import prepare  # pylint: disable=g-import-not-at-top
+  from camri.preemption import StopRequest  # pylint: disable=g-import-not-at-top
+  stop = StopRequest()
+  try:
+    config = prepare.prepare_run(_CONFIG.value, _WORKDIR.value)
+    from camri import train  # pylint: disable=g-import-not-at-top  (after the config is checked: it loads TensorFlow)
+    stop.install()
+    return config, train.train_and_evaluate(config, _WORKDIR.value, stop), stop
+  except Exception as e:  # pylint: disable=broad-except
+    status, message = _exit_status(e)
+    if status is None:
+      raise
+    _fail(message, status)
+  finally:
+    stop.uninstall()
+
+
+def _exit_status(error: Exception) -> tuple[int | None, Any]:
+  """(the documented exit status, the one line) of an error a run stops with; None: a bug."""
+  from camri import prepare  # pylint: disable=g-import-not-at-top
+  if isinstance(error, (prepare.ConfigError, prepare.MissingArchiveError, prepare.DownloadError)):
+    return 2, error  # Before TensorFlow loads, for a bad config.
+  from camri import checkpoint  # pylint: disable=g-import-not-at-top
   from camri import run_log  # pylint: disable=g-import-not-at-top
   from camri import train  # pylint: disable=g-import-not-at-top
   from camri.data import pipeline  # pylint: disable=g-import-not-at-top
-  stop = train.StopRequest()
-  try:
-    config = prepare.prepare_run(_CONFIG.value, _WORKDIR.value)
-    stop.install()
-    return config, train.train_and_evaluate(config, _WORKDIR.value, stop), stop
-  except (prepare.ConfigError, prepare.MissingArchiveError, prepare.DownloadError) as e:
-    _fail(e, 2)
-  except train.NonFiniteLossError as e:
-    _fail(e, 3)
-  except checkpoint.UnreadableCheckpointError as e:
-    _fail(e, 4)
-  except pipeline.DamagedDataError as e:
-    _fail(e, 5)
-  except Exception as e:  # pylint: disable=broad-except
-    failure = run_log.write_failure(e)  # Orbax and TensorFlow wrap the OSError.
-    if failure is None:
-      raise
-    _fail(failure, 6)
-  finally:
-    stop.uninstall()
+  for status, kind in ((3, train.NonFiniteLossError), (4, checkpoint.UnreadableCheckpointError),
+                       (5, pipeline.DamagedDataError)):
+    if isinstance(error, kind):
+      return status, error
+  failure = run_log.write_failure(error)  # Orbax and TensorFlow wrap the OSError.
+  return (6, failure) if failure else (None, None)
 
 
 def main(argv):
