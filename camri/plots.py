@@ -522,8 +522,8 @@ def bias_sweep(predictions, important, num=100):
                          for p in predictions])
   biases = np.unique(np.concatenate([[0.0], np.quantile(gaps, np.linspace(0, 1, num))
                                      if gaps.size else []]))
-  values = np.array([[posthoc.accuracy_and_recall(p["scores"], p["labels"], important, b)
-                      for b in biases] for p in predictions])  # (runs, B, 2)
+  values = np.array([posthoc.accuracy_and_recall_over(p["scores"], p["labels"], important, biases)
+                     for p in predictions])  # (runs, B, 2)
   return biases, values[..., 0].mean(0), values[..., 1].mean(0)
 
 

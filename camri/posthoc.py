@@ -32,10 +32,14 @@ def _split_scores(scores, important: int):
   return scores[:, important], others.max(axis=1), others.argmax(axis=1)
 
 
+def _predict(split_scores, important: int, bias: float) -> np.ndarray:
+  own, best_other, other_class = split_scores
+  return np.where(own + bias >= best_other, important, other_class)
+
+
 def predict_with_bias(scores, important: int, bias: float) -> np.ndarray:
   """(N,) predicted classes with `bias` added to class `important`'s score."""
-  own, best_other, other_class = _split_scores(scores, important)
-  return np.where(own + bias >= best_other, important, other_class)
+  return _predict(_split_scores(scores, important), important, bias)
 
 
 def breakpoints(scores, important: int) -> np.ndarray:
@@ -45,13 +49,24 @@ def breakpoints(scores, important: int) -> np.ndarray:
   return np.unique(gaps[gaps > 0])
 
 
-def accuracy_and_recall(scores, labels, important: int, bias: float) -> tuple[float, float]:
-  """(accuracy, recall of `important`) with `bias`; recall NaN without an example of it."""
-  labels = np.asarray(labels)
-  correct = predict_with_bias(scores, important, bias) == labels
+def _accuracy_and_recall(predicted, labels, important: int) -> tuple[float, float]:
+  correct = predicted == labels
   positives = labels == important
   recall = float(correct[positives].mean()) if positives.any() else float("nan")
   return float(correct.mean()), recall
+
+
+def accuracy_and_recall(scores, labels, important: int, bias: float) -> tuple[float, float]:
+  """(accuracy, recall of `important`) with `bias`; recall NaN without an example of it."""
+  return _accuracy_and_recall(predict_with_bias(scores, important, bias), np.asarray(labels),
+                              important)
+
+
+def accuracy_and_recall_over(scores, labels, important: int, biases) -> np.ndarray:
+  """(B, 2): `accuracy_and_recall` at each of `biases`, the scores split once."""
+  split, labels = _split_scores(scores, important), np.asarray(labels)
+  return np.array([_accuracy_and_recall(_predict(split, important, b), labels, important)
+                   for b in biases]).reshape(len(biases), 2)
 
 
 def choose_bias(scores, labels, important, tolerance=0.0):
@@ -66,10 +81,10 @@ def choose_bias(scores, labels, important, tolerance=0.0):
   # cannot raise accuracy, so the breakpoint below it wins the tie: the important
   # class's own breakpoints are the only ones that can be chosen.
   candidates = np.concatenate([[0.0], breakpoints(scores[labels == important], important)])
-  floor = accuracy_and_recall(scores, labels, important, 0.0)[0] - tolerance - ROUNDING
-  best = None
-  for bias in candidates:  # Ascending: a later b must be strictly better.
-    accuracy, recall = accuracy_and_recall(scores, labels, important, bias)
+  rates = accuracy_and_recall_over(scores, labels, important, candidates)
+  floor = rates[0, 0] - tolerance - ROUNDING  # Accuracy at b = 0.
+  best = None  # Candidates ascend: a later b must be strictly better.
+  for bias, (accuracy, recall) in zip(candidates, rates):
     if accuracy >= floor and (best is None or (recall, accuracy) > best[:2]):
       best = (recall, accuracy, float(bias))
   return best[2]
