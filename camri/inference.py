@@ -95,15 +95,6 @@ class Run:
     """(N, K) prediction-rule scores of images in [0, 1]; their argmax is the prediction."""
     return self.objective.scores(self.apply(variables, images))
 
-  @functools.cached_property
-  def _jitted_scores(self):
-    # The variables are an argument, not a closure: not baked in as constants.
-    return jax.jit(self.scores)
-
-  def predict(self, images) -> jax.Array:
-    """`scores` with the run's variables."""
-    return self._jitted_scores(self.variables, images)
-
 
 def load_run(workdir, data_dir=None, prepare_data=True) -> Run:
   """Restores the run in `workdir` from its newest intact checkpoint, read-only.

@@ -76,7 +76,7 @@ def test_a_linear_head_exports_its_logits(tfds_dir, tmp_path):
                            prepare_data=False)
   exported = export.export_run(run, platforms=("cpu",))
   images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
-  expected = np.asarray(run.predict(images.astype(np.float32) / 255))
+  expected = np.asarray(run.scores(run.variables, images.astype(np.float32) / 255))
   for n in (5, 2):
     np.testing.assert_allclose(exported.call(images[:n]), expected[:n], rtol=0, atol=1e-5)
   assert not run.angular
