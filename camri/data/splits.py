@@ -22,6 +22,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from camri import run_log
 from camri.data import pipeline
 from camri.data import stratify
 from camri.data.spec import DatasetSpec
@@ -56,11 +57,8 @@ def _write_cache(builder, path, held_out):
   if not builder.is_prepared():
     return
   try:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump({"held_out": held_out}, f)
-    os.replace(tmp, path)
-  except OSError:
+    run_log.atomic_write(path, json.dumps({"held_out": held_out}))
+  except OSError:  # Leaves no temporary file behind.
     pass
 
 
