@@ -36,14 +36,10 @@ class RunNotFoundError(ValueError):
   """The directory holds no run, or no checkpoint of it that restores."""
 
 
-def load_config(workdir, data_dir=None) -> ml_collections.ConfigDict:
-  """The run's resolved config from config.json (data_dir replaced when given)."""
-  record = run_log.read_config(workdir)
-  if record is None:
-    raise RunNotFoundError(f"{workdir} holds no {run_log.CONFIG_FILE}: not a run directory "
-                           "(give the --workdir of a camri.main run)")
-  record = {k: v for k, v in record.items() if k not in prepare.DERIVED_FIELDS}
-  config = ml_collections.ConfigDict(record)
+def _config(record: dict, data_dir=None) -> ml_collections.ConfigDict:
+  """The run's resolved config from its config.json `record` (data_dir replaced when given)."""
+  config = ml_collections.ConfigDict(
+      {k: v for k, v in record.items() if k not in prepare.DERIVED_FIELDS})
   config.loss.important_classes = tuple(config.loss.important_classes)
   if data_dir is not None:
     config.data_dir = data_dir
@@ -109,8 +105,11 @@ def load_run(workdir, data_dir=None, prepare_data=True) -> Run:
   Raises:
     RunNotFoundError: no config.json, or no checkpoint that restores.
   """
-  config = load_config(workdir, data_dir)
   record = run_log.read_config(workdir)
+  if record is None:
+    raise RunNotFoundError(f"{workdir} holds no {run_log.CONFIG_FILE}: not a run directory "
+                           "(give the --workdir of a camri.main run)")
+  config = _config(record, data_dir)
   spec = data_lib.get_spec(config.dataset)
   if "image_shape" in record:  # Without the data: an image-folder tree may be gone.
     image_shape, class_names = tuple(record["image_shape"]), tuple(record["class_names"])
