@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import round_off
 import run_main
 import tensorflow as tf
 from test_predict import read_csv
@@ -64,11 +65,10 @@ def test_artifact_without_camri_equals_predict(camri_run, tfds_dir, tmp_path, ca
   expected = np.array([[float(r[f"score_{k}"]) for k in range(10)] for r in table])
   scores = np.load(tmp_path / "out" / "scores.npy")
   assert scores.dtype == np.float32 and scores.shape == (360, 10)
-  np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5)
-  np.testing.assert_array_equal(np.argmax(scores, 1), [int(r["predicted"]) for r in table])
-  # Another batch size compiles another program: equal to float32 rounding.
-  np.testing.assert_allclose(np.load(tmp_path / "out" / "scores7.npy"), scores[:7],
-                             rtol=0, atol=1e-6)
+  round_off.assert_scores_agree(scores, expected)
+  round_off.assert_same_predictions([int(r["predicted"]) for r in table], scores)
+  # Another batch size compiles another program.
+  round_off.assert_scores_agree(np.load(tmp_path / "out" / "scores7.npy"), scores[:7])
 
 
 def test_a_linear_head_exports_its_logits(tfds_dir, tmp_path):
@@ -78,7 +78,7 @@ def test_a_linear_head_exports_its_logits(tfds_dir, tmp_path):
   images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
   expected = np.asarray(run.scores(run.variables, images.astype(np.float32) / 255))
   for n in (5, 2):
-    np.testing.assert_allclose(exported.call(images[:n]), expected[:n], rtol=0, atol=1e-5)
+    round_off.assert_scores_agree(exported.call(images[:n]), expected[:n])
   assert not run.angular
 
 

@@ -15,6 +15,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import round_off
 import run_main
 
 from camri import features
@@ -84,7 +85,9 @@ def test_a_signal_to_one_process_stops_both_and_the_rerun_repeats_the_job(
   single = features.load_test_features(reference, data_dir=tfds_dir)
   last = run_log.read_metrics(reference)[-1]
   assert len(single.labels) == 360
-  assert last["test_accuracy"] == np.mean(np.argmax(single.cosine, -1) == single.labels)
+  # (Up to near ties: one process and two compile different programs.)
+  accuracy = np.mean(np.argmax(single.cosine, -1) == single.labels)
+  assert abs(last["test_accuracy"] - accuracy) <= np.mean(round_off.near_ties(single.cosine))
   assert last["test_accuracy"] > 0.8
   # Each process wrote its share of the predictions; process 0 merged them.
   for split, size in (("val", 145), ("test", 360)):

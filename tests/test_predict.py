@@ -2,7 +2,8 @@
 
 The digits test split is written to PNG files (tfds stores the encoded PNG
 bytes, written as they are), so predicting on that folder must reproduce
-predictions/test.npz and metrics.csv's test accuracy exactly.
+predictions/test.npz and metrics.csv's test accuracy, up to float32 round-off
+(`round_off`).
 """
 
 import csv
@@ -13,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+import round_off
 import run_main
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -92,11 +94,12 @@ def test_predict_reproduces_the_runs_test_predictions(runs, pngs, loss, tmp_path
   order = {tfds_id: i for i, tfds_id in enumerate(saved["ids"])}
   table.sort(key=lambda r: order[ids[r["path"]]])
   scores = np.array([[float(r[f"score_{c}"]) for c in classes] for r in table])
-  np.testing.assert_allclose(scores, saved["scores"], rtol=0, atol=1e-6)
+  round_off.assert_scores_agree(scores, saved["scores"])  # Another batch size, another program.
   predicted = np.array([int(r["predicted"]) for r in table])
-  np.testing.assert_array_equal(predicted, np.argmax(saved["scores"], axis=1))
+  np.testing.assert_array_equal(predicted, np.argmax(scores, axis=1))
   last = run_log.read_metrics(runs[loss])[-1]
-  assert np.mean(predicted == saved["labels"]) == last["test_accuracy"]
+  round_off.assert_same_predictions(predicted, saved["scores"], saved["labels"],
+                                    accuracy=last["test_accuracy"])
   if angular:
     angles = np.array([[float(r[f"angle_{c}"]) for c in classes] for r in table])
     np.testing.assert_allclose(angles, np.degrees(np.arccos(scores)), atol=1e-3)

@@ -24,56 +24,85 @@ def _sharding(devices):
                         jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
 
 
+def _in_float64(tree):
+  return jax.tree.map(
+      lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def _losses_on(devices, config, batches, num_classes=10):
+  """Per-step losses and the final parameters of training on `devices`, in float64."""
   sharding = _sharding(devices)
   model, objective = train.make_model(config, num_classes)
-  state = jax.device_put(train.create_train_state(config, model, batches[0]["image"].shape[1:]),
-                         sharding.replicated)
+  state = train.create_train_state(config, model, batches[0]["image"].shape[1:])
+  state = jax.device_put(_in_float64(state), sharding.replicated)
   step = jax.jit(train.make_train_step(objective, config.seed),
                  out_shardings=(sharding.replicated, sharding.replicated))
   losses = []
   for batch in batches:
-    sums = jax.device_put(train.empty_train_sums(num_classes), sharding.replicated)
-    state, sums = step(state, sums, sharding.put_batch(batch))
+    sums = jax.device_put(_in_float64(train.empty_train_sums(num_classes)), sharding.replicated)
+    state, sums = step(state, sums, sharding.put_batch(_in_float64(batch)))
     losses.append(float(sums["loss_sum"] / sums["count"]))
   return np.array(losses), jax.device_get(state.params)
 
 
 def test_one_and_two_devices_give_the_same_training(digits_config):
+  """Two devices compute what one does, up to the order of their sums.
+
+  Compared in float64, where the bounds follow from round-off alone. (In
+  float32 there is no machine-independent bound: the order of the batch sums
+  depends on the kernels XLA:CPU picks for the instruction set, and a bias
+  right before a BatchNorm, whose true gradient is 0, gets a round-off
+  gradient near Adam's eps, so a step of up to the learning rate either way.)
+
+  In float64, with u = 1.1e-16 and batch sums of 8 terms of size <= 10:
+  - a gradient's round-off is |dg| <= 8 * 4u * 10 ~ 4e-14;
+  - Adam's update lr * m / (sqrt(v) + eps) moves by at most lr * |dg| / eps,
+    so 4 steps part any parameter by <= 2 * 4 * 1e-3 * 4e-14 / 1e-8 ~ 3e-8:
+    atol 1e-7. (A bias before a BatchNorm is the one such parameter that
+    moves that much; the BatchNorm removes it from the loss.)
+  - a parameter with a real gradient, |g| >> eps, moves by ~lr * |dg| / |g|,
+    so the losses differ by round-off of their own sums, ~1e3 * u: rtol 1e-9.
+  A real difference (per-device BatchNorm statistics, a gradient not reduced
+  over devices) is a change of the computation, far beyond round-off.
+  """
   assert jax.device_count() == 2
   config, _ = prepare.validated_config(digits_config)
   rng = np.random.default_rng(0)
   batches = [{"image": rng.random((8, 8, 8, 1), np.float32),
               "label": rng.integers(0, 10, 8).astype(np.int32),
               "mask": np.ones(8, np.float32)} for _ in range(4)]
-  one, params_one = _losses_on(jax.devices()[:1], config, batches)
-  two, params_two = _losses_on(jax.devices()[:2], config, batches)
+  with jax.enable_x64(True):
+    one, params_one = _losses_on(jax.devices()[:1], config, batches)
+    two, params_two = _losses_on(jax.devices()[:2], config, batches)
+  assert all(leaf.dtype == np.float64 for leaf in jax.tree.leaves(params_two))
   assert np.all(np.isfinite(one)) and one[-1] < one[0]
-  np.testing.assert_allclose(two, one, rtol=2e-5)
-  # (Biases right before a BatchNorm get pure round-off gradients, which Adam
-  # scales up to lr-sized steps: compare the class weights, not every leaf.)
-  np.testing.assert_allclose(params_two["head"]["kernel"], params_one["head"]["kernel"],
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(two, one, rtol=1e-9)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-7),
+               params_two, params_one)
 
 
 def test_train_step_loss_is_the_masked_mean_of_the_objective(digits_config):
+  """In float64, as above: the jitted step and the eager forward sum in other orders."""
   config, _ = prepare.validated_config(digits_config)
   sharding = _sharding(jax.devices())
   model, objective = train.make_model(config, 10)
-  state = train.create_train_state(config, model, (8, 8, 1))
   rng = np.random.default_rng(1)
   batch = {"image": rng.random((4, 8, 8, 1), np.float32),
            "label": np.array([8, 1, 2, 8], np.int32),
            "mask": np.array([1, 1, 1, 0], np.float32)}
-  outputs, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                              batch["image"], train=True, mutable=["batch_stats"],
-                              rngs={"dropout": jax.random.key(0)})
-  expected = objective.loss(outputs, jnp.asarray(batch["label"]))[:3]
-  step = jax.jit(train.make_train_step(objective, config.seed))
-  _, sums = step(state, train.empty_train_sums(10), sharding.put_batch(batch))
-  assert float(sums["count"]) == 3.0
-  np.testing.assert_allclose(float(sums["loss_sum"]), float(expected.sum()), rtol=1e-5)
-  assert float(jnp.sum(sums["confusion"])) == 3.0
+  with jax.enable_x64(True):
+    state = _in_float64(train.create_train_state(config, model, (8, 8, 1)))
+    batch = _in_float64(batch)
+    outputs, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                                batch["image"], train=True, mutable=["batch_stats"],
+                                rngs={"dropout": jax.random.key(0)})
+    expected = objective.loss(outputs, jnp.asarray(batch["label"]))[:3]
+    step = jax.jit(train.make_train_step(objective, config.seed))
+    _, sums = step(state, _in_float64(train.empty_train_sums(10)), sharding.put_batch(batch))
+  sums, expected = jax.device_get((sums, expected))
+  assert expected.dtype == np.float64 and sums["count"] == 3.0
+  np.testing.assert_allclose(sums["loss_sum"], expected.sum(), rtol=1e-9)
+  assert np.sum(sums["confusion"]) == 3.0
 
 
 def _valid_boxes(generate):
