@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import math
 import numbers
 import os
+import unicodedata
 
 import ml_collections
 from ml_collections import config_dict
@@ -130,23 +131,53 @@ def _positive_int(config, field):
   return value
 
 
+def find_class(name: str, class_names: Sequence[str]) -> int:
+  """The index of the class `name` names: the exact name, else the one equal ignoring case, else an index.
+
+  Names are compared in Unicode NFC (macOS writes folder names in NFD) and
+  without surrounding spaces, so a name is read the same way for
+  `important=` and `camri.predict --bias`.
+
+  Raises:
+    ValueError: why `name` names no class (or several: `Red` and `red` for
+      `RED`), for a message "<field>=<value> is invalid: <why>".
+  """
+  def normal(text):
+    return unicodedata.normalize("NFC", text.strip())
+  wanted = normal(name)
+  matches = ([k for k, n in enumerate(class_names) if normal(n) == wanted] or
+             [k for k, n in enumerate(class_names) if normal(n).casefold() == wanted.casefold()])
+  if len(matches) == 1:
+    return matches[0]
+  if matches:
+    raise ValueError(f"it names {len(matches)} classes that differ only in case "
+                     f"({', '.join(class_names[k] for k in matches)}): give the exact name or "
+                     "an index")
+  if wanted.isdecimal() and int(wanted) < len(class_names):
+    return int(wanted)
+  shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
+  raise ValueError(f"not a class of this dataset: use an index 0..{len(class_names) - 1} or a "
+                   f"name ({shown})")
+
+
 def resolve_classes(field: str, classes: Sequence[int | str],
                     class_names: Sequence[str]) -> tuple[int, ...]:
-  """Class indices from indices or names (case-insensitive)."""
-  lower = [n.lower() for n in class_names]
+  """Class indices from indices or names (read by `find_class`)."""
   out = []
   for c in classes:
-    if isinstance(c, numbers.Integral) and not isinstance(c, bool):
-      if not 0 <= c < len(class_names):
-        _fail(field, c, f"class indices are 0..{len(class_names) - 1}")
-      out.append(int(c))
-    elif isinstance(c, str) and c.strip().lower() in lower:
-      out.append(lower.index(c.strip().lower()))
-    elif isinstance(c, str) and c.strip().isdigit():
-      out.extend(resolve_classes(field, [int(c)], class_names))
-    else:
-      shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
-      _fail(field, c, f"not a class of this dataset: use an index 0..{len(class_names) - 1} or a name ({shown})")
+    if isinstance(c, str):
+      try:
+        out.append(find_class(c, class_names))
+        continue
+      except ValueError as e:
+        if not c.strip().isdecimal():
+          _fail(field, c, str(e))
+        c = int(c)  # An index out of range.
+    if not isinstance(c, numbers.Integral) or isinstance(c, bool):
+      _fail(field, c, "give a class name or index")
+    if not 0 <= c < len(class_names):
+      _fail(field, c, f"class indices are 0..{len(class_names) - 1}")
+    out.append(int(c))
   if len(set(out)) != len(out):
     _fail(field, tuple(classes), "important classes must be distinct")
   return tuple(out)

@@ -4,9 +4,11 @@
     <path>/val/<class>/<image>      optional: the validation split
     <path>/test/<class>/<image>     optional
 
-Class names are the folder names under train/, sorted; val/ and test/ may
-lack a class but not add one. Images are PNG, JPEG, BMP or GIF (first frame),
-greyscale, RGB or RGBA in any size; other files (.txt, .DS_Store) are skipped.
+Class names are the folder names under train/ in Unicode NFC (macOS writes
+names in NFD), sorted; val/ and test/ may lack a class but not add one. Images
+are PNG, JPEG, BMP or GIF (first frame), greyscale, RGB or RGBA in any size;
+other files (.txt, .DS_Store) are skipped and counted. Links are followed and
+broken ones refused (`camri.data.image_files`).
 Without test/, 20% of each class of train/ goes to test: the seeded stratified
 split of AwA2 (`camri.data.stratify`, seed 0, names '<class>/<file>').
 Without val/, the validation split is held out of train by
@@ -33,23 +35,26 @@ Features:
   filename: the path under the tree, e.g. 'train/cat/0001.jpg'.
 """
 
+import collections
 import dataclasses
 import hashlib
 import os
+import unicodedata
 
 import tensorflow_datasets as tfds
 
 from camri.config_lib import ConfigError
+from camri.data import image_files
 from camri.data import stratify
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_SUFFIXES = image_files.SUFFIXES
 SPLITS = ("train", "val", "test")
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 CHANNELS = (1, 3)
 
 
-class FolderError(ConfigError):
+class FolderError(image_files.ImageFileError):
   """An image-folder tree the dataset cannot read: refused like a bad config (one line, status 2)."""
 
 
@@ -59,11 +64,12 @@ class Tree:
 
   Attributes:
     root: the tree's absolute path.
-    class_names: the class folder names of train/, sorted.
+    class_names: the class folder names of train/ (NFC), sorted.
     files: {split: ((path under root, label), ...)}: "train", "test" (made
       from train/ where the tree has no test/) and "val" where it has val/.
     test_from_train: whether the test split was split off train/.
     skipped: files that are not images.
+    loops: links to a folder they lie in, not followed.
     fingerprint: SHA-256 of the images' paths, sizes and modification times.
   """
   root: str
@@ -71,52 +77,50 @@ class Tree:
   files: dict[str, tuple[tuple[str, int], ...]]
   test_from_train: bool
   skipped: int
+  loops: int
   fingerprint: str
 
 
-def _class_folders(root: str, split: str) -> tuple[dict[str, list[str]], int]:
-  """({class folder: its image paths under root}, files skipped) of one split folder."""
+def _class_folders(root: str, split: str) -> tuple[dict[str, list[str]], int, int]:
+  """({class name: its image paths under root}, files skipped, loops) of one split folder."""
   folder = os.path.join(root, split)
-  images, skipped = {}, 0
-  for entry in sorted(os.listdir(folder)):
-    path = os.path.join(folder, entry)
-    if not os.path.isdir(path):
-      if entry.lower().endswith(IMAGE_SUFFIXES):
-        raise FolderError(f"{path} is not in a class folder: put images in "
-                          f"{folder}/<class>/")
+  images, on_disk, skipped, loops = {}, {}, 0, 0
+  for entry, path, kind in image_files.entries(folder):
+    if kind == "image":
+      raise FolderError(f"{path} is not in a class folder: put images in {folder}/<class>/")
+    if kind == "other":
       skipped += 1
       continue
-    if entry.startswith("."):
-      continue
-    images[entry] = []
-    for parent, dirs, names in os.walk(path):
-      dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-      for name in sorted(names):
-        if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith("."):
-          images[entry].append(os.path.relpath(os.path.join(parent, name), root))
-        else:
-          skipped += 1
-    if not images[entry]:
+    name = unicodedata.normalize("NFC", entry)
+    if name in on_disk:
+      raise FolderError(f"{folder} has class folders {on_disk[name]!r} and {entry!r}, one "
+                        "name in two Unicode forms: merge them")
+    found = image_files.walk(path, inside=(root, folder))
+    if not found.images:
       raise FolderError(f"class folder {path} has no images "
                         f"({', '.join(IMAGE_SUFFIXES)})")
+    on_disk[name] = entry
+    images[name] = [os.path.relpath(p, root) for p in found.images]
+    skipped += found.other_files
+    loops += found.loops
   if not images:
     raise FolderError(f"{folder} has no class folders: put images in {folder}/<class>/")
-  return images, skipped
+  return images, skipped, loops
 
 
 def scan(path: str) -> Tree:
-  """The tree at `path`, checked; raises FolderError (one line naming the path)."""
+  """The tree at `path`, checked; raises FolderError or ImageFileError (one line naming the path)."""
   root = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(root):
     raise FolderError(f"image folder {root} does not exist")
   if not os.path.isdir(os.path.join(root, "train")):
     raise FolderError(f"image folder {root} has no train/ folder: put images in "
                       f"{root}/train/<class>/")
-  by_split, skipped = {}, 0
+  by_split, skipped, loops = {}, 0, 0
   for split in SPLITS:
     if split == "train" or os.path.isdir(os.path.join(root, split)):
-      by_split[split], count = _class_folders(root, split)
-      skipped += count
+      by_split[split], split_skipped, split_loops = _class_folders(root, split)
+      skipped, loops = skipped + split_skipped, loops + split_loops
   class_names = tuple(sorted(by_split["train"]))
   if len(class_names) < 2:
     raise FolderError(f"{os.path.join(root, 'train')} has one class folder "
@@ -134,21 +138,20 @@ def scan(path: str) -> Tree:
     # Split on '<class>/<file>' as AwA2 does, so the choice ignores the root.
     by_name = {label: [p.split(os.sep, 1)[1] for p in paths]
                for label, paths in labelled["train"].items()}
+    label_of = {name: label for label, names in by_name.items() for name in names}
     chosen = stratify.stratified_split(by_name, TEST_FRACTION, SPLIT_SEED)
     for split, names in chosen.items():
-      labelled[split] = {}
+      labelled[split] = collections.defaultdict(list)
       for name in names:
-        label = class_names.index(name.split(os.sep, 1)[0])
-        labelled[split].setdefault(label, []).append(os.path.join("train", name))
+        labelled[split][label_of[name]].append(os.path.join("train", name))
   files = {split: tuple(sorted((p, label) for label, paths in classes.items() for p in paths))
            for split, classes in labelled.items()}
-
   listing = hashlib.sha256()
   for path_, _ in sorted(p for split in files.values() for p in split):
     stat = os.stat(os.path.join(root, path_))
     listing.update(f"{path_}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
   return Tree(root=root, class_names=class_names, files=files,
-              test_from_train=test_from_train, skipped=skipped,
+              test_from_train=test_from_train, skipped=skipped, loops=loops,
               fingerprint=listing.hexdigest())
 
 
@@ -186,17 +189,18 @@ def builder_kwargs(config) -> dict:
 
 
 def check_decodes(tree: Tree, channels: int):
-  """Decodes every image of `tree` as the pipeline will; FolderError names one that fails."""
+  """Decodes every image of `tree` as the pipeline will; ImageFileError names one that fails."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from camri.data import pipeline  # pylint: disable=g-import-not-at-top
   for files in tree.files.values():
     for path, _ in files:
       full = os.path.join(tree.root, path)
+      encoded = _read(full)
+      image_files.check_bmp(full, encoded)
       try:
-        pipeline.decode_image(_read(full), channels)
+        pipeline.decode_image(encoded, channels)
       except tf.errors.InvalidArgumentError:
-        raise FolderError(f"{full} does not decode as an image "
-                          "(PNG, JPEG, BMP or GIF)") from None
+        raise image_files.undecodable(full) from None
 
 
 def _read(path: str) -> bytes:
@@ -248,13 +252,17 @@ class Folder(tfds.core.GeneratorBasedBuilder):
 
 
 def describe(tree: Tree) -> str:
-  """One line: the tree, its classes and split sizes, and the files skipped."""
+  """One line: the tree, its classes and split sizes, and what was skipped."""
   sizes = ", ".join(f"{split} {len(tree.files[split])}" for split in SPLITS
                     if split in tree.files)
   made = (f" (test: {TEST_FRACTION:.0%} of each class of train/, seed {SPLIT_SEED})"
           if tree.test_from_train else "")
-  skipped = (f"; skipped {tree.skipped} file{'s' if tree.skipped > 1 else ''} that "
-             f"{'are not images' if tree.skipped > 1 else 'is not an image'}"
-             if tree.skipped else "")
+  skipped = []
+  if tree.skipped:
+    skipped.append(f"{tree.skipped} file{'s' if tree.skipped > 1 else ''} that "
+                   f"{'are not images' if tree.skipped > 1 else 'is not an image'}")
+  if tree.loops:
+    skipped.append(f"{tree.loops} folder link{'s' if tree.loops > 1 else ''} that "
+                   f"loop{'' if tree.loops > 1 else 's'} back")
   return (f"image folder {tree.root}: {len(tree.class_names)} classes, "
-          f"images {sizes}{made}{skipped}")
+          f"images {sizes}{made}{'; skipped ' + ' and '.join(skipped) if skipped else ''}")

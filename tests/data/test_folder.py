@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import unicodedata
 
 import numpy as np
 from PIL import Image
@@ -12,6 +13,7 @@ import pytest
 from camri import prepare
 from camri import run_log
 from camri.data import folder
+from camri.data import image_files
 from camri.data import pipeline
 from camri.data import stratify
 from configs import folder as folder_config
@@ -180,6 +182,18 @@ def _make_bad(root, case):
   if case == "image_does_not_decode":
     (root / "train" / "emu" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     return str(root), str(root / "train" / "emu" / "broken.jpg")
+  if case == "broken_link":
+    os.symlink(root / "elsewhere" / "gone.png", root / "train" / "emu" / "gone.png")
+    return str(root), str(root / "train" / "emu" / "gone.png")
+  if case in ("bmp_1_bit", "bmp_colour_palette"):
+    mode = "1" if case == "bmp_1_bit" else "P"
+    image = Image.fromarray(_pixels(rng, "RGB", 5, 7), "RGB").convert(mode)
+    image.save(root / "train" / "emu" / "odd.bmp")
+    return str(root), str(root / "train" / "emu" / "odd.bmp")
+  if case == "one_class_name_in_two_unicode_forms":
+    for form in ("NFC", "NFD"):
+      write_image(str(root / "train" / unicodedata.normalize(form, "ñandú") / "0.png"), rng)
+    return str(root), str(root / "train")
   raise ValueError(case)
 
 
@@ -191,6 +205,11 @@ BAD_TREES = {
     "test_class_not_in_train": "has classes that train/ lacks: yak",
     "image_outside_a_class_folder": "is not in a class folder",
     "image_does_not_decode": "does not decode as an image",
+    "broken_link": "is a broken link (to ",
+    "bmp_1_bit": "is an unsupported BMP variant (1-bit)",
+    # TensorFlow decodes it, to its palette indices.
+    "bmp_colour_palette": "is an unsupported BMP variant (8-bit with a colour palette)",
+    "one_class_name_in_two_unicode_forms": "one name in two Unicode forms",
 }
 
 
@@ -199,7 +218,7 @@ def test_bad_tree_is_refused_in_one_line_with_nothing_written(case, tmp_path):
   root, named = _make_bad(tmp_path / "tree", case)
   before = sorted(os.walk(root)) if os.path.exists(root) else None
   workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
-  with pytest.raises(folder.FolderError) as error:
+  with pytest.raises(image_files.ImageFileError) as error:
     prepare.prepare_run(config_for(root, data_dir), str(workdir))
   message = str(error.value)
   assert "\n" not in message and named in message and BAD_TREES[case] in message
@@ -219,14 +238,19 @@ def test_image_size_and_channels_are_checked_before_the_tree_is_read(arg, expect
   assert not (tmp_path / "tfds").exists()
 
 
-def test_bad_tree_from_the_command_line_exits_2_with_one_line(tmp_path):
-  root, named = _make_bad(tmp_path / "tree", "image_does_not_decode")
+@pytest.mark.parametrize("case, says", [
+    ("image_does_not_decode", "does not decode as an image (PNG, JPEG, BMP or GIF)"),
+    ("broken_link", "is a broken link (to {root}/elsewhere/gone.png): restore its target or "
+                    "remove the link"),
+])
+def test_bad_tree_from_the_command_line_exits_2_with_one_line(case, says, tmp_path):
+  root, named = _make_bad(tmp_path / "tree", case)
   workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
   result = run_main.run("--config", f"configs/folder.py:path={root}",
                         f"--config.data_dir={data_dir}", "--workdir", workdir, timeout=120)
   lines = run_main.error_lines(result.stderr)
   assert result.returncode == 2, result.stderr
-  assert lines == [f"error: {named} does not decode as an image (PNG, JPEG, BMP or GIF)"]
+  assert lines == [f"error: {named} {says.format(root=root)}"]
   assert not workdir.exists() and not data_dir.exists()
 
 
@@ -295,6 +319,54 @@ def test_config_important_by_folder_name_and_cross_entropy_without_one(tmp_path,
   plain, _ = prepare.validated_config(folder_config.get_config("path=tree"))
   assert plain.loss.name == "cross_entropy" and plain.loss.important_classes == ()
   assert plain.image_size == 64 and plain.model == "small_cnn"
+
+
+# --- links, names -------------------------------------------------------------------
+
+
+def test_links_are_followed_inside_class_folders_and_loops_are_counted(tmp_path):
+  from camri import predict  # pylint: disable=g-import-not-at-top
+  tree = tmp_path / "tree"
+  write_tree(tree, counts={"train": 3, "test": 1})
+  rng = np.random.default_rng(4)
+  for name in ("a.png", "b.jpg"):
+    write_image(str(tmp_path / "extra" / name), rng)
+  cat = tree / "train" / "cat"
+  os.symlink(tmp_path / "extra", cat / "more")  # A linked folder, as a linked class folder.
+  os.symlink(cat, cat / "again")  # Back into its own folder: not followed.
+  os.symlink(tree / "train" / "dog" / "000.jpg", cat / "linked.jpg")  # A linked file.
+  scanned = folder.scan(str(tree))
+  cats = sorted(p for p, label in scanned.files["train"] if label == 0)
+  assert cats == ["train/cat/000.png", "train/cat/001.jpg", "train/cat/002.png",
+                  "train/cat/linked.jpg", "train/cat/more/a.png", "train/cat/more/b.jpg"]
+  assert scanned.loops == 1 and folder.describe(scanned).endswith(
+      "; skipped 2 files that are not images and 1 folder link that loops back")
+  # camri.predict finds the same images in a folder.
+  assert predict.find_images([str(cat)]) == [str(tree / p) for p in cats]
+
+
+def test_class_names_exact_first_then_ignoring_case_in_nfc_for_important_and_bias(tmp_path):
+  from camri import predict  # pylint: disable=g-import-not-at-top
+  tree = tmp_path / "tree"
+  nfc, nfd = (unicodedata.normalize(form, "ñandú") for form in ("NFC", "NFD"))
+  rng = np.random.default_rng(5)
+  for name in ("Red", "red", "blue", nfd):  # nfd: as macOS names a folder.
+    for i in range(3):
+      write_image(str(tree / "train" / name / f"{i}.png"), rng)
+  names = folder.scan(str(tree)).class_names
+  assert names == ("Red", "blue", "red", nfc)
+
+  def important(name):
+    return prepare.validated_config(config_for(tree, tmp_path / "tfds", f"important={name}"))[0]
+
+  for given, expected in (("red", 2), ("Red", 0), ("BLUE", 1), (nfc, 3), (nfd, 3), ("2", 2)):
+    assert important(given).loss.important_classes == (expected,), given
+    assert predict.parse_bias(f"{given}=0.5", names) == (expected, 0.5), given
+  with pytest.raises(prepare.ConfigError, match=r"config.loss.important_classes='RED' is "
+                     r"invalid: it names 2 classes that differ only in case \(Red, red\)"):
+    important("RED")
+  with pytest.raises(predict.PredictError, match=r"--bias=RED=1 is invalid: it names 2 classes"):
+    predict.parse_bias("RED=1", names)
 
 
 # --- end to end -------------------------------------------------------------------
