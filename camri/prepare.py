@@ -56,17 +56,25 @@ def keep_accelerators_for_jax():
 
 def validated_config(config):
   """The validated config with important classes as indices, and the class names."""
+  resolved, names, _ = _validated(config)
+  return resolved, names
+
+
+def _validated(config):
+  """(the validated config, the class names, the unprepared builder)."""
   spec = data_lib.DATASETS.get(config.dataset)
-  names = None
+  names = builder = None
   if spec is not None:
-    builder = None if spec.class_names else data_lib.builder_for(config, prepare=False)[1]
+    builder = data_lib.builder_for(config, prepare=False)[1]
     names = data_lib.class_names(spec, builder)
   resolved = config_lib.validate(
       config, datasets=list(data_lib.DATASETS), models=list(models.BACKBONES),
       losses={k: v[1] for k, v in objectives.OBJECTIVES.items()},
       augmentations=spec.augmentations if spec else (), class_names=names,
       device_count=jax.device_count())
-  return resolved, names
+  if spec.check_classes:
+    spec.check_classes(resolved, builder)
+  return resolved, names, builder
 
 
 def _check_init_checkpoint(config, num_classes):
@@ -87,7 +95,7 @@ def _check_init_checkpoint(config, num_classes):
 DERIVED_FIELDS = ("class_names", "num_classes", "image_shape", "prepared_data")
 
 
-def _run_record(config, class_names) -> dict:
+def _run_record(config, class_names, builder) -> dict:
   """config.json: the config, the class names, the model's input shape and the data's copy.
 
   Readers (predict, export) build the model from "class_names" and
@@ -98,7 +106,6 @@ def _run_record(config, class_names) -> dict:
   record = json.loads(config.to_json_best_effort())
   record["class_names"] = list(class_names)
   record["num_classes"] = len(class_names)
-  builder = data_lib.builder_for(config, prepare=False)[1]
   record["image_shape"] = list(data_lib.image_shape(builder, config.image_size))
   if builder.builder_config is not None:
     record["prepared_data"] = builder.builder_config.name
@@ -153,8 +160,8 @@ def prepare_run(config, workdir: str):
     DownloadError: the dataset's files could not be downloaded (a one-line
       message saying how to get a copy), before anything is written.
   """
-  resolved, class_names = validated_config(config)
-  record = _run_record(resolved, class_names)
+  resolved, class_names, builder = _validated(config)
+  record = _run_record(resolved, class_names, builder)
   check_workdir(workdir, record)
   if resolved.init_checkpoint:
     _check_init_checkpoint(resolved, len(class_names))

@@ -33,7 +33,8 @@ DATASETS = {
     "awa2": DatasetSpec("awa2", centre_crop=True),
     # A user's image-folder tree (config.folder); val/ where the tree has one.
     "folder": DatasetSpec("folder", validation_split="val",
-                          builder_kwargs=folder.builder_kwargs),
+                          builder_kwargs=folder.builder_kwargs,
+                          check_classes=folder.check_classes),
 }
 
 

@@ -12,7 +12,9 @@ broken ones refused (`camri.data.image_files`).
 Without test/, 20% of each class of train/ goes to test: the seeded stratified
 split of AwA2 (`camri.data.stratify`, seed 0, names '<class>/<file>').
 Without val/, the validation split is held out of train by
-`config.validation_fraction`, as for every dataset.
+`config.validation_fraction`, as for every dataset. A run whose important
+class has no image in the test or the validation split is refused before it
+starts (its recall there would be nan); any other class without is a warning.
 
 The tree is prepared once into tfds records in data_dir, under a builder config
 named after its absolute path and a fingerprint of its images' names, sizes and
@@ -39,6 +41,7 @@ import collections
 import dataclasses
 import hashlib
 import os
+import sys
 import unicodedata
 
 import tensorflow_datasets as tfds
@@ -49,6 +52,7 @@ from camri.data import stratify
 
 IMAGE_SUFFIXES = image_files.SUFFIXES
 SPLITS = ("train", "val", "test")
+SPLIT_WORDS = {"val": "validation", "test": "test"}
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 CHANNELS = (1, 3)
@@ -79,6 +83,10 @@ class Tree:
   skipped: int
   loops: int
   fingerprint: str
+
+  def class_counts(self, split: str) -> list[int]:
+    counts = collections.Counter(label for _, label in self.files[split])
+    return [counts[k] for k in range(len(self.class_names))]
 
 
 def _class_folders(root: str, split: str) -> tuple[dict[str, list[str]], int, int]:
@@ -153,6 +161,60 @@ def scan(path: str) -> Tree:
   return Tree(root=root, class_names=class_names, files=files,
               test_from_train=test_from_train, skipped=skipped, loops=loops,
               fingerprint=listing.hexdigest())
+
+
+def eval_counts(tree: Tree, validation_fraction: float) -> dict[str, list[int]]:
+  """Images of each class in the splits a run on `tree` evaluates: {"val" (if any), "test": counts}.
+
+  The held-out validation split (no val/) takes `stratify.held_out_count` of
+  each class of the training split, as `camri.data.splits` holds it out.
+  """
+  counts = {"test": tree.class_counts("test")}
+  if "val" in tree.files:
+    counts["val"] = tree.class_counts("val")
+  else:
+    held_out = [stratify.held_out_count(n, validation_fraction)
+                for n in tree.class_counts("train")]
+    if sum(held_out):  # Otherwise there is no validation split.
+      counts["val"] = held_out
+  return counts
+
+
+def check_classes(config, builder):
+  """Refuses a run whose important class has no image in an evaluated split; warns for other classes.
+
+  Raises:
+    FolderError: naming the split and the class, and where its images come from.
+  """
+  tree = builder.builder_config.tree
+  fraction = config.get("validation_fraction", 0.0)
+  missing = {split: [k for k, n in enumerate(counts) if n == 0]
+             for split, counts in eval_counts(tree, fraction).items()}
+  for split, labels in missing.items():
+    for k in set(labels) & set(config.loss.important_classes):
+      raise FolderError(f"important class {tree.class_names[k]!r} has no image in the "
+                        f"{SPLIT_WORDS[split]} split, where its recall would be nan: "
+                        f"{_how_to_add(tree, split, k, fraction)}")
+  lacking = [f"the {SPLIT_WORDS[split]} split has no image of "
+             f"{', '.join(tree.class_names[k] for k in labels)}"
+             for split, labels in missing.items() if labels]
+  if lacking:
+    print(f"warning: image folder {tree.root}: {'; '.join(lacking)} (recall and precision "
+          "nan there)", file=sys.stderr, flush=True)
+
+
+def _how_to_add(tree: Tree, split: str, label: int, fraction: float) -> str:
+  name = tree.class_names[label]
+  if split in tree.files and not (split == "test" and tree.test_from_train):
+    return f"add images to {os.path.join(tree.root, split, name)}/"
+  train = tree.class_counts("train")[label]
+  if split == "test":
+    return (f"the test split takes {TEST_FRACTION:.0%} of each class of train/, rounded, and "
+            f"{name} has {train} there; add images to {os.path.join(tree.root, 'train', name)}/ "
+            "or make a test/ folder")
+  return (f"the validation split holds out validation_fraction={fraction:g} of each class of "
+          f"the training split, rounded, and {name} has {train} training images; add images to "
+          f"{os.path.join(tree.root, 'train', name)}/ or make a val/ folder")
 
 
 @dataclasses.dataclass(eq=False)

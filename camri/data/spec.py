@@ -38,6 +38,9 @@ class DatasetSpec:
       `config.validation_fraction` (`camri.data.splits`).
     builder_kwargs: the run's config -> extra keyword arguments of
       `tfds.builder` (e.g. the folder a builder reads); None: none.
+    check_classes: (the validated config, the builder) -> None, raising
+      ConfigError where a class the run needs has no examples in a split;
+      None: every split has every class.
   """
   tfds_name: str
   train_split: str = "train"
@@ -48,6 +51,7 @@ class DatasetSpec:
   centre_crop: bool = False
   validation_split: str | None = None
   builder_kwargs: Callable[..., dict] | None = None
+  check_classes: Callable[..., None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

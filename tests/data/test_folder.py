@@ -309,7 +309,7 @@ def test_val_folder_is_the_validation_split(tmp_path):
 
 
 def test_config_important_by_folder_name_and_cross_entropy_without_one(tmp_path, monkeypatch):
-  write_tree(tmp_path / "tree", counts={"train": 2})
+  write_tree(tmp_path / "tree", counts={"train": 3})  # 20% of 3: one test image each.
   monkeypatch.chdir(tmp_path)
   config = folder_config.get_config("path=tree,important=Dog,channels=1")
   assert config.folder == str(tmp_path / "tree") and config.channels == 1
@@ -319,6 +319,53 @@ def test_config_important_by_folder_name_and_cross_entropy_without_one(tmp_path,
   plain, _ = prepare.validated_config(folder_config.get_config("path=tree"))
   assert plain.loss.name == "cross_entropy" and plain.loss.important_classes == ()
   assert plain.image_size == 64 and plain.model == "small_cnn"
+
+
+# --- classes without images in a split ----------------------------------------
+
+
+def _remove_images(folder_path, keep):
+  for path in sorted(folder_path.iterdir())[keep:]:
+    path.unlink()
+  if not keep:
+    folder_path.rmdir()
+
+
+@pytest.mark.parametrize("layout, counts, emptied, split, advice", [
+    ("test/ lacks it", {"train": 4, "test": 1}, ("test", 0), "test",
+     "add images to {tree}/test/emu/"),
+    ("val/ lacks it", {"train": 4, "val": 1, "test": 1}, ("val", 0), "validation",
+     "add images to {tree}/val/emu/"),
+    ("held out of train/ by 10%, 4 are too few", {"train": 12, "test": 1}, ("train", 4),
+     "validation", "the validation split holds out validation_fraction=0.1 of each class of "
+     "the training split, rounded, and emu has 4 training images; add images to "
+     "{tree}/train/emu/ or make a val/ folder"),
+    ("20% of train/ where there is no test/, 2 are too few", {"train": 12}, ("train", 2),
+     "test", "the test split takes 20% of each class of train/, rounded, and emu has 2 "
+     "there; add images to {tree}/train/emu/ or make a test/ folder"),
+])
+def test_an_important_class_without_images_in_an_evaluated_split_is_refused(
+    layout, counts, emptied, split, advice, tmp_path):
+  del layout  # The case's name.
+  tree, workdir, data_dir = tmp_path / "tree", tmp_path / "run", tmp_path / "tfds"
+  write_tree(tree, counts=counts, test="test" in counts)
+  _remove_images(tree / emptied[0] / "emu", keep=emptied[1])
+  with pytest.raises(folder.FolderError) as error:
+    prepare.prepare_run(config_for(tree, data_dir, "important=emu"), str(workdir))
+  assert str(error.value) == (f"important class 'emu' has no image in the {split} split, where "
+                              f"its recall would be nan: {advice.format(tree=tree)}")
+  assert not workdir.exists() and not data_dir.exists()
+
+
+def test_another_class_without_images_in_a_split_is_one_warning(tmp_path, capsys):
+  tree = tmp_path / "tree"
+  write_tree(tree, counts={"train": 4, "test": 1})
+  _remove_images(tree / "test" / "emu", keep=0)
+  _remove_images(tree / "test" / "dog", keep=0)
+  prepare.prepare_run(config_for(tree, tmp_path / "tfds", "important=cat"), str(tmp_path / "run"))
+  warnings = [l for l in capsys.readouterr().err.splitlines() if "warning" in l]
+  assert warnings == [f"warning: image folder {tree}: the test split has no image of dog, emu "
+                      "(recall and precision nan there)"]
 
 
 # --- links, names -------------------------------------------------------------------
