@@ -20,7 +20,11 @@ The tree is prepared once into tfds records in data_dir, under a builder config
 named after its absolute path and a fingerprint of its images' names, sizes and
 modification times (and the channel count): a run on an unchanged tree reads
 the records and decodes nothing; any change prepares a new copy (old copies
-are left in `<data_dir>/folder/`, where they may be deleted).
+are left in `<data_dir>/folder/`, where they may be deleted). A run is bound to
+the copy it started on (config.json's "prepared_data"): resuming, extending or
+reading it reads that copy, whatever the tree does now. Only where that copy
+is gone and the tree changed is the run refused, saying what changed, from the
+list of files the run recorded when it started (`TREE_FILE` in its workdir).
 
 The original file bytes are stored, not re-encoded: a photo stays as small as
 its JPEG, and the pipeline (and prediction on new files) decodes exactly the
@@ -40,12 +44,14 @@ Features:
 import collections
 import dataclasses
 import hashlib
+import json
 import os
 import sys
 import unicodedata
 
 import tensorflow_datasets as tfds
 
+from camri import run_log
 from camri.config_lib import ConfigError
 from camri.data import image_files
 from camri.data import stratify
@@ -56,6 +62,7 @@ SPLIT_WORDS = {"val": "validation", "test": "test"}
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 CHANNELS = (1, 3)
+TREE_FILE = "image_tree.json"  # In a run's workdir: the files of the tree it started on.
 
 
 class FolderError(image_files.ImageFileError):
@@ -74,7 +81,8 @@ class Tree:
     test_from_train: whether the test split was split off train/.
     skipped: files that are not images.
     loops: links to a folder they lie in, not followed.
-    fingerprint: SHA-256 of the images' paths, sizes and modification times.
+    listing: ((path under root, size, modification time in ns), ...) of
+      every image, sorted.
   """
   root: str
   class_names: tuple[str, ...]
@@ -82,7 +90,15 @@ class Tree:
   test_from_train: bool
   skipped: int
   loops: int
-  fingerprint: str
+  listing: tuple[tuple[str, int, int], ...]
+
+  @property
+  def fingerprint(self) -> str:
+    """SHA-256 of the images' paths, sizes and modification times."""
+    digest = hashlib.sha256()
+    for path, size, mtime_ns in self.listing:
+      digest.update(f"{path}\0{size}\0{mtime_ns}\n".encode())
+    return digest.hexdigest()
 
   def class_counts(self, split: str) -> list[int]:
     counts = collections.Counter(label for _, label in self.files[split])
@@ -154,13 +170,13 @@ def scan(path: str) -> Tree:
         labelled[split][label_of[name]].append(os.path.join("train", name))
   files = {split: tuple(sorted((p, label) for label, paths in classes.items() for p in paths))
            for split, classes in labelled.items()}
-  listing = hashlib.sha256()
-  for path_, _ in sorted(p for split in files.values() for p in split):
+  listing = []
+  for path_ in sorted(p for split in files.values() for p, _ in split):
     stat = os.stat(os.path.join(root, path_))
-    listing.update(f"{path_}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    listing.append((path_, stat.st_size, stat.st_mtime_ns))
   return Tree(root=root, class_names=class_names, files=files,
               test_from_train=test_from_train, skipped=skipped, loops=loops,
-              fingerprint=listing.hexdigest())
+              listing=tuple(listing))
 
 
 def eval_counts(tree: Tree, validation_fraction: float) -> dict[str, list[int]]:
@@ -187,6 +203,8 @@ def check_classes(config, builder):
     FolderError: naming the split and the class, and where its images come from.
   """
   tree = builder.builder_config.tree
+  if tree is None:  # The run's own prepared copy: checked when the run started.
+    return
   fraction = config.get("validation_fraction", 0.0)
   missing = {split: [k for k, n in enumerate(counts) if n == 0]
              for split, counts in eval_counts(tree, fraction).items()}
@@ -219,24 +237,39 @@ def _how_to_add(tree: Tree, split: str, label: int, fraction: float) -> str:
 
 @dataclasses.dataclass(eq=False)
 class FolderConfig(tfds.core.BuilderConfig):
-  """One prepared copy of a tree: named '<path hash>-<fingerprint>-c<channels>'."""
+  """One prepared copy of a tree: named '<path hash>-<fingerprint>-c<channels>'.
+
+  `tree` is None for a copy read without reading the tree (a run's own copy).
+  """
   tree: Tree | None = None
+  class_names: tuple[str, ...] = ()
   channels: int = 3
 
 
+def _path_hash(root: str) -> str:
+  return hashlib.sha256(root.encode()).hexdigest()[:12]
+
+
+def _description(root: str, channels: int) -> str:
+  return f"The images of {root}, as {channels} channels."
+
+
 def builder_config(tree: Tree, channels: int) -> FolderConfig:
-  path_hash = hashlib.sha256(tree.root.encode()).hexdigest()[:12]
-  return FolderConfig(name=f"{path_hash}-{tree.fingerprint[:16]}-c{channels}",
-                      description=f"The images of {tree.root}, as {channels} channels.",
-                      tree=tree, channels=channels)
+  return FolderConfig(name=f"{_path_hash(tree.root)}-{tree.fingerprint[:16]}-c{channels}",
+                      description=_description(tree.root, channels),
+                      tree=tree, class_names=tree.class_names, channels=channels)
 
 
-def builder_kwargs(config) -> dict:
+def builder_kwargs(config, workdir=None) -> dict:
   """tfds.builder's config for `config.folder` (DatasetSpec.builder_kwargs).
+
+  For the run in `workdir`, the prepared copy it is bound to where that copy
+  exists (the tree is not read); otherwise the tree as it is now.
 
   Raises:
     ConfigError: config.folder is unset, image_size is 0 or channels not 1 or 3.
-    FolderError: the tree cannot be read (see `scan`).
+    FolderError: the tree cannot be read (see `scan`), or it changed since the
+      run in `workdir` started and that run's copy is gone.
   """
   if not config.get("folder"):
     raise ConfigError(f"config.folder={config.get('folder')!r} is invalid: dataset "
@@ -247,7 +280,46 @@ def builder_kwargs(config) -> dict:
   channels = config.get("channels", 3)
   if channels not in CHANNELS:
     raise ConfigError(f"config.channels={channels!r} is invalid: choose 1 (greyscale) or 3 (RGB)")
-  return {"config": builder_config(scan(config.folder), channels)}
+  root = os.path.abspath(os.path.expanduser(config.folder))
+  record = run_log.read_config(workdir) if workdir else None
+  bound = (record or {}).get("prepared_data")
+  if not (bound and bound.startswith(_path_hash(root) + "-") and bound.endswith(f"-c{channels}")):
+    bound = None  # A run of another tree or channel count: its config's difference refuses it.
+  if bound:
+    copy = FolderConfig(name=bound, description=_description(root, channels),
+                        class_names=tuple(record["class_names"]), channels=channels)
+    copy_builder = tfds.builder("folder", config=copy, data_dir=config.get("data_dir"))
+    if copy_builder.is_prepared():
+      return {"config": copy}
+  current = builder_config(scan(root), channels)
+  if bound and current.name != bound:
+    raise FolderError(_changed(current.tree, workdir, copy_builder.data_dir))
+  return {"config": current}
+
+
+def _changed(tree: Tree, workdir, gone_copy) -> str:
+  """Why the run in `workdir` cannot go on: its tree changed, and its prepared copy is gone."""
+  try:
+    with open(os.path.join(workdir, TREE_FILE)) as f:
+      before = {path: (size, mtime) for path, size, mtime in json.load(f)["files"]}
+  except (OSError, ValueError, KeyError):
+    counts = "(what changed is unknown: the run recorded no list of its files)"
+  else:
+    now = {path: (size, mtime) for path, size, mtime in tree.listing}
+    modified = sum(before[p] != now[p] for p in before.keys() & now.keys())
+    counts = (f"{len(now.keys() - before.keys())} added, {len(before.keys() - now.keys())} "
+              f"removed, {modified} modified")
+  return (f"the image tree changed since this run started: {counts} ({tree.root}), and the "
+          f"run's prepared copy {gone_copy} is gone: restore the tree as it was, or train a "
+          "new run (another --workdir)")
+
+
+def run_files(builder) -> dict[str, str]:
+  """{TREE_FILE: the tree's file list}, written in a run's workdir when it starts; {} for a bound copy."""
+  tree = builder.builder_config.tree
+  if tree is None:
+    return {}
+  return {TREE_FILE: json.dumps({"root": tree.root, "files": [list(f) for f in tree.listing]})}
 
 
 def check_decodes(tree: Tree, channels: int):
@@ -289,7 +361,7 @@ class Folder(tfds.core.GeneratorBasedBuilder):
         description=__doc__,
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(None, None, channels)),
-            "label": tfds.features.ClassLabel(names=self.builder_config.tree.class_names),
+            "label": tfds.features.ClassLabel(names=self.builder_config.class_names),
             "filename": tfds.features.Text(),
         }),
         supervised_keys=("image", "label"),
