@@ -440,6 +440,16 @@ def test_class_names_exact_first_then_ignoring_case_in_nfc_for_important_and_bia
     predict.parse_bias("RED=1", names)
 
 
+def test_a_comma_in_the_config_string_points_to_the_field():
+  with pytest.raises(prepare.ConfigError) as error:
+    folder_config.get_config("path=/data/a,b,c,important=cat")
+  assert str(error.value) == (
+      "config argument path='/data/a,b,c' is invalid: commas separate the arguments, so a "
+      "value cannot hold one; leave path= out and give the tree as --config.folder=/data/a,b,c")
+  with pytest.raises(prepare.ConfigError, match=r"important='a,b' .* \(important=<index>"):
+    folder_config.get_config("path=/data,important=a,b")
+
+
 # --- end to end -------------------------------------------------------------------
 
 
