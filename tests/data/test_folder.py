@@ -1,7 +1,5 @@
 """The folder dataset: a user's image tree, its checks, its reuse, and a run on it."""
 
-import csv
-import json
 import os
 import shutil
 import unicodedata
@@ -448,80 +446,3 @@ def test_a_comma_in_the_config_string_points_to_the_field():
       "value cannot hold one; leave path= out and give the tree as --config.folder=/data/a,b,c")
   with pytest.raises(prepare.ConfigError, match=r"important='a,b' .* \(important=<index>"):
     folder_config.get_config("path=/data,important=a,b")
-
-
-# --- end to end -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A tree (with test/) and a 2-epoch run on it through the command line; reusable."""
-  base = tmp_path_factory.mktemp("folder_run")
-  tree, workdir, data_dir = base / "tree", base / "run", base / "tfds"
-  write_tree(tree)
-  result = run_main.run(
-      "--config", f"configs/folder.py:path={tree},important=emu,size=12",
-      f"--config.data_dir={data_dir}", "--config.num_epochs=2", "--config.batch_size=8",
-      "--config.progress_bar=False", "--workdir", workdir, timeout=300)
-  return {"tree": tree, "workdir": workdir, "data_dir": data_dir, "result": result}
-
-
-def test_trains_two_epochs_on_a_mixed_tree(trained):
-  result, workdir = trained["result"], trained["workdir"]
-  assert result.returncode == 0, result.stderr
-  assert (f"image folder {trained['tree']}: 3 classes, images train 36, test 9; "
-          "skipped 2 files that are not images") in result.stdout
-  with open(workdir / "config.json") as f:
-    record = json.load(f)
-  assert record["class_names"] == list(CLASSES) and record["folder"] == str(trained["tree"])
-  assert record["loss"]["important_classes"] == [2] and record["image_size"] == 12
-  with open(workdir / "metrics.csv") as f:
-    rows = list(csv.DictReader(f))
-  assert [int(r["epoch"]) for r in rows] == [1, 2]
-  assert all(np.isfinite(float(r["train_loss"])) for r in rows)
-  # 9 test images: accuracy is a multiple of 1/9.
-  accuracy = float(rows[-1]["test_accuracy"])
-  assert abs(accuracy * 9 - round(accuracy * 9)) < 1e-4
-
-
-def test_predict_on_the_test_folder_reproduces_the_test_accuracy(trained, tmp_path):
-  from camri import predict  # pylint: disable=g-import-not-at-top
-  out = tmp_path / "predictions.csv"
-  assert predict.main(["--workdir", str(trained["workdir"]), str(trained["tree"] / "test"),
-                       "--out", str(out)]) == 0
-  with open(out) as f:
-    table = list(csv.DictReader(f))
-  assert len(table) == 9
-  truth = [os.path.basename(os.path.dirname(row["path"])) for row in table]
-  accuracy = np.mean([row["predicted"] == c for row, c in zip(table, truth)])
-  with open(trained["workdir"] / "metrics.csv") as f:
-    last = list(csv.DictReader(f))[-1]
-  assert accuracy == float(last["test_accuracy"])
-  # Example by example: each image's scores are one of the run's saved test predictions.
-  saved = run_log.read_predictions(trained["workdir"], "test")["scores"]
-  predicted = np.array([[float(row[f"score_{c}"]) for c in CLASSES] for row in table])
-  distance = np.abs(predicted[:, None, :] - saved[None, :, :]).max(axis=-1)
-  np.testing.assert_array_less(distance.min(axis=1), 1e-5)
-  assert sorted(distance.argmin(axis=1)) == list(range(9))
-
-
-def test_readers_need_no_tree(trained, tmp_path):
-  from camri import predict  # pylint: disable=g-import-not-at-top
-  workdir = tmp_path / "run"
-  shutil.copytree(trained["workdir"], workdir)
-  record = json.loads((workdir / "config.json").read_text())
-  assert record["image_shape"] == [12, 12, 3]
-  record["folder"] = str(tmp_path / "moved")  # The tree is gone: predicting needs none.
-  (workdir / "config.json").write_text(json.dumps(record))
-  out = tmp_path / "p.csv"
-  assert predict.main(["--workdir", str(workdir), str(trained["tree"] / "test"),
-                       "--out", str(out)]) == 0
-  assert out.read_text() == _predict_csv(trained, tmp_path)
-
-
-def _predict_csv(trained, tmp_path):
-  from camri import predict  # pylint: disable=g-import-not-at-top
-  out = tmp_path / "reference.csv"
-  assert predict.main(["--workdir", str(trained["workdir"]), str(trained["tree"] / "test"),
-                       "--out", str(out)]) == 0
-  return out.read_text()
