@@ -8,9 +8,11 @@ field, the value and what is allowed.
 """
 
 from collections.abc import Sequence
+import itertools
 import math
 import numbers
 import os
+import unicodedata
 
 import ml_collections
 from ml_collections import config_dict
@@ -130,23 +132,53 @@ def _positive_int(config, field):
   return value
 
 
+def find_class(name: str, class_names: Sequence[str]) -> int:
+  """The index of the class `name` names: the exact name, else the one equal ignoring case, else an index.
+
+  Names are compared in Unicode NFC (macOS writes folder names in NFD) and
+  without surrounding spaces, so a name is read the same way for
+  `important=` and `camri.predict --bias`.
+
+  Raises:
+    ValueError: why `name` names no class (or several: `Red` and `red` for
+      `RED`), for a message "<field>=<value> is invalid: <why>".
+  """
+  def normal(text):
+    return unicodedata.normalize("NFC", text.strip())
+  wanted = normal(name)
+  matches = ([k for k, n in enumerate(class_names) if normal(n) == wanted] or
+             [k for k, n in enumerate(class_names) if normal(n).casefold() == wanted.casefold()])
+  if len(matches) == 1:
+    return matches[0]
+  if matches:
+    raise ValueError(f"it names {len(matches)} classes that differ only in case "
+                     f"({', '.join(class_names[k] for k in matches)}): give the exact name or "
+                     "an index")
+  if wanted.isdecimal() and int(wanted) < len(class_names):
+    return int(wanted)
+  shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
+  raise ValueError(f"not a class of this dataset: use an index 0..{len(class_names) - 1} or a "
+                   f"name ({shown})")
+
+
 def resolve_classes(field: str, classes: Sequence[int | str],
                     class_names: Sequence[str]) -> tuple[int, ...]:
-  """Class indices from indices or names (case-insensitive)."""
-  lower = [n.lower() for n in class_names]
+  """Class indices from indices or names (read by `find_class`)."""
   out = []
   for c in classes:
-    if isinstance(c, numbers.Integral) and not isinstance(c, bool):
-      if not 0 <= c < len(class_names):
-        _fail(field, c, f"class indices are 0..{len(class_names) - 1}")
-      out.append(int(c))
-    elif isinstance(c, str) and c.strip().lower() in lower:
-      out.append(lower.index(c.strip().lower()))
-    elif isinstance(c, str) and c.strip().isdigit():
-      out.extend(resolve_classes(field, [int(c)], class_names))
-    else:
-      shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
-      _fail(field, c, f"not a class of this dataset: use an index 0..{len(class_names) - 1} or a name ({shown})")
+    if isinstance(c, str):
+      try:
+        out.append(find_class(c, class_names))
+        continue
+      except ValueError as e:
+        if not c.strip().isdecimal():
+          _fail(field, c, str(e))
+        c = int(c)  # An index out of range.
+    if not isinstance(c, numbers.Integral) or isinstance(c, bool):
+      _fail(field, c, "give a class name or index")
+    if not 0 <= c < len(class_names):
+      _fail(field, c, f"class indices are 0..{len(class_names) - 1}")
+    out.append(int(c))
   if len(set(out)) != len(out):
     _fail(field, tuple(classes), "important classes must be distinct")
   return tuple(out)
@@ -278,18 +310,30 @@ def _check_loss_fields(config, used, num_classes):
           f">= num_classes - 1 = {num_classes - 1}")
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+def parse_arg(arg: str | None, comma_hints=None, **defaults) -> ml_collections.ConfigDict:
   """big_vision-style argument string 'a=1,b=x' over `defaults` (values stay strings).
 
-  Unknown keys are an error that lists the known ones.
+  Unknown keys are an error that lists the known ones. `comma_hints`: {key:
+  value -> how else to give it} for keys whose value may hold a comma (a
+  path, a class name), which the argument string cannot carry: the error
+  says so and gives the hint.
   """
+  comma_hints = comma_hints or {}
   args = ml_collections.ConfigDict({k: str(v) for k, v in defaults.items()})
-  for item in filter(None, (arg or "").split(",")):
+  items = [item for item in (arg or "").split(",") if item]
+  last = None
+  for i, item in enumerate(items):
     key, sep, value = item.partition("=")
+    if not sep and last in comma_hints:  # A comma inside the value of `last`.
+      rest = itertools.takewhile(lambda it: "=" not in it, items[i:])
+      full = ",".join([args[last], *rest])
+      raise ConfigError(f"config argument {last}={full!r} is invalid: commas separate the "
+                        f"arguments, so a value cannot hold one; {comma_hints[last](full)}")
     if not sep or key not in defaults:
       raise ConfigError(f"config argument {item!r} is invalid: use key=value with key in "
                         f"{sorted(defaults)}")
     args[key] = value
+    last = key
   return args
 
 
@@ -302,8 +346,9 @@ def number_arg(key: str, value: str, kind=float):
                       f"{'an integer' if kind is int else 'a number'}") from None
 
 
-def dataset_config(arg: str | None, *, dataset: str, important: str,
-                   loss: str = "camri", **defaults) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+def dataset_config(arg: str | None, *, dataset: str, important: str, loss: str = "camri",
+                   comma_hints=None,
+                   **defaults) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
   """`base_config()` for `dataset` with the loss set from an argument string.
 
   Every dataset config takes the keys
@@ -312,12 +357,18 @@ def dataset_config(arg: str | None, *, dataset: str, important: str,
   (the authors write margins as k*pi/64) and the dataset's own `defaults`.
   Without margin= or scale=, the loss's own defaults apply (`LOSS_DEFAULTS`).
   Several important classes: --config.loss.important_classes='(3,5)'.
+  `comma_hints`: the dataset's keys whose values may hold a comma (see
+  `parse_arg`); a class name with a comma is named by its index.
 
   Returns:
     (config, args): the config with dataset and loss set from the arguments
     (margin in radians), and all parsed arguments, as strings.
   """
-  args = parse_arg(arg, loss=loss, important=important, margin="", scale="", **defaults)
+  comma_hints = {"important": lambda _: ("name the class by its index instead "
+                                         "(important=<index>, from 0 in the sorted class names)"),
+                 **(comma_hints or {})}
+  args = parse_arg(arg, comma_hints, loss=loss, important=important, margin="", scale="",
+                   **defaults)
   config = base_config()
   config.dataset = dataset
   config.loss.name = args.loss

@@ -51,8 +51,10 @@ def export_run(run, platforms=PLATFORMS):
 def _preparation(run) -> str:
   """How an image becomes the artifact's input, as camri's evaluation prepares it."""
   height, width, channels = run.image_shape
-  mode = {1: "greyscale", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels} channels")
-  steps = [f"decode as {mode}"]
+  mode = {1: "greyscale (from colour: TensorFlow's rgb_to_grayscale, luma 0.2989 R + "
+             "0.587 G + 0.114 B)", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels} channels")
+  steps = [f"decode as {mode}, 8 bits per value (a 16-bit PNG's value v becomes v // 256, "
+           "its high byte, as TensorFlow's PNG decoder does)"]
   if run.spec.roi_key:
     steps.append(f"crop to the object's box ({run.spec.roi_key}), as the dataset's images are")
   elif run.spec.centre_crop:

@@ -65,18 +65,12 @@ class Run:
   def dataset(self) -> Dataset:
     """The run's splits and input pipeline, opened (and prepared, if asked) on first use.
 
+    An image-folder run reads the prepared copy it trained on (`camri.data.folder`).
+
     Raises:
-      RunNotFoundError: the data is not the copy the run trained on (an
-        image-folder tree that changed since).
+      ConfigError: the copy is gone and the tree changed since the run started.
     """
-    dataset = dataset_lib.open_dataset(self.config, prepare=self.prepare_data)
-    trained_on = self.record.get("prepared_data")
-    if trained_on and dataset.builder.builder_config.name != trained_on:
-      raise RunNotFoundError(
-          f"the data of {self.workdir} changed since it trained ({self.config.get('folder')} "
-          f"is now {dataset.builder.builder_config.name}, the run read {trained_on}): "
-          "restore the tree as it was, or train a new run on it")
-    return dataset
+    return dataset_lib.open_dataset(self.config, prepare=self.prepare_data, workdir=self.workdir)
 
   @property
   def angular(self) -> bool:

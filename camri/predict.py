@@ -17,16 +17,22 @@ the feature and each class weight.
 `--bias CLASS=B` adds B to that class's score before the argmax (ties go to
 CLASS): the post-hoc operating point of `camri.posthoc`.
 
+Images are found and checked as the image-folder dataset finds and checks
+them (`camri.data.image_files`): links are followed, a broken one is refused,
+and so is a BMP variant TensorFlow does not decode right.
+
 Exit status: 0 written; 2 bad input (no run or checkpoint in --workdir, a path
-that does not exist, no image found, a file that does not decode, an unknown
---bias class): one line `error: ...` on stderr, nothing written; 6 the CSV could
-not be written (the line names it and the OS error).
+that does not exist, a broken link, no image found, a file that does not decode,
+an unknown --bias class or a bias that is not a finite number): one line
+`error: ...` on stderr, nothing written; 6 the CSV could not be written (the
+line names it and the OS error).
 """
 
 import argparse
 import csv
 import io
 import itertools
+import math
 import os
 import sys
 
@@ -34,12 +40,11 @@ import jax
 import numpy as np
 import tqdm
 
+from camri import config_lib
 from camri import posthoc
 from camri import run_log
 # camri.inference, camri.train and camri.data load TensorFlow (seconds): they are
 # imported where used, so that --help and a bad command line answer at once.
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # camri.data.folder's too.
 
 
 class PredictError(ValueError):
@@ -48,24 +53,24 @@ class PredictError(ValueError):
 
 def find_images(paths) -> list[str]:
   """The files named, and the image files under the directories named (recursively, sorted)."""
+  from camri.data import image_files  # pylint: disable=g-import-not-at-top
   found = []
   for path in paths:
+    image_files.check_not_broken(path)
     if os.path.isfile(path):
       found.append(path)
     elif os.path.isdir(path):
-      found += sorted(
-          os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-          # Hidden files (macOS's ._x.jpg) are skipped, as the folder dataset does.
-          if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
+      found += image_files.walk(path).images
     else:
       raise PredictError(f"{path} does not exist")
   if not found:
-    raise PredictError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(paths)}")
+    raise PredictError(f"no image files ({', '.join(image_files.SUFFIXES)}) in "
+                       f"{', '.join(paths)}")
   return found
 
 
 def parse_bias(text: str, class_names) -> tuple[int, float]:
-  """"CLASS=B" -> (class index, B); CLASS is a class name or an index."""
+  """"CLASS=B" -> (class index, B); CLASS is read as `important=` is (`config_lib.find_class`)."""
   name, sep, value = text.rpartition("=")
   try:
     bias = float(value)
@@ -74,22 +79,24 @@ def parse_bias(text: str, class_names) -> tuple[int, float]:
   if not sep or bias is None:
     raise PredictError(f"--bias={text} is invalid: give CLASS=B, e.g. "
                        f"--bias={class_names[0]}=0.1")
-  if name in class_names:
-    return list(class_names).index(name), bias
-  if name.isdigit() and int(name) < len(class_names):
-    return int(name), bias
-  raise PredictError(f"--bias={text} is invalid: no class {name!r} (classes: "
-                     f"{', '.join(class_names)}, or an index 0..{len(class_names) - 1})")
+  if not math.isfinite(bias):
+    raise PredictError(f"--bias={text} is invalid: B must be a finite number (an infinite or "
+                       "nan bias predicts one class for every image)")
+  try:
+    return config_lib.find_class(name, class_names), bias
+  except ValueError as e:
+    raise PredictError(f"--bias={text} is invalid: {e}") from None
 
 
 def preprocessed_images(paths, run):
   """Yields each image as the run's evaluation preprocesses it: (H, W, C) float32 in [0, 1].
 
   Raises:
-    PredictError: naming the first file that does not decode (or, with
-      config.image_size 0, has another size than the run's images).
+    ImageFileError, PredictError: naming the first file that does not decode
+      (or, with config.image_size 0, has another size than the run's images).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from camri.data import image_files  # pylint: disable=g-import-not-at-top
   from camri.data import pipeline  # pylint: disable=g-import-not-at-top
 
   def preprocess(path):
@@ -101,6 +108,7 @@ def preprocessed_images(paths, run):
       preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   iterator = iter(ds.prefetch(tf.data.AUTOTUNE))
   for path in paths:
+    image_files.check_bmp(path)  # Some BMP variants decode, to the wrong pixels.
     try:
       image = next(iterator)
     except tf.errors.OpError:
@@ -111,10 +119,11 @@ def preprocessed_images(paths, run):
 def _why_not(path, run) -> str:
   """Why an image failed preprocessing: it does not decode, or (image_size 0) its size."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from camri.data import image_files  # pylint: disable=g-import-not-at-top
   try:
     decoded = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
   except tf.errors.OpError:
-    return f"{path} does not decode as an image (PNG, JPEG, BMP or GIF)"
+    return str(image_files.undecodable(path))
   height, width, _ = run.image_shape
   return (f"{path} is {decoded.shape[0]}x{decoded.shape[1]}: the run takes {height}x{width} "
           "images (its config.image_size=0 keeps the dataset's stored size); resize it")

@@ -56,28 +56,35 @@ def keep_accelerators_for_jax():
 
 def validated_config(config):
   """The validated config with important classes as indices, and the class names."""
+  resolved, names, _ = _validated(config)
+  return resolved, names
+
+
+def _validated(config, workdir=None):
+  """(the validated config, the class names, the unprepared builder) of a run in `workdir`."""
   spec = data_lib.DATASETS.get(config.dataset)
-  names = None
+  names = builder = None
   if spec is not None:
-    builder = None if spec.class_names else data_lib.builder_for(config, prepare=False)[1]
+    builder = data_lib.builder_for(config, prepare=False, workdir=workdir)[1]
     names = data_lib.class_names(spec, builder)
   resolved = config_lib.validate(
       config, datasets=list(data_lib.DATASETS), models=list(models.BACKBONES),
       losses={k: v[1] for k, v in objectives.OBJECTIVES.items()},
       augmentations=spec.augmentations if spec else (), class_names=names,
       device_count=jax.device_count())
-  return resolved, names
+  if spec.check_classes:
+    spec.check_classes(resolved, builder)
+  return resolved, names, builder
 
 
-def _check_init_checkpoint(config, num_classes):
+def _check_init_checkpoint(config, num_classes, image_shape):
   """Raises ConfigError unless config.init_checkpoint fits the model's backbone.
 
   Only shapes are built (jax.eval_shape): no parameters are initialised.
   """
   from camri import train  # pylint: disable=g-import-not-at-top
   model, _ = train.make_model(config, num_classes)
-  _, builder = data_lib.builder_for(config, prepare=False)
-  images = jnp.zeros((1, *data_lib.image_shape(builder, config.image_size)))
+  images = jnp.zeros((1, *image_shape))
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), images)
   models.load_backbone(variables, config.init_checkpoint)
@@ -87,18 +94,18 @@ def _check_init_checkpoint(config, num_classes):
 DERIVED_FIELDS = ("class_names", "num_classes", "image_shape", "prepared_data")
 
 
-def _run_record(config, class_names) -> dict:
+def _run_record(config, class_names, builder) -> dict:
   """config.json: the config, the class names, the model's input shape and the data's copy.
 
   Readers (predict, export) build the model from "class_names" and
   "image_shape" without opening the dataset. "prepared_data" names the builder
   config of datasets that have one (an image-folder tree's path and file
-  fingerprint), so a run is not resumed, or read, on a tree that changed under it.
+  fingerprint): the prepared copy the run is bound to, which resuming and
+  reading it read (`camri.data.folder`).
   """
   record = json.loads(config.to_json_best_effort())
   record["class_names"] = list(class_names)
   record["num_classes"] = len(class_names)
-  builder = data_lib.builder_for(config, prepare=False)[1]
   record["image_shape"] = list(data_lib.image_shape(builder, config.image_size))
   if builder.builder_config is not None:
     record["prepared_data"] = builder.builder_config.name
@@ -153,15 +160,18 @@ def prepare_run(config, workdir: str):
     DownloadError: the dataset's files could not be downloaded (a one-line
       message saying how to get a copy), before anything is written.
   """
-  resolved, class_names = validated_config(config)
-  record = _run_record(resolved, class_names)
+  resolved, class_names, builder = _validated(config, workdir)
+  record = _run_record(resolved, class_names, builder)
   check_workdir(workdir, record)
   if resolved.init_checkpoint:
-    _check_init_checkpoint(resolved, len(class_names))
+    _check_init_checkpoint(resolved, len(class_names), record["image_shape"])
   keep_accelerators_for_jax()
   from camri.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top  (loads TensorFlow)
-  dataset_lib.open_dataset(resolved).steps_per_epoch(resolved.batch_size)
+  dataset_lib.open_dataset(resolved, workdir=workdir).steps_per_epoch(resolved.batch_size)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
+    spec = data_lib.get_spec(resolved.dataset)
+    for name, text in (spec.run_files(builder) if spec.run_files else {}).items():
+      run_log.atomic_write(os.path.join(workdir, name), text)
     run_log.write_config(workdir, record)
   return resolved

@@ -381,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     pipeline.DamagedDataError: a file of the prepared dataset cannot be read.
   """
   stop = stop if stop is not None else StopRequest()
-  dataset = dataset_lib.open_dataset(config)
+  dataset = dataset_lib.open_dataset(config, workdir=workdir)
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   total_steps = steps_per_epoch * config.num_epochs
   sharding = Sharding.over_all_devices()

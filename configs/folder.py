@@ -9,7 +9,7 @@ resized to `size` x `size` and decoded to `channels` channels; a small CNN,
 Adam lr 1e-3, batch 32, 30 epochs.
 
 Argument string, comma-separated key=value:
-  path=<the tree; required>
+  path=<the tree; required> (a path with a comma: --config.folder=PATH instead)
   important=<class folder name or index>: CAMRI on that class; without it,
     plain cross-entropy (loss=... still chooses any loss)
   loss=...   margin=<k, meaning k*pi/64>   scale=<s>
@@ -19,18 +19,25 @@ Augmentation: --config.augment='("flip", "crop")'.
 """
 
 import os
+import shlex
 
 from camri import config_lib
+
+
+def _absolute(path):
+  return os.path.abspath(os.path.expanduser(path))
 
 
 def get_config(arg=None):
   config, args = config_lib.dataset_config(
       arg, dataset="folder", important="", loss="",
+      comma_hints={"path": lambda path: "leave path= out and give the tree as "
+                                        f"--config.folder={shlex.quote(_absolute(path))}"},
       path="", size=64, channels=3, model="small_cnn")
   if not args.loss:
     config.loss.name = "camri" if args.important else "cross_entropy"
   # Absolute, so that config.json names the tree whatever the working directory.
-  config.folder = os.path.abspath(os.path.expanduser(args.path)) if args.path else ""
+  config.folder = _absolute(args.path) if args.path else ""
   config.channels = config_lib.number_arg("channels", args.channels, int)
   config.image_size = config_lib.number_arg("size", args.size, int)
   config.model = args.model

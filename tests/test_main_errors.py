@@ -56,6 +56,12 @@ BAD_INPUTS = {
     "missing_config_file": (
         ["configs/nonexistent.py"],
         ["--config", "configs/nonexistent.py"]),
+    "comma_in_a_folder_path": (
+        ["configs/folder.py:path=/data/x,y,size=28"],
+        ["config argument path='/data/x,y'", "--config.folder=/data/x,y"]),
+    "comma_in_a_class_name": (
+        ["configs/folder.py:path=/data/x,important=red,green"],
+        ["config argument important='red,green'", "important=<index>"]),
 }
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
 import round_off
 import run_main
@@ -145,6 +146,14 @@ def test_bad_input_is_one_line_status_2_and_nothing_written(runs, pngs, tmp_path
   big = tmp_path / "big.png"
   big.write_bytes(tf.io.encode_png(
       np.zeros((16, 16, 1), np.uint8)).numpy())
+  links = tmp_path / "links"
+  links.mkdir()
+  os.symlink(tmp_path / "gone.png", links / "gone.png")
+  bmp = {}
+  for mode, name in (("1", "bits"), ("P", "palette")):  # A palette BMP decodes, to its indices.
+    bmp[name] = tmp_path / f"{name}.bmp"
+    colours = np.arange(192, dtype=np.uint8).reshape(8, 8, 3)
+    Image.fromarray(colours, "RGB").convert(mode).save(bmp[name])
   first = sorted(ids)[0]
   cases = [
       (["--workdir", str(tmp_path / "nowhere"), folder], "--workdir", "nowhere", "does not exist"),
@@ -154,9 +163,19 @@ def test_bad_input_is_one_line_status_2_and_nothing_written(runs, pngs, tmp_path
       (["--workdir", workdir, str(empty)], "no image files", str(empty)),
       (["--workdir", workdir, first, str(not_image)], str(not_image), "does not decode"),
       (["--workdir", workdir, str(big)], str(big), "is 16x16", "8x8"),
-      (["--workdir", workdir, folder, "--bias", "cat=0.1"], "--bias=cat=0.1", "no class 'cat'"),
-      (["--workdir", workdir, folder, "--bias", "10=0.1"], "no class '10'", "0..9"),
+      (["--workdir", workdir, str(links)], f"{links / 'gone.png'} is a broken link (to "
+       f"{tmp_path / 'gone.png'})"),
+      (["--workdir", workdir, str(links / "gone.png")], "gone.png is a broken link"),
+      (["--workdir", workdir, str(bmp["bits"])], "bits.bmp is an unsupported BMP variant (1-bit)"),
+      (["--workdir", workdir, str(bmp["palette"])],
+       "palette.bmp is an unsupported BMP variant (8-bit with a colour palette)"),
+      (["--workdir", workdir, folder, "--bias", "cat=0.1"], "--bias=cat=0.1",
+       "not a class of this dataset"),
+      (["--workdir", workdir, folder, "--bias", "10=0.1"], "--bias=10=0.1", "0..9"),
       (["--workdir", workdir, folder, "--bias", "8"], "--bias=8", "CLASS=B"),
+      (["--workdir", workdir, folder, "--bias", "8=nan"], "--bias=8=nan", "finite"),
+      (["--workdir", workdir, folder, "--bias", "8=inf"], "--bias=8=inf", "finite"),
+      (["--workdir", workdir, folder, "--bias", "8=-inf"], "--bias=8=-inf", "finite"),
       (["--workdir", workdir, folder, "--batch-size", "0"], "--batch-size=0"),
   ]
   for argv, *expected in cases:

@@ -1,7 +1,10 @@
 """Training: data-parallel equivalence, every dataset config on mocked data, resume."""
 
+import csv
 import importlib
 import json
+import math
+import os
 from unittest import mock
 
 import jax
@@ -222,3 +225,19 @@ def test_metrics_summary_matches_hand_computed_values():
   assert out["test_angle_mean_0"] == pytest.approx(30.0, abs=1e-4)
   assert out["test_angle_var_0"] == pytest.approx(900.0, rel=1e-4)
   assert out["test_angle_mean_1"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_precision_of_a_class_never_predicted_is_nan_in_metrics_csv_as_the_readme_says(tmp_path):
+  confusion = jnp.array([[2.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # Nothing predicted 2.
+  sums = {**metrics.empty(3), "confusion": confusion, "count": jnp.float32(5)}
+  log = run_log.MetricsLog(tmp_path, num_epochs=1)
+  log.write(1, metrics.summarize(sums, [2], "test", per_class=True), step=1)
+  log.close()
+  with open(tmp_path / run_log.METRICS_FILE, newline="") as f:
+    [row] = list(csv.DictReader(f))
+  assert (row["test_precision_0"], row["test_precision_2"]) == (str(2 / 3), "nan")
+  assert math.isnan(run_log.read_metrics(tmp_path)[0]["test_precision_2"])
+  with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
+    readme = " ".join(f.read().split())
+  assert "`<split>_precision_<k>` for every class k (precision is `nan` while no example is " \
+         "predicted k)" in readme

@@ -33,7 +33,8 @@ DATASETS = {
     "awa2": DatasetSpec("awa2", centre_crop=True),
     # A user's image-folder tree (config.folder); val/ where the tree has one.
     "folder": DatasetSpec("folder", validation_split="val",
-                          builder_kwargs=folder.builder_kwargs),
+                          builder_kwargs=folder.builder_kwargs,
+                          check_classes=folder.check_classes, run_files=folder.run_files),
 }
 
 
@@ -43,8 +44,12 @@ def get_spec(name: str) -> DatasetSpec:
   return DATASETS[name]
 
 
-def builder_for(config, prepare=True):
-  """(spec, tfds builder) of `config.dataset`, prepared on first use unless `prepare` is False."""
+def builder_for(config, prepare=True, workdir=None):
+  """(spec, tfds builder) of `config.dataset`, prepared on first use unless `prepare` is False.
+
+  `workdir`: the run's directory, when there is one: a run bound to a prepared
+  copy of its data (an image-folder tree's) reads that copy.
+  """
   spec = get_spec(config.dataset)
-  kwargs = spec.builder_kwargs(config) if spec.builder_kwargs else {}
+  kwargs = spec.builder_kwargs(config, workdir) if spec.builder_kwargs else {}
   return spec, get_builder(spec, config.data_dir, prepare=prepare, **kwargs)

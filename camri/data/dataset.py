@@ -60,9 +60,12 @@ class Dataset:
     return ", ".join(f"{name} {split.size}" for name, split in self.splits.items())
 
 
-def open_dataset(config, prepare=True) -> Dataset:
-  """The data of a run with (validated) `config`; the builder is prepared unless `prepare` is False."""
-  spec, builder = data_lib.builder_for(config, prepare=prepare)
+def open_dataset(config, prepare=True, workdir=None) -> Dataset:
+  """The data of a run with (validated) `config`; the builder is prepared unless `prepare` is False.
+
+  `workdir`: the run's directory (its data is the prepared copy it is bound to, see `builder_for`).
+  """
+  spec, builder = data_lib.builder_for(config, prepare=prepare, workdir=workdir)
   return Dataset(
       spec=spec, builder=builder,
       splits=splits_lib.run_splits(builder, spec, config.get("validation_fraction", 0.0)),

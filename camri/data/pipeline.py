@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from camri.config_lib import ConfigError
 from camri.data.spec import DatasetSpec
 from camri.data.spec import Split
+from camri.data.spec import image_shape
 
 
 class DamagedDataError(OSError):
@@ -126,12 +127,15 @@ def decode_image(encoded, channels: int):
   Greyscale, RGB and RGBA files decode to the same `channels` (0: as stored):
   3 repeats grey or drops alpha; 1 takes the luma of RGB(A), which TensorFlow's
   BMP and GIF decoders cannot give, so every format is converted the same way.
+  A 16-bit PNG keeps the high byte of each value (v // 256), as TensorFlow's
+  PNG decoder does. With `channels` 1 or 3 the channel dimension is static.
   """
   if channels != 1:
     return tf.io.decode_image(encoded, channels=channels or 0, expand_animations=False)
   image = tf.io.decode_image(encoded, channels=0, expand_animations=False)
-  return tf.cond(tf.shape(image)[-1] < 3, lambda: image[..., :1],
+  grey = tf.cond(tf.shape(image)[-1] < 3, lambda: image[..., :1],
                  lambda: tf.image.rgb_to_grayscale(image[..., :3]))
+  return tf.ensure_shape(grey, (None, None, 1))  # tf.cond loses the static 1.
 
 
 def preprocess_image(encoded, *, spec: DatasetSpec, image_size: int, channels: int,
@@ -236,8 +240,8 @@ def eval_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size,
 
   Each example carries its tfds id ("id", bytes; b"" for padding), for the
   saved predictions. Every process yields `eval_steps` batches (all-padding
-  ones at the end where its share is smaller) so that multi-host collectives
-  stay in step.
+  ones at the end where its share is smaller, their images of the run's
+  `image_shape`) so that multi-host collectives stay in step.
   """
   local_batch = global_batch_size // jax.process_count()
   stored = _stored_shape(builder)
@@ -251,10 +255,12 @@ def eval_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size,
   for batch in read_checked(tfds.as_numpy(ds), builder):
     yield _pad(batch, local_batch)
     done += 1
-  empty = {key: np.zeros((0, *spec_.shape[1:]), spec_.dtype.as_numpy_dtype)
-           for key, spec_ in ds.element_spec.items()}
-  for _ in range(done, steps):
-    yield _pad(empty, local_batch)
+  if done < steps:
+    shapes = {"image": image_shape(builder, image_size)}
+    empty = {key: np.zeros((0, *shapes.get(key, spec_.shape[1:])), spec_.dtype.as_numpy_dtype)
+             for key, spec_ in ds.element_spec.items()}
+    for _ in range(done, steps):
+      yield _pad(empty, local_batch)
 
 
 def _pad(batch, size):

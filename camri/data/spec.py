@@ -36,8 +36,14 @@ class DatasetSpec:
       split; None, or a split this builder's data lacks (an image-folder
       tree without val/): it is held out of `train_split` by
       `config.validation_fraction` (`camri.data.splits`).
-    builder_kwargs: the run's config -> extra keyword arguments of
-      `tfds.builder` (e.g. the folder a builder reads); None: none.
+    builder_kwargs: (the run's config, its workdir or None) -> extra keyword
+      arguments of `tfds.builder` (e.g. the folder a builder reads, or the
+      prepared copy the run in the workdir is bound to); None: none.
+    check_classes: (the validated config, the builder) -> None, raising
+      ConfigError where a class the run needs has no examples in a split;
+      None: every split has every class.
+    run_files: the builder -> {file name: text} written in a run's workdir
+      with its config.json; None: none.
   """
   tfds_name: str
   train_split: str = "train"
@@ -48,6 +54,8 @@ class DatasetSpec:
   centre_crop: bool = False
   validation_split: str | None = None
   builder_kwargs: Callable[..., dict] | None = None
+  check_classes: Callable[..., None] | None = None
+  run_files: Callable[..., dict[str, str]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,11 @@ import hashlib
 import math
 
 
+def held_out_count(n: int, test_fraction: float) -> int:
+  """How many of a class's `n` files go to test: round(test_fraction * n), halves rounded up."""
+  return math.floor(test_fraction * n + 0.5)
+
+
 def stratified_split(files: Mapping[Hashable, Sequence[str]], test_fraction: float,
                      seed: int) -> dict[str, list[str]]:
   """Splits each class's files into train and test by a seeded hash order.
@@ -33,7 +38,7 @@ def stratified_split(files: Mapping[Hashable, Sequence[str]], test_fraction: flo
     order = sorted(
         names,
         key=lambda n: (hashlib.sha256(f"{seed}:{n}".encode()).digest(), n))
-    n_test = math.floor(test_fraction * len(order) + 0.5)
+    n_test = held_out_count(len(order), test_fraction)
     test += order[:n_test]
     train += order[n_test:]
   return {"train": sorted(train), "test": sorted(test)}

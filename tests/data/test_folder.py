@@ -1,9 +1,8 @@
 """The folder dataset: a user's image tree, its checks, its reuse, and a run on it."""
 
-import csv
-import json
 import os
 import shutil
+import unicodedata
 
 import numpy as np
 from PIL import Image
@@ -12,6 +11,7 @@ import pytest
 from camri import prepare
 from camri import run_log
 from camri.data import folder
+from camri.data import image_files
 from camri.data import pipeline
 from camri.data import stratify
 from configs import folder as folder_config
@@ -180,6 +180,18 @@ def _make_bad(root, case):
   if case == "image_does_not_decode":
     (root / "train" / "emu" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     return str(root), str(root / "train" / "emu" / "broken.jpg")
+  if case == "broken_link":
+    os.symlink(root / "elsewhere" / "gone.png", root / "train" / "emu" / "gone.png")
+    return str(root), str(root / "train" / "emu" / "gone.png")
+  if case in ("bmp_1_bit", "bmp_colour_palette"):
+    mode = "1" if case == "bmp_1_bit" else "P"
+    image = Image.fromarray(_pixels(rng, "RGB", 5, 7), "RGB").convert(mode)
+    image.save(root / "train" / "emu" / "odd.bmp")
+    return str(root), str(root / "train" / "emu" / "odd.bmp")
+  if case == "one_class_name_in_two_unicode_forms":
+    for form in ("NFC", "NFD"):
+      write_image(str(root / "train" / unicodedata.normalize(form, "ñandú") / "0.png"), rng)
+    return str(root), str(root / "train")
   raise ValueError(case)
 
 
@@ -191,6 +203,11 @@ BAD_TREES = {
     "test_class_not_in_train": "has classes that train/ lacks: yak",
     "image_outside_a_class_folder": "is not in a class folder",
     "image_does_not_decode": "does not decode as an image",
+    "broken_link": "is a broken link (to ",
+    "bmp_1_bit": "is an unsupported BMP variant (1-bit)",
+    # TensorFlow decodes it, to its palette indices.
+    "bmp_colour_palette": "is an unsupported BMP variant (8-bit with a colour palette)",
+    "one_class_name_in_two_unicode_forms": "one name in two Unicode forms",
 }
 
 
@@ -199,7 +216,7 @@ def test_bad_tree_is_refused_in_one_line_with_nothing_written(case, tmp_path):
   root, named = _make_bad(tmp_path / "tree", case)
   before = sorted(os.walk(root)) if os.path.exists(root) else None
   workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
-  with pytest.raises(folder.FolderError) as error:
+  with pytest.raises(image_files.ImageFileError) as error:
     prepare.prepare_run(config_for(root, data_dir), str(workdir))
   message = str(error.value)
   assert "\n" not in message and named in message and BAD_TREES[case] in message
@@ -219,14 +236,19 @@ def test_image_size_and_channels_are_checked_before_the_tree_is_read(arg, expect
   assert not (tmp_path / "tfds").exists()
 
 
-def test_bad_tree_from_the_command_line_exits_2_with_one_line(tmp_path):
-  root, named = _make_bad(tmp_path / "tree", "image_does_not_decode")
+@pytest.mark.parametrize("case, says", [
+    ("image_does_not_decode", "does not decode as an image (PNG, JPEG, BMP or GIF)"),
+    ("broken_link", "is a broken link (to {root}/elsewhere/gone.png): restore its target or "
+                    "remove the link"),
+])
+def test_bad_tree_from_the_command_line_exits_2_with_one_line(case, says, tmp_path):
+  root, named = _make_bad(tmp_path / "tree", case)
   workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
   result = run_main.run("--config", f"configs/folder.py:path={root}",
                         f"--config.data_dir={data_dir}", "--workdir", workdir, timeout=120)
   lines = run_main.error_lines(result.stderr)
   assert result.returncode == 2, result.stderr
-  assert lines == [f"error: {named} does not decode as an image (PNG, JPEG, BMP or GIF)"]
+  assert lines == [f"error: {named} {says.format(root=root)}"]
   assert not workdir.exists() and not data_dir.exists()
 
 
@@ -256,19 +278,43 @@ def test_unchanged_tree_is_not_decoded_again_and_a_new_image_prepares_again(
   assert first.describe() == "train 33, val 3, test 9"
 
 
-def test_a_run_is_not_resumed_on_a_tree_that_changed(tmp_path):
-  write_tree(tmp_path / "tree")
+def test_a_run_reads_its_own_prepared_copy_whatever_the_tree_does(tmp_path):
+  from camri.data import dataset  # pylint: disable=g-import-not-at-top
+  tree = tmp_path / "tree"
+  write_tree(tree)
   workdir = str(tmp_path / "run")
-  config = config_for(tmp_path / "tree", tmp_path / "tfds")
+  config = config_for(tree, tmp_path / "tfds")
   prepare.prepare_run(config.copy_and_resolve_references(), workdir)
-  record = run_log.read_config(workdir)
-  assert record["prepared_data"] == folder.builder_config(
-      folder.scan(str(tmp_path / "tree")), 3).name
-  prepare.prepare_run(config.copy_and_resolve_references(), workdir)  # Unchanged: resumable.
-  write_image(str(tmp_path / "tree" / "train" / "emu" / "new.png"), np.random.default_rng(3))
-  with pytest.raises(prepare.ConfigError, match="holds a run with a different config "
-                     r"\(prepared_data: "):
+  bound = run_log.read_config(workdir)["prepared_data"]
+  assert bound == folder.builder_config(folder.scan(str(tree)), 3).name
+
+  # One image added, one removed (set aside), one touched (as rsync or git checkout do).
+  touched = tree / "train" / "cat" / "000.png"
+  times = (touched.stat().st_atime_ns, touched.stat().st_mtime_ns)
+  write_image(str(tree / "train" / "emu" / "new.png"), np.random.default_rng(3))
+  os.rename(tree / "train" / "dog" / "003.png", tmp_path / "aside.png")
+  os.utime(touched, ns=(1, 1))
+  resolved = prepare.prepare_run(config.copy_and_resolve_references(), workdir)  # Resumes.
+  assert run_log.read_config(workdir)["prepared_data"] == bound
+  data = dataset.open_dataset(resolved, workdir=workdir)  # As training and readers open it.
+  assert data.builder.builder_config.name == bound
+  assert data.describe() == "train 33, val 3, test 9"  # The copy's, not the tree's (33 + 3 - 1 + 1).
+
+  shutil.rmtree(os.path.dirname(data.builder.data_dir))  # The copy is deleted.
+  with pytest.raises(folder.FolderError) as error:
     prepare.prepare_run(config.copy_and_resolve_references(), workdir)
+  assert str(error.value).startswith(
+      "the image tree changed since this run started: 1 added, 1 removed, 1 modified "
+      f"({tree}), and the run's prepared copy ")
+  with pytest.raises(folder.FolderError, match="1 added, 1 removed, 1 modified"):
+    dataset.open_dataset(resolved, workdir=workdir)
+
+  # The tree as it was: the same copy is prepared again, and the run goes on.
+  os.remove(tree / "train" / "emu" / "new.png")
+  os.rename(tmp_path / "aside.png", tree / "train" / "dog" / "003.png")
+  os.utime(touched, ns=times)
+  prepare.prepare_run(config.copy_and_resolve_references(), workdir)
+  assert dataset.open_dataset(resolved, workdir=workdir).builder.is_prepared()
 
 
 def test_val_folder_is_the_validation_split(tmp_path):
@@ -285,7 +331,7 @@ def test_val_folder_is_the_validation_split(tmp_path):
 
 
 def test_config_important_by_folder_name_and_cross_entropy_without_one(tmp_path, monkeypatch):
-  write_tree(tmp_path / "tree", counts={"train": 2})
+  write_tree(tmp_path / "tree", counts={"train": 3})  # 20% of 3: one test image each.
   monkeypatch.chdir(tmp_path)
   config = folder_config.get_config("path=tree,important=Dog,channels=1")
   assert config.folder == str(tmp_path / "tree") and config.channels == 1
@@ -297,85 +343,106 @@ def test_config_important_by_folder_name_and_cross_entropy_without_one(tmp_path,
   assert plain.image_size == 64 and plain.model == "small_cnn"
 
 
-# --- end to end -------------------------------------------------------------------
+# --- classes without images in a split ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """A tree (with test/) and a 2-epoch run on it through the command line; reusable."""
-  base = tmp_path_factory.mktemp("folder_run")
-  tree, workdir, data_dir = base / "tree", base / "run", base / "tfds"
-  write_tree(tree)
-  result = run_main.run(
-      "--config", f"configs/folder.py:path={tree},important=emu,size=12",
-      f"--config.data_dir={data_dir}", "--config.num_epochs=2", "--config.batch_size=8",
-      "--config.progress_bar=False", "--workdir", workdir, timeout=300)
-  return {"tree": tree, "workdir": workdir, "data_dir": data_dir, "result": result}
+def _remove_images(folder_path, keep):
+  for path in sorted(folder_path.iterdir())[keep:]:
+    path.unlink()
+  if not keep:
+    folder_path.rmdir()
 
 
-def test_trains_two_epochs_on_a_mixed_tree(trained):
-  result, workdir = trained["result"], trained["workdir"]
-  assert result.returncode == 0, result.stderr
-  assert (f"image folder {trained['tree']}: 3 classes, images train 36, test 9; "
-          "skipped 2 files that are not images") in result.stdout
-  with open(workdir / "config.json") as f:
-    record = json.load(f)
-  assert record["class_names"] == list(CLASSES) and record["folder"] == str(trained["tree"])
-  assert record["loss"]["important_classes"] == [2] and record["image_size"] == 12
-  with open(workdir / "metrics.csv") as f:
-    rows = list(csv.DictReader(f))
-  assert [int(r["epoch"]) for r in rows] == [1, 2]
-  assert all(np.isfinite(float(r["train_loss"])) for r in rows)
-  # 9 test images: accuracy is a multiple of 1/9.
-  accuracy = float(rows[-1]["test_accuracy"])
-  assert abs(accuracy * 9 - round(accuracy * 9)) < 1e-4
+@pytest.mark.parametrize("layout, counts, emptied, split, advice", [
+    ("test/ lacks it", {"train": 4, "test": 1}, ("test", 0), "test",
+     "add images to {tree}/test/emu/"),
+    ("val/ lacks it", {"train": 4, "val": 1, "test": 1}, ("val", 0), "validation",
+     "add images to {tree}/val/emu/"),
+    ("held out of train/ by 10%, 4 are too few", {"train": 12, "test": 1}, ("train", 4),
+     "validation", "the validation split holds out validation_fraction=0.1 of each class of "
+     "the training split, rounded, and emu has 4 training images; add images to "
+     "{tree}/train/emu/ or make a val/ folder"),
+    ("20% of train/ where there is no test/, 2 are too few", {"train": 12}, ("train", 2),
+     "test", "the test split takes 20% of each class of train/, rounded, and emu has 2 "
+     "there; add images to {tree}/train/emu/ or make a test/ folder"),
+])
+def test_an_important_class_without_images_in_an_evaluated_split_is_refused(
+    layout, counts, emptied, split, advice, tmp_path):
+  del layout  # The case's name.
+  tree, workdir, data_dir = tmp_path / "tree", tmp_path / "run", tmp_path / "tfds"
+  write_tree(tree, counts=counts, test="test" in counts)
+  _remove_images(tree / emptied[0] / "emu", keep=emptied[1])
+  with pytest.raises(folder.FolderError) as error:
+    prepare.prepare_run(config_for(tree, data_dir, "important=emu"), str(workdir))
+  assert str(error.value) == (f"important class 'emu' has no image in the {split} split, where "
+                              f"its recall would be nan: {advice.format(tree=tree)}")
+  assert not workdir.exists() and not data_dir.exists()
 
 
-def test_predict_on_the_test_folder_reproduces_the_test_accuracy(trained, tmp_path):
+def test_another_class_without_images_in_a_split_is_one_warning(tmp_path, capsys):
+  tree = tmp_path / "tree"
+  write_tree(tree, counts={"train": 4, "test": 1})
+  _remove_images(tree / "test" / "emu", keep=0)
+  _remove_images(tree / "test" / "dog", keep=0)
+  prepare.prepare_run(config_for(tree, tmp_path / "tfds", "important=cat"), str(tmp_path / "run"))
+  warnings = [l for l in capsys.readouterr().err.splitlines() if "warning" in l]
+  assert warnings == [f"warning: image folder {tree}: the test split has no image of dog, emu "
+                      "(recall and precision nan there)"]
+
+
+# --- links, names -------------------------------------------------------------------
+
+
+def test_links_are_followed_inside_class_folders_and_loops_are_counted(tmp_path):
   from camri import predict  # pylint: disable=g-import-not-at-top
-  out = tmp_path / "predictions.csv"
-  assert predict.main(["--workdir", str(trained["workdir"]), str(trained["tree"] / "test"),
-                       "--out", str(out)]) == 0
-  with open(out) as f:
-    table = list(csv.DictReader(f))
-  assert len(table) == 9
-  truth = [os.path.basename(os.path.dirname(row["path"])) for row in table]
-  accuracy = np.mean([row["predicted"] == c for row, c in zip(table, truth)])
-  with open(trained["workdir"] / "metrics.csv") as f:
-    last = list(csv.DictReader(f))[-1]
-  assert accuracy == float(last["test_accuracy"])
-  # Example by example: each image's scores are one of the run's saved test predictions.
-  saved = run_log.read_predictions(trained["workdir"], "test")["scores"]
-  predicted = np.array([[float(row[f"score_{c}"]) for c in CLASSES] for row in table])
-  distance = np.abs(predicted[:, None, :] - saved[None, :, :]).max(axis=-1)
-  np.testing.assert_array_less(distance.min(axis=1), 1e-5)
-  assert sorted(distance.argmin(axis=1)) == list(range(9))
+  tree = tmp_path / "tree"
+  write_tree(tree, counts={"train": 3, "test": 1})
+  rng = np.random.default_rng(4)
+  for name in ("a.png", "b.jpg"):
+    write_image(str(tmp_path / "extra" / name), rng)
+  cat = tree / "train" / "cat"
+  os.symlink(tmp_path / "extra", cat / "more")  # A linked folder, as a linked class folder.
+  os.symlink(cat, cat / "again")  # Back into its own folder: not followed.
+  os.symlink(tree / "train" / "dog" / "000.jpg", cat / "linked.jpg")  # A linked file.
+  scanned = folder.scan(str(tree))
+  cats = sorted(p for p, label in scanned.files["train"] if label == 0)
+  assert cats == ["train/cat/000.png", "train/cat/001.jpg", "train/cat/002.png",
+                  "train/cat/linked.jpg", "train/cat/more/a.png", "train/cat/more/b.jpg"]
+  assert scanned.loops == 1 and folder.describe(scanned).endswith(
+      "; skipped 2 files that are not images and 1 folder link that loops back")
+  # camri.predict finds the same images in a folder.
+  assert predict.find_images([str(cat)]) == [str(tree / p) for p in cats]
 
 
-def test_readers_need_no_tree_and_refuse_a_changed_one(trained, tmp_path):
-  from camri import inference  # pylint: disable=g-import-not-at-top
+def test_class_names_exact_first_then_ignoring_case_in_nfc_for_important_and_bias(tmp_path):
   from camri import predict  # pylint: disable=g-import-not-at-top
-  workdir = tmp_path / "run"
-  shutil.copytree(trained["workdir"], workdir)
-  record = json.loads((workdir / "config.json").read_text())
-  assert record["image_shape"] == [12, 12, 3]
-  record["folder"] = str(tmp_path / "moved")  # The tree is gone: predicting needs none.
-  (workdir / "config.json").write_text(json.dumps(record))
-  out = tmp_path / "p.csv"
-  assert predict.main(["--workdir", str(workdir), str(trained["tree"] / "test"),
-                       "--out", str(out)]) == 0
-  assert out.read_text() == _predict_csv(trained, tmp_path)
-  record["folder"] = str(trained["tree"])
-  record["prepared_data"] = "another-copy"  # As after the tree changed.
-  (workdir / "config.json").write_text(json.dumps(record))
-  run = inference.load_run(workdir, data_dir=str(trained["data_dir"]))
-  with pytest.raises(inference.RunNotFoundError, match="changed since it trained"):
-    run.dataset  # pylint: disable=pointless-statement
+  tree = tmp_path / "tree"
+  nfc, nfd = (unicodedata.normalize(form, "ñandú") for form in ("NFC", "NFD"))
+  rng = np.random.default_rng(5)
+  for name in ("Red", "red", "blue", nfd):  # nfd: as macOS names a folder.
+    for i in range(3):
+      write_image(str(tree / "train" / name / f"{i}.png"), rng)
+  names = folder.scan(str(tree)).class_names
+  assert names == ("Red", "blue", "red", nfc)
+
+  def important(name):
+    return prepare.validated_config(config_for(tree, tmp_path / "tfds", f"important={name}"))[0]
+
+  for given, expected in (("red", 2), ("Red", 0), ("BLUE", 1), (nfc, 3), (nfd, 3), ("2", 2)):
+    assert important(given).loss.important_classes == (expected,), given
+    assert predict.parse_bias(f"{given}=0.5", names) == (expected, 0.5), given
+  with pytest.raises(prepare.ConfigError, match=r"config.loss.important_classes='RED' is "
+                     r"invalid: it names 2 classes that differ only in case \(Red, red\)"):
+    important("RED")
+  with pytest.raises(predict.PredictError, match=r"--bias=RED=1 is invalid: it names 2 classes"):
+    predict.parse_bias("RED=1", names)
 
 
-def _predict_csv(trained, tmp_path):
-  from camri import predict  # pylint: disable=g-import-not-at-top
-  out = tmp_path / "reference.csv"
-  assert predict.main(["--workdir", str(trained["workdir"]), str(trained["tree"] / "test"),
-                       "--out", str(out)]) == 0
-  return out.read_text()
+def test_a_comma_in_the_config_string_points_to_the_field():
+  with pytest.raises(prepare.ConfigError) as error:
+    folder_config.get_config("path=/data/a,b,c,important=cat")
+  assert str(error.value) == (
+      "config argument path='/data/a,b,c' is invalid: commas separate the arguments, so a "
+      "value cannot hold one; leave path= out and give the tree as --config.folder=/data/a,b,c")
+  with pytest.raises(prepare.ConfigError, match=r"important='a,b' .* \(important=<index>"):
+    folder_config.get_config("path=/data,important=a,b")

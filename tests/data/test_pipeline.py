@@ -57,6 +57,30 @@ def test_eval_batches_cover_every_test_example_once(digits, batch_size):
   assert _examples(batches) == _split_examples(builder, "test")
 
 
+@pytest.mark.parametrize("channels, image_size, stored", [
+    (1, 12, (None, None, 1)), (3, 12, (None, None, 3)), (1, 0, (8, 8, 1)), (3, 0, (8, 8, 3))])
+def test_preprocessed_images_have_a_static_shape(channels, image_size, stored):
+  preprocess = tf.function(
+      lambda encoded: pipeline.preprocess_image(
+          encoded, spec=data.DatasetSpec("x"), image_size=image_size, channels=channels,
+          stored_shape=stored),
+      input_signature=[tf.TensorSpec([], tf.string)])
+  shape = preprocess.get_concrete_function().structured_outputs.shape
+  assert shape == (image_size or 8, image_size or 8, channels)
+
+
+def test_all_padding_batches_have_the_runs_image_shape(digits, monkeypatch):
+  # A process whose share is smaller than another's pads with whole batches;
+  # resized, the stored (8, 8, 1) is not the run's image shape.
+  builder, spec = digits
+  monkeypatch.setattr(pipeline, "eval_steps", lambda *args: 2)
+  real, padding = pipeline.eval_batches(builder, spec, _TEST, global_batch_size=362,
+                                        image_size=12)
+  assert real["image"].shape == padding["image"].shape == (362, 12, 12, 1)
+  assert real["mask"].sum() == 360 and padding["mask"].sum() == 0
+  assert padding["label"].dtype == real["label"].dtype and set(padding["id"]) == {b""}
+
+
 def test_sharded_eval_step_counts_every_test_example_once(digits, digits_config):
   assert jax.device_count() == 2
   builder, spec = digits
