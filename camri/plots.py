@@ -24,9 +24,10 @@ setting of the method kept accuracy):
 important class against test accuracy. The line is cross-entropy as a bias
 on the important class's score sweeps (`camri.posthoc`, from the runs' saved
 test predictions; mean over seeds at each b); the points are every setting of
-every method, with 95% t-interval bars over seeds, the reported settings and
-the report's +bias rows highlighted. A loss shows something where it lies
-above the line: a recall the threshold shift does not buy at that accuracy.
+every method, with 95% t-interval bars over seeds (clipped to [0, 1]), the
+reported settings and the report's +bias rows highlighted. A loss shows
+something where it lies above the line: a recall the threshold shift does not
+buy at that accuracy.
 `angles` restores each run's newest checkpoint and draws, per class, the
 histogram of those angles over the test set. `features2d` draws the
 normalised test features of runs with feature_dim 2 on the unit circle with
@@ -217,9 +218,21 @@ _TRADEOFF_STYLES = {
 }
 
 
-def _half(s):
-  half = stats.half_width(s) if s is not None else math.nan
-  return None if math.isnan(half) else half
+def _bar(s):
+  """(low, high): the 95% t-interval of a rate over seeds, clipped to [0, 1]; the mean for one seed."""
+  low, high = stats.interval(s, bounds=stats.RATE)
+  return (s.mean, s.mean) if math.isnan(low) else (low, high)
+
+
+def _error(s):
+  low, high = _bar(s)
+  return [[s.mean - low], [high - s.mean]]
+
+
+def _frame(values, pad_fraction):
+  """Axis limits around `values` (rates) with a pad, never far past [0, 1]."""
+  pad = max(0.005, pad_fraction * (max(values) - min(values)))
+  return max(min(values) - pad, -0.01), min(max(values) + pad, 1.01)
 
 
 def plot_tradeoff(points, path, curve=None, title=""):
@@ -248,27 +261,23 @@ def plot_tradeoff(points, path, curve=None, title=""):
     if kind == "setting":
       label = None if method in labelled else f"{method}: settings"
       labelled.add(method)
-    ax.errorbar(accuracy.mean, recall.mean, xerr=_half(accuracy), yerr=_half(recall), linestyle="none",
+    ax.errorbar(accuracy.mean, recall.mean, xerr=_error(accuracy), yerr=_error(recall), linestyle="none",
                 color=colors[method.removesuffix(report.BIAS)], capsize=2, label=label,
                 zorder=2 if kind == "setting" else 3, **_TRADEOFF_STYLES[kind])
-  # Frame the points; the curve runs on to low accuracy, which is not of interest.
-  lows = [p[2].mean - (_half(p[2]) or 0.0) for p in points]
-  highs = [p[2].mean + (_half(p[2]) or 0.0) for p in points]
-  pad = max(0.005, 0.15 * (max(highs) - min(lows)))
-  left, right = min(lows) - pad, max(highs) + pad
-  ys = [p[3].mean + sign * (_half(p[3]) or 0.0) for p in points for sign in (-1, 1)]
+  # Frame the points and their bars; the curve runs on to low accuracy, which is not of interest.
+  left, right = _frame([x for p in points for x in _bar(p[2])], 0.15)
+  ys = [y for p in points for y in _bar(p[3])]
   if curve is not None:
     inside = (np.asarray(curve[0]) >= left) & (np.asarray(curve[0]) <= right)
     ys += list(np.asarray(curve[1])[inside])
-  ypad = max(0.005, 0.1 * (max(ys) - min(ys)))
   ax.set_xlim(left, right)
-  ax.set_ylim(max(0.0, min(ys) - ypad), min(1.0, max(ys)) + ypad)
+  ax.set_ylim(*_frame(ys, 0.1))
   ax.set_xlabel("test accuracy")
   ax.set_ylabel("test recall of the important class")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="best")
-  ax.set_title(title + "\nbars: 95% t-interval over seeds; large: reported setting; star: +bias row",
-               fontsize=9)
+  ax.set_title(title + "\nbars: 95% t-interval over seeds, clipped to [0, 1]; large: reported "
+               "setting; star: +bias row", fontsize=9)
   return _save(fig, path)
 
 

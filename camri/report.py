@@ -41,9 +41,10 @@ Columns (test split; mean ± sample std, ddof=1, over seeds):
   accuracy         overall.
   recall gain,     mean over the seeds shared with cross-entropy of the paired
   accuracy gain    difference (run - the cross-entropy run of the same seed),
-                   [its 95% interval mean ± t(0.975, n-1) sd / sqrt(n)]; no
-                   interval for n < 2. † marks a recall interval that holds 0:
-                   the gain may be seed noise.
+                   [its 95% interval mean ± t(0.975, n-1) sd / sqrt(n),
+                   clipped to [-1, 1], the values a difference of two rates
+                   can take]; no interval for n < 2. † marks a recall
+                   interval that holds 0: the gain may be seed noise.
 The csv has every number: recall_gain_mean, recall_gain_ci_low, ...,
 selected_on (val or test), pairs (n of the gains).
 
@@ -427,7 +428,7 @@ def paired_gain(outcomes, baseline, field) -> stats_lib.Interval | None:
   """Mean and t-interval of `field`'s difference from `baseline` (seed -> Outcome), by seed."""
   diffs = [getattr(o, field) - getattr(baseline[o.seed], field)
            for o in sorted(outcomes, key=lambda o: o.seed) if o.seed in baseline]
-  return stats_lib.t_interval(diffs) if diffs else None
+  return stats_lib.t_interval(diffs, bounds=stats_lib.RATE_DIFFERENCE) if diffs else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -684,7 +685,8 @@ def caption(rows, policy, select_on, tolerance=0.0, uncovered=()):
     parts.append(f"Dataset {', '.join(fallback)} has no validation split (validation_fraction=0): "
                  "selected on the test split, optimistic.")
   parts.append("Gains: mean paired difference from the cross-entropy run of the same seed, over "
-               "the seeds both have, [95% t-interval]; † the recall interval includes 0.")
+               "the seeds both have, [95% t-interval, clipped to [-1, 1]]; † the recall interval "
+               "includes 0.")
   if any(r.method.endswith(BIAS) for r in rows):
     parts.append(f"+bias: the run's last-epoch predictions with a bias b >= 0 on the important "
                  f"class's score, per run the b of best {split} recall among 0 and the breakpoints "

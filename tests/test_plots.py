@@ -112,6 +112,29 @@ def test_tradeoff_png(tmp_path):
   assert_png(plots.plot_tradeoff(points, str(tmp_path / "tradeoff.png"), curve, title="t"))
 
 
+def test_tradeoff_bars_are_clipped_to_rates_and_the_axes_frame_the_data(tmp_path, monkeypatch):
+  # Two seeds: t(0.975, 1) = 12.7 stretches the intervals far past [0, 1].
+  camri_accuracy = stats.summarize([0.78, 0.86])
+  half = stats.t_quantile(0.975, 1) * camri_accuracy.std / math.sqrt(2)
+  assert plots._bar(camri_accuracy) == (pytest.approx(0.82 - half), 1.0)  # pylint: disable=protected-access
+  assert plots._bar(stats.summarize([0.7])) == (0.7, 0.7)  # pylint: disable=protected-access
+  points = [("cross_entropy", "cross_entropy (b = 0)", stats.summarize([0.80, 0.84]),
+             stats.summarize([0.5, 0.7]), "baseline"),
+            ("camri", "camri", camri_accuracy, stats.summarize([0.8, 0.95]), "chosen")]
+  frames = []
+
+  def save(fig, path):
+    frames.append((fig.axes[0].get_xlim(), fig.axes[0].get_ylim()))
+    plots.plt.close(fig)
+    return path
+  monkeypatch.setattr(plots, "_save", save)
+  plots.plot_tradeoff(points, str(tmp_path / "t.png"))
+  ((left, right), (bottom, top)), = frames
+  low = 0.82 - half  # The lowest clipped bar; the highest is 1.
+  assert (left, right) == (pytest.approx(low - 0.15 * (1 - low)), 1.01)
+  assert (bottom, top) == (-0.01, 1.01)  # Recall bars reach 0 and 1.
+
+
 def test_bias_sweep_is_the_mean_over_runs_on_one_grid():
   # Class 0: run a's example of class 0 needs b >= 0.5, run b's b >= 0.25 (eighths: exact).
   a = {"scores": np.array([[0.25, 0.75], [0.0, 1.0]], np.float32), "labels": np.array([0, 1])}

@@ -315,6 +315,21 @@ def test_t_interval_by_hand():
   assert single.mean == 0.3 and math.isnan(single.low) and not single.contains(0.3)
 
 
+def test_gain_intervals_are_clipped_to_what_a_difference_of_rates_can_be(tmp_path):
+  root = str(tmp_path)
+  # Recall differences 0.1 and 0.4: mean 0.25, sd 0.3 / sqrt(2), half-width 12.706 * 0.15 = 1.906.
+  for seed, (ce, camri) in enumerate([(0.5, 0.6), (0.5, 0.9)]):
+    write_run(root, f"ce{seed}", "cross_entropy", seed, [(2, 0.8, (ce, 0.5, 0.5), 0.8, (ce, 0.5, 0.5))])
+    write_run(root, f"camri{seed}", "camri", seed, [(2, 0.8, (camri, 0.5, 0.5), 0.8, (camri, 0.5, 0.5))],
+              tag="worst1", margin=[0.1])
+  camri = _csv_rows(root)["worst1", "camri"]
+  assert float(camri["recall_gain_mean"]) == pytest.approx(0.25)
+  assert (float(camri["recall_gain_ci_low"]), float(camri["recall_gain_ci_high"])) == (-1.0, 1.0)
+  assert "| +0.2500 [-1.0000, +1.0000]† |" in report.report(root, warn=quiet)
+  unclipped = stats.t_interval([0.1, 0.4])
+  assert unclipped.low == pytest.approx(0.25 - T_975[1] * 0.15)
+
+
 # Selection on validation.
 
 def _csv_rows(root, **kwargs):
