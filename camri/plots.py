@@ -20,6 +20,7 @@ setting of the method kept accuracy):
                                      every setting of the losses with a margin
                                      (CAMRI, ArcFace, ...; when any),
   tradeoff_<dataset>_<role>.png      what `tradeoff` writes.
+<dataset> is the report's name, an image folder's `folder:signs` written `folder-signs`.
 `tradeoff` writes only tradeoff_<dataset>_<role>.png: test recall of the
 important class against test accuracy. The line is cross-entropy as a bias
 on the important class's score sweeps (`camri.posthoc`, from the runs' saved
@@ -41,6 +42,7 @@ import argparse
 import collections
 import math
 import os
+import re
 import sys
 import warnings
 
@@ -499,9 +501,14 @@ def _row_at(workdir, policy, split="test"):
 def _load(root, policy, warn, **selection):
   """`report.load_results` and `report.build_table` of the runs under root."""
   results = report.load_results(root, policy, warn=warn, select_on=selection.get("select_on", "val"))
-  if not results:
-    raise ValueError(f"no runs under {root} have a row for the {report.describe_epoch_policy(policy)}")
   return results, report.build_table(results, warn=warn, **selection)
+
+
+def file_name(kind, dataset, role):
+  """`<kind>_<dataset>_<role>.png`, characters a file name should not hold as `-`
+  (`tradeoff_folder-signs_stop.png` for dataset folder:signs)."""
+  safe = lambda text: re.sub(r"[^A-Za-z0-9._+=-]", "-", text)
+  return f"{kind}_{safe(dataset)}_{safe(role)}.png"
 
 
 def _where(row):
@@ -581,7 +588,7 @@ def plot_tradeoffs(results, rows, out_dir, policy="last", warn=None):
     title = (f"{_where(row)}; {report.describe_epoch_policy(policy, row.selected_on)}, "
              f"settings selected on {row.selected_on}")
     written.append(plot_tradeoff(_tradeoff_points(results, rows, row.dataset, row.role),
-                                 os.path.join(out_dir, f"tradeoff_{row.dataset}_{row.role}.png"),
+                                 os.path.join(out_dir, file_name("tradeoff", row.dataset, row.role)),
                                  curve, title=title))
   return written
 
@@ -597,14 +604,15 @@ def plot_grid(root, out_dir, policy="last", warn=None, **selection):
   for (dataset, role), groups in _selected_groups(results, rows).items():
     row = next(r for r in rows if (r.dataset, r.role) == (dataset, role))
     classes, names = row.classes, next(r.class_names for r in results if r.dataset == dataset)
-    where, name = _where(row), f"{dataset}_{role}"
+    where = _where(row)
+    path = lambda kind, d=dataset, r=role: os.path.join(out_dir, file_name(kind, d, r))
     epoch = report.describe_epoch_policy(policy, row.selected_on)
     curves = {label: [run_log.read_metrics(r.workdir) for r in runs] for label, runs in groups.items()}
-    written.append(plot_training_curves(curves, os.path.join(out_dir, f"curves_{name}.png"),
+    written.append(plot_training_curves(curves, path("curves"),
                                         title=f"{where}; mean ± std over seeds"))
     written.append(plot_class_recall(
         {label: [r.class_recall for r in runs] for label, runs in groups.items()},
-        os.path.join(out_dir, f"class_recall_{name}.png"), names, classes, title=f"{where}; {epoch}"))
+        path("class_recall"), names, classes, title=f"{where}; {epoch}"))
     angles = {}
     for label, runs in groups.items():
       at = [_row_at(r.workdir, policy, row.selected_on) for r in runs]
@@ -614,7 +622,7 @@ def plot_grid(root, out_dir, policy="last", warn=None, **selection):
                          [[a[f"test_angle_var_{j}"] for j in range(k)] for a in at])
     if angles:
       angles = {label: tuple(np.array(list(v)) for v in pair) for label, pair in angles.items()}
-      written.append(plot_angle_stats(angles, os.path.join(out_dir, f"angle_stats_{name}.png"),
+      written.append(plot_angle_stats(angles, path("angle_stats"),
                                       names, classes, title=where))
     series = collections.defaultdict(list)
     by_setting = collections.defaultdict(list)
@@ -634,7 +642,7 @@ def plot_grid(root, out_dir, policy="last", warn=None, **selection):
         baseline = (report.BASELINE,
                     [math.fsum(r.class_recall[k] for k in classes) / len(classes) for r in ce],
                     [r.accuracy for r in ce])
-      written.append(plot_margin_sweep(dict(series), os.path.join(out_dir, f"margin_{name}.png"),
+      written.append(plot_margin_sweep(dict(series), path("margin"),
                                        baseline, title=f"{where}; {epoch}"))
   return written + plot_tradeoffs(results, rows, out_dir, policy, warn)
 

@@ -154,6 +154,7 @@ class RunResult:
   test: SplitNumbers
   val: SplitNumbers | None  # None without a validation split.
   class_names: tuple
+  folder: str | None = None  # An image-folder dataset's tree.
 
   def on(self, split) -> SplitNumbers:
     return self.val if split == "val" else self.test
@@ -333,11 +334,13 @@ def read_result(workdir, policy, select_on="val"):
     role = run_log.get_field(config, "tag") or "class" + "+".join(map(str, classes))
   loss = run_log.get_field(config, "loss") or {}
   setting = tuple(sorted((k, hashable(v)) for k, v in loss.items() if k not in NOT_SETTING))
-  return RunResult(workdir=workdir, dataset=run_log.get_field(config, "dataset"), method=method,
+  dataset = run_log.dataset_name(config)
+  return RunResult(workdir=workdir, dataset=dataset, method=method,
                    role=role, classes=classes, setting=setting, seed=run_log.get_field(config, "seed"),
                    test=_split_numbers(row, "test", num_classes),
                    val=_split_numbers(row, "val", num_classes) if has_val else None,
-                   class_names=tuple(run_log.get_field(config, "class_names") or ()))
+                   class_names=tuple(run_log.get_field(config, "class_names") or ()),
+                   folder=run_log.get_field(config, "folder") if dataset.startswith("folder:") else None)
 
 
 def _flatten(config, prefix=""):
@@ -364,25 +367,45 @@ def drop_duplicate_seeds(results, warn):
   return kept
 
 
+def tell_trees_apart(results):
+  """`results` with image-folder trees of one folder name named `folder:<name>@<tree_id>`."""
+  trees = collections.defaultdict(set)
+  for r in results:
+    if r.folder is not None:
+      trees[r.dataset].add(r.folder)
+  return [dataclasses.replace(r, dataset=f"{r.dataset}@{run_log.tree_id(r.folder)}")
+          if r.folder is not None and len(trees[r.dataset]) > 1 else r for r in results]
+
+
 def load_results(root, policy, warn=None, select_on="val"):
-  """`RunResult`s of every run under root; runs without the policy's epoch are left out."""
+  """`RunResult`s of every run under root; runs without the policy's epoch are left out.
+
+  Raises:
+    ValueError: no run under root has the policy's epoch: there is nothing to report.
+  """
   warn = warn or _stderr
   results, left_out = [], []
-  experiment = collections.defaultdict(lambda: collections.defaultdict(set))
   for workdir in run_log.find_runs(root):
     result = read_result(workdir, policy, select_on)
     if result is None:
       left_out.append(workdir)
-      continue
-    results.append(result)
-    for key, value in _flatten(run_log.read_config(workdir)).items():
+    else:
+      results.append(result)
+  described = describe_epoch_policy(policy, select_on)
+  if not results and not left_out:
+    raise ValueError(f"no run directories (with {run_log.CONFIG_FILE}) under {root}")
+  if not results:
+    raise ValueError(f"none of the {len(left_out)} runs under {root} has a row for the {described}: "
+                     "nothing to report (see --epoch)")
+  if left_out:
+    warn(f"{len(left_out)} runs have no row for the {described}, "
+         "left out: " + ", ".join(left_out[:5]) + (" ..." if len(left_out) > 5 else ""))
+  results = tell_trees_apart(results)
+  experiment = collections.defaultdict(lambda: collections.defaultdict(set))
+  for result in results:
+    for key, value in _flatten(run_log.read_config(result.workdir)).items():
       if key.split(".")[0] not in NOT_EXPERIMENT:
         experiment[result.dataset][key].add(value)
-  if not results and not left_out:
-    warn(f"no run directories (with {run_log.CONFIG_FILE}) under {root}")
-  if left_out:
-    warn(f"{len(left_out)} runs have no row for the {describe_epoch_policy(policy, select_on)}, "
-         "left out: " + ", ".join(left_out[:5]) + (" ..." if len(left_out) > 5 else ""))
   for dataset, fields in sorted(experiment.items()):
     varying = sorted(k for k, values in fields.items() if len(values) > 1)
     if varying:
@@ -503,6 +526,23 @@ class _Block:
                     baseline=self.saved_baseline)
 
 
+def check_recall_defined(runs, classes, splits, dataset, role):
+  """Raises when a run's recall of `classes` is nan on one of `splits`.
+
+  A nan recall means the split holds no example of the class: nothing can be
+  selected on it or compared, and a table of nan gains would look like a result.
+  """
+  for r in runs:
+    for split in splits:
+      missing = [k for k in classes if math.isnan(r.on(split).class_recall[k])]
+      if missing:
+        k, name = missing[0], SPLIT_NAMES[split]
+        label = f"{k} ({r.class_names[k]})" if k < len(r.class_names) else str(k)
+        raise ValueError(f"{dataset}, role {role}: class {label} has no {name} example in "
+                         f"{r.workdir} ({split}_recall_{k} is nan), so no method can be selected "
+                         f"or compared on it; give the class {name} examples")
+
+
 def selection_split(dataset, runs, select_on, warn):
   """`select_on`, or test when some of the dataset's runs have no validation split."""
   without = [r for r in runs if r.val is None]
@@ -559,6 +599,8 @@ def _dataset_rows(dataset, runs, reference, select_on, tolerance, post_hoc_bias,
                     stats(r.accuracy for r in ce), selected_on=split))
   for role in _order(role_classes, ROLE_ORDER):
     classes = role_classes[role]
+    check_recall_defined(ce + [r for r in runs if r.role == role], classes,
+                         dict.fromkeys((split, "test")), dataset, role)
     baseline = {r.seed: outcome(r, classes) for r in ce}
     saved = {r.seed: o for r in ce if (o := saved_outcome(r, classes)) is not None}
     block = _Block(dataset, role, classes, tuple(names[k] for k in classes if k < len(names)),

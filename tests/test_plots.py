@@ -98,7 +98,7 @@ def test_grid_without_runs_is_an_error(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
     plots.main(["grid", str(tmp_path), "--out", str(tmp_path / "plots")])
   assert exit_info.value.code == 2
-  assert f"error: no runs under {tmp_path}" in capsys.readouterr().err
+  assert capsys.readouterr().err == f"error: no run directories (with config.json) under {tmp_path}\n"
 
 
 def test_tradeoff_png(tmp_path):
@@ -133,6 +133,11 @@ def test_tradeoff_bars_are_clipped_to_rates_and_the_axes_frame_the_data(tmp_path
   low = 0.82 - half  # The lowest clipped bar; the highest is 1.
   assert (left, right) == (pytest.approx(low - 0.15 * (1 - low)), 1.01)
   assert (bottom, top) == (-0.01, 1.01)  # Recall bars reach 0 and 1.
+
+
+def test_file_names_hold_no_colon_or_space():
+  assert plots.file_name("tradeoff", "folder:signs", "stop sign") == "tradeoff_folder-signs_stop-sign.png"
+  assert plots.file_name("curves", "cifar10", "worst1") == "curves_cifar10_worst1.png"
 
 
 def test_bias_sweep_is_the_mean_over_runs_on_one_grid():
