@@ -57,10 +57,7 @@ def keep_accelerators_for_jax():
 def validated_config(config):
   """The validated config with important classes as indices, and the class names."""
   spec = data_lib.DATASETS.get(config.dataset)
-  names = None
-  if spec is not None:
-    builder = None if spec.class_names else data_lib.builder_for(config, prepare=False)[1]
-    names = data_lib.class_names(spec, builder)
+  names = None if spec is None else data_lib.config_class_names(config)
   resolved = config_lib.validate(
       config, datasets=list(data_lib.DATASETS), models=list(models.BACKBONES),
       losses={k: v[1] for k, v in objectives.OBJECTIVES.items()},

@@ -85,6 +85,7 @@ import dataclasses
 import importlib.resources
 import io
 import math
+import os
 import sys
 
 import numpy as np
@@ -707,8 +708,31 @@ HEADER = ["dataset", "role", "class", "method", "setting", "seeds", "kept", "rec
 REFERENCE_HEADER = ["paper recall", "paper accuracy"]
 
 
-def caption(rows, policy, select_on, tolerance=0.0, uncovered=()):
-  """The table's caption: what the numbers are and how the settings were chosen."""
+def how_roles_were_chosen(root, results):
+  """Caption sentences from the roles files (`run_log.ROLES_FILE`) of `launch.protocol` under root.
+
+  A roles file speaks for the runs under its directory.
+  """
+  sentences = []
+  for directory, saved in sorted(run_log.find_roles(root).items()):
+    inside = os.path.join(os.path.abspath(directory), "")
+    datasets = sorted({r.dataset for r in results if os.path.abspath(r.workdir).startswith(inside)})
+    # Files of the protocol from before "chosen_on" measured on test.
+    chosen_on = saved.get("chosen_on", "test" if saved.get("mean_recall") else None)
+    for dataset in datasets:
+      if chosen_on is None:
+        sentences.append(f"Roles of {dataset}: {saved.get('rule')}.")
+      else:
+        sentences.append(
+            f"Roles of {dataset}: worst1, worst2 and median of cross-entropy's mean "
+            f"{SPLIT_NAMES[chosen_on]} recall per class"
+            + (": chosen on the test split, optimistic for every gain on them." if chosen_on == "test"
+               else ", test recall playing no part."))
+  return tuple(sentences)
+
+
+def caption(rows, policy, select_on, tolerance=0.0, uncovered=(), roles=()):
+  """The table's caption: what the numbers are and how the settings (and roles) were chosen."""
   split = SPLIT_NAMES[select_on]
   minus = f" minus {tolerance:g}" if tolerance else ""
   parts = [f"Test recall and precision of the important class and test accuracy, mean ± sample "
@@ -734,6 +758,7 @@ def caption(rows, policy, select_on, tolerance=0.0, uncovered=()):
                  f"class's score, per run the b of best {split} recall among 0 and the breakpoints "
                  f"whose {split} accuracy is at least the run's own at b = 0{minus}; its gains are "
                  "over cross-entropy's last-epoch predictions.")
+  parts += roles
   if uncovered:
     parts.append(f"The paper's Table 1 does not cover {', '.join(uncovered)}.")
   return " ".join(parts)
@@ -820,7 +845,7 @@ def report(root, policy="last", fmt="markdown", with_reference=False, warn=None,
       warn(f"the paper's Table 1 does not cover {', '.join(uncovered)}")
   writer = {"markdown": to_markdown, "csv": to_csv, "latex": to_latex}[fmt]
   return writer(rows, policy, with_reference, select_on=select_on, tolerance=tolerance,
-                uncovered=tuple(uncovered))
+                uncovered=tuple(uncovered), roles=how_roles_were_chosen(root, results))
 
 
 def main(argv=None):

@@ -199,6 +199,21 @@ def find_runs(root) -> list[str]:
   return sorted(found)
 
 
+# How `launch.protocol` chose a grid's important classes, in the grid's root.
+ROLES_FILE = "important_classes.json"
+
+
+def find_roles(root) -> dict[str, dict]:
+  """{directory: its ROLES_FILE, read} for every such file under root (root included)."""
+  found = {}
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = [d for d in dirnames if d != CHECKPOINT_DIR and not d.startswith(".")]
+    if ROLES_FILE in filenames:
+      with open(os.path.join(dirpath, ROLES_FILE)) as f:
+        found[dirpath] = json.load(f)
+  return found
+
+
 def tree_name(folder: str) -> str:
   """An image-folder tree's folder name: `signs` of /data/signs."""
   return os.path.basename(os.path.normpath(folder))

@@ -350,6 +350,27 @@ def test_a_folder_dataset_is_named_after_its_tree_and_two_trees_are_told_apart(t
   assert "| folder:signs | - | - | cross_entropy |" in report.report(str(tmp_path / "a"), warn=quiet)
 
 
+def _roles_file(root, **saved):
+  with open(os.path.join(root, run_log.ROLES_FILE), "w") as f:
+    json.dump(saved, f)
+
+
+def test_the_caption_says_which_split_chose_the_roles(tmp_path):
+  for name, saved in [("val", dict(roles={"worst1": 0}, chosen_on="val", mean_recall=[0.5, 0.6, 0.7])),
+                      ("old", dict(worst1=0, mean_recall=[0.5, 0.6, 0.7])),  # before chosen_on: test
+                      ("named", dict(roles={"a": 0}, chosen_on=None, rule="the classes named"))]:
+    root = str(tmp_path / name)
+    write_run(root, "ce", "cross_entropy", 0, [(2, 0.8, (0.5,) * 3, 0.8, (0.5,) * 3)], dataset=name)
+    _roles_file(root, **saved)
+  text = report.report(str(tmp_path), warn=quiet).splitlines()[0]
+  assert ("Roles of val: worst1, worst2 and median of cross-entropy's mean validation recall per "
+          "class, test recall playing no part.") in text
+  assert ("Roles of old: worst1, worst2 and median of cross-entropy's mean test recall per class: "
+          "chosen on the test split, optimistic for every gain on them.") in text
+  assert "Roles of named: the classes named." in text
+  assert "Roles of" not in report.report(str(tmp_path / "val" / "ce"), warn=quiet)
+
+
 # The Student t interval (camri.stats).
 
 def test_t_quantiles_match_the_tables():
