@@ -376,7 +376,7 @@ def next_commands(protocol, ended):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m launch.protocol", description=__doc__.split("\n\n")[0],
-                                   epilog=__doc__.split("\n\n", 3)[3],
+                                   epilog=__doc__.split("\n\n", 2)[2],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dataset", required=True, choices=DATASETS)
   parser.add_argument("--config", help="base config (default configs/<dataset>.py; required for "

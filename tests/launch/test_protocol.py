@@ -245,7 +245,7 @@ def test_named_classes_each_get_a_role_and_both_stages_launch_together(tmp_path,
     (["--config.num_epoch=3"], "config has no field 'num_epoch' Did you mean \"num_epochs\" instead of "
      "\"num_epoch\"?"),
     (["--epochs", "3"], "unrecognized argument '--epochs': config fields are given as --config.FIELD=VALUE"),
-])
+], ids=["paper", "unknown-class", "one-class-twice", "protocol-field", "unknown-field", "not-a-field"])
 def test_bad_folder_protocol_arguments_are_one_line(extra, expected, tmp_path, image_tree, capsys):
   tree = image_tree("signs")
   with pytest.raises(SystemExit) as exit_info:
