@@ -1,7 +1,9 @@
-"""Shared set-up for the launcher tests: a stand-in trainer, `fake_main`."""
+"""Shared set-up for the launcher tests: a stand-in trainer, `fake_main`, and tiny image trees."""
 
 import os
 
+import numpy as np
+from PIL import Image
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,9 +25,6 @@ def image_tree(tmp_path):
 
   Returns a function (name, classes) -> the tree's path, tmp_path/<name> by default.
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
   def write(name="signs", classes=("ant", "bee", "cow", "dog"),
             counts=(("train", 8), ("val", 4), ("test", 4))):
     root = tmp_path / name
