@@ -10,6 +10,8 @@ import sys
 import textwrap
 
 from absl import app
+from absl import flags
+from ml_collections import config_flags
 
 from camri import config_lib
 
@@ -39,6 +41,59 @@ def exit_on_help(argv) -> None:
       app.usage(shorthelp=_HELP_FLAGS[name], writeto_stdout=True)
       print(f"\n{config_help()}")
       sys.exit(0)
+
+
+def config_error(error: Exception, argv) -> str | None:
+  """The one line for a --config that failed to parse, or None when `error` is not about it.
+
+  A config file's ValueError (a bad argument string; ConfigError is one) and an
+  override of a field the config lacks would otherwise print a traceback:
+  ml_collections re-raises them with the traceback in the message, so the
+  original is looked up on the exception's context chain.
+  """
+  chain = [error]
+  while chain[-1].__context__ is not None:
+    chain.append(chain[-1].__context__)
+  original = chain[-1]
+  if isinstance(original, config_lib.ConfigError):
+    return str(original)
+  if isinstance(original, KeyError) and any(a.startswith("--config.") for a in argv):
+    # The outermost KeyError carries ml_collections' "Did you mean" hint.
+    key_error = next(c for c in chain if isinstance(c, KeyError))
+    return f"config has no field {str(key_error.args[0]).replace(chr(10), ' ')}"
+  if isinstance(original, ValueError) and "Error whilst parsing config file" in str(error):
+    return f"{str(error).splitlines()[0].rstrip(':')}: {type(original).__name__}: {original}"
+  return None
+
+
+def config_file_error(error: IOError) -> str:
+  """The one line for a config file that could not be read."""
+  return f"--config: {str(error).strip().splitlines()[-1].strip()}"
+
+
+def load_config(spec: str, overrides=()):
+  """The config of `--config spec` and `--config.<field>=<value>` overrides, as camri.main reads it.
+
+  Args:
+    spec: 'path/to/config.py[:argument string]'.
+    overrides: '--config.<field>=<value>' strings.
+
+  Raises:
+    ConfigError: one line saying what is wrong.
+  """
+  argv = ["camri", f"--config={spec}", *overrides]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  try:
+    values(argv)
+    config = values.config
+    config.get("dataset")  # A config file that failed to load raises here.
+  except (flags.Error, AttributeError, KeyError) as e:
+    raise config_lib.ConfigError(config_error(e, argv) or str(e)) from e
+  except IOError as e:
+    raise config_lib.ConfigError(config_file_error(e)) from e
+  return config
 
 
 def parse_flags(argv):

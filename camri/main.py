@@ -125,36 +125,23 @@ def _holding_workdir(workdir: str):
 
 
 def _parse_flags(argv):
-  """absl's flag parsing, with a bad --config reported in one line, status 2.
-
-  A config file's ValueError (a bad argument string; ConfigError is one) and an
-  override of a field the config lacks would otherwise print a traceback:
-  ml_collections re-raises them with the traceback in the message, so the
-  original is looked up on the exception's context chain. --help exits 0.
+  """absl's flag parsing, with a bad --config reported in one line (`cli.config_error`),
+  status 2. --help exits 0.
   """
   cli.exit_on_help(argv)
   try:
     argv = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError) as e:
-    chain = [e]
-    while chain[-1].__context__ is not None:
-      chain.append(chain[-1].__context__)
-    original = chain[-1]
-    if isinstance(original, ConfigError):
-      _fail(original, 2)
-    if isinstance(original, KeyError) and any(a.startswith("--config.") for a in argv):
-      # The outermost KeyError carries ml_collections' "Did you mean" hint.
-      key_error = next(c for c in chain if isinstance(c, KeyError))
-      _fail(f"config has no field {str(key_error.args[0]).replace(chr(10), ' ')}", 2)
-    if isinstance(original, ValueError) and "Error whilst parsing config file" in str(e):
-      _fail(f"{str(e).splitlines()[0].rstrip(':')}: {type(original).__name__}: {original}", 2)
+    message = cli.config_error(e, argv)
+    if message is not None:
+      _fail(message, 2)
     if not isinstance(e, flags.Error):
       raise
     _fail(f"{e} (flags: --helpshort)", 2)
   try:
     _CONFIG.value.get("dataset")  # A config file that failed to load raises here.
   except IOError as e:
-    _fail(f"--config: {str(e).strip().splitlines()[-1].strip()}", 2)
+    _fail(cli.config_file_error(e), 2)
   return argv
 
 

@@ -20,13 +20,15 @@ setting of the method kept accuracy):
                                      every setting of the losses with a margin
                                      (CAMRI, ArcFace, ...; when any),
   tradeoff_<dataset>_<role>.png      what `tradeoff` writes.
+<dataset> is the report's name, an image folder's `folder:signs` written `folder-signs`.
 `tradeoff` writes only tradeoff_<dataset>_<role>.png: test recall of the
 important class against test accuracy. The line is cross-entropy as a bias
 on the important class's score sweeps (`camri.posthoc`, from the runs' saved
 test predictions; mean over seeds at each b); the points are every setting of
-every method, with 95% t-interval bars over seeds, the reported settings and
-the report's +bias rows highlighted. A loss shows something where it lies
-above the line: a recall the threshold shift does not buy at that accuracy.
+every method, with 95% t-interval bars over seeds (clipped to [0, 1]), the
+reported settings and the report's +bias rows highlighted. A loss shows
+something where it lies above the line: a recall the threshold shift does not
+buy at that accuracy.
 `angles` restores each run's newest checkpoint and draws, per class, the
 histogram of those angles over the test set. `features2d` draws the
 normalised test features of runs with feature_dim 2 on the unit circle with
@@ -40,6 +42,7 @@ import argparse
 import collections
 import math
 import os
+import re
 import sys
 import warnings
 
@@ -217,9 +220,21 @@ _TRADEOFF_STYLES = {
 }
 
 
-def _half(s):
-  half = stats.half_width(s) if s is not None else math.nan
-  return None if math.isnan(half) else half
+def _bar(s):
+  """(low, high): the 95% t-interval of a rate over seeds, clipped to [0, 1]; the mean for one seed."""
+  low, high = stats.interval(s, bounds=stats.RATE)
+  return (s.mean, s.mean) if math.isnan(low) else (low, high)
+
+
+def _error(s):
+  low, high = _bar(s)
+  return [[s.mean - low], [high - s.mean]]
+
+
+def _frame(values, pad_fraction):
+  """Axis limits around `values` (rates) with a pad, never far past [0, 1]."""
+  pad = max(0.005, pad_fraction * (max(values) - min(values)))
+  return max(min(values) - pad, -0.01), min(max(values) + pad, 1.01)
 
 
 def plot_tradeoff(points, path, curve=None, title=""):
@@ -248,27 +263,23 @@ def plot_tradeoff(points, path, curve=None, title=""):
     if kind == "setting":
       label = None if method in labelled else f"{method}: settings"
       labelled.add(method)
-    ax.errorbar(accuracy.mean, recall.mean, xerr=_half(accuracy), yerr=_half(recall), linestyle="none",
+    ax.errorbar(accuracy.mean, recall.mean, xerr=_error(accuracy), yerr=_error(recall), linestyle="none",
                 color=colors[method.removesuffix(report.BIAS)], capsize=2, label=label,
                 zorder=2 if kind == "setting" else 3, **_TRADEOFF_STYLES[kind])
-  # Frame the points; the curve runs on to low accuracy, which is not of interest.
-  lows = [p[2].mean - (_half(p[2]) or 0.0) for p in points]
-  highs = [p[2].mean + (_half(p[2]) or 0.0) for p in points]
-  pad = max(0.005, 0.15 * (max(highs) - min(lows)))
-  left, right = min(lows) - pad, max(highs) + pad
-  ys = [p[3].mean + sign * (_half(p[3]) or 0.0) for p in points for sign in (-1, 1)]
+  # Frame the points and their bars; the curve runs on to low accuracy, which is not of interest.
+  left, right = _frame([x for p in points for x in _bar(p[2])], 0.15)
+  ys = [y for p in points for y in _bar(p[3])]
   if curve is not None:
     inside = (np.asarray(curve[0]) >= left) & (np.asarray(curve[0]) <= right)
     ys += list(np.asarray(curve[1])[inside])
-  ypad = max(0.005, 0.1 * (max(ys) - min(ys)))
   ax.set_xlim(left, right)
-  ax.set_ylim(max(0.0, min(ys) - ypad), min(1.0, max(ys)) + ypad)
+  ax.set_ylim(*_frame(ys, 0.1))
   ax.set_xlabel("test accuracy")
   ax.set_ylabel("test recall of the important class")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="best")
-  ax.set_title(title + "\nbars: 95% t-interval over seeds; large: reported setting; star: +bias row",
-               fontsize=9)
+  ax.set_title(title + "\nbars: 95% t-interval over seeds, clipped to [0, 1]; large: reported "
+               "setting; star: +bias row", fontsize=9)
   return _save(fig, path)
 
 
@@ -490,9 +501,14 @@ def _row_at(workdir, policy, split="test"):
 def _load(root, policy, warn, **selection):
   """`report.load_results` and `report.build_table` of the runs under root."""
   results = report.load_results(root, policy, warn=warn, select_on=selection.get("select_on", "val"))
-  if not results:
-    raise ValueError(f"no runs under {root} have a row for the {report.describe_epoch_policy(policy)}")
   return results, report.build_table(results, warn=warn, **selection)
+
+
+def file_name(kind, dataset, role):
+  """`<kind>_<dataset>_<role>.png`, characters a file name should not hold as `-`
+  (`tradeoff_folder-signs_stop.png` for dataset folder:signs)."""
+  safe = lambda text: re.sub(r"[^A-Za-z0-9._+=-]", "-", text)
+  return f"{kind}_{safe(dataset)}_{safe(role)}.png"
 
 
 def _where(row):
@@ -572,7 +588,7 @@ def plot_tradeoffs(results, rows, out_dir, policy="last", warn=None):
     title = (f"{_where(row)}; {report.describe_epoch_policy(policy, row.selected_on)}, "
              f"settings selected on {row.selected_on}")
     written.append(plot_tradeoff(_tradeoff_points(results, rows, row.dataset, row.role),
-                                 os.path.join(out_dir, f"tradeoff_{row.dataset}_{row.role}.png"),
+                                 os.path.join(out_dir, file_name("tradeoff", row.dataset, row.role)),
                                  curve, title=title))
   return written
 
@@ -588,14 +604,15 @@ def plot_grid(root, out_dir, policy="last", warn=None, **selection):
   for (dataset, role), groups in _selected_groups(results, rows).items():
     row = next(r for r in rows if (r.dataset, r.role) == (dataset, role))
     classes, names = row.classes, next(r.class_names for r in results if r.dataset == dataset)
-    where, name = _where(row), f"{dataset}_{role}"
+    where = _where(row)
+    path = lambda kind, d=dataset, r=role: os.path.join(out_dir, file_name(kind, d, r))
     epoch = report.describe_epoch_policy(policy, row.selected_on)
     curves = {label: [run_log.read_metrics(r.workdir) for r in runs] for label, runs in groups.items()}
-    written.append(plot_training_curves(curves, os.path.join(out_dir, f"curves_{name}.png"),
+    written.append(plot_training_curves(curves, path("curves"),
                                         title=f"{where}; mean ± std over seeds"))
     written.append(plot_class_recall(
         {label: [r.class_recall for r in runs] for label, runs in groups.items()},
-        os.path.join(out_dir, f"class_recall_{name}.png"), names, classes, title=f"{where}; {epoch}"))
+        path("class_recall"), names, classes, title=f"{where}; {epoch}"))
     angles = {}
     for label, runs in groups.items():
       at = [_row_at(r.workdir, policy, row.selected_on) for r in runs]
@@ -605,7 +622,7 @@ def plot_grid(root, out_dir, policy="last", warn=None, **selection):
                          [[a[f"test_angle_var_{j}"] for j in range(k)] for a in at])
     if angles:
       angles = {label: tuple(np.array(list(v)) for v in pair) for label, pair in angles.items()}
-      written.append(plot_angle_stats(angles, os.path.join(out_dir, f"angle_stats_{name}.png"),
+      written.append(plot_angle_stats(angles, path("angle_stats"),
                                       names, classes, title=where))
     series = collections.defaultdict(list)
     by_setting = collections.defaultdict(list)
@@ -625,7 +642,7 @@ def plot_grid(root, out_dir, policy="last", warn=None, **selection):
         baseline = (report.BASELINE,
                     [math.fsum(r.class_recall[k] for k in classes) / len(classes) for r in ce],
                     [r.accuracy for r in ce])
-      written.append(plot_margin_sweep(dict(series), os.path.join(out_dir, f"margin_{name}.png"),
+      written.append(plot_margin_sweep(dict(series), path("margin"),
                                        baseline, title=f"{where}; {epoch}"))
   return written + plot_tradeoffs(results, rows, out_dir, policy, warn)
 

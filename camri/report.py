@@ -41,9 +41,10 @@ Columns (test split; mean ± sample std, ddof=1, over seeds):
   accuracy         overall.
   recall gain,     mean over the seeds shared with cross-entropy of the paired
   accuracy gain    difference (run - the cross-entropy run of the same seed),
-                   [its 95% interval mean ± t(0.975, n-1) sd / sqrt(n)]; no
-                   interval for n < 2. † marks a recall interval that holds 0:
-                   the gain may be seed noise.
+                   [its 95% interval mean ± t(0.975, n-1) sd / sqrt(n),
+                   clipped to [-1, 1], the values a difference of two rates
+                   can take]; no interval for n < 2. † marks a recall
+                   interval that holds 0: the gain may be seed noise.
 The csv has every number: recall_gain_mean, recall_gain_ci_low, ...,
 selected_on (val or test), pairs (n of the gains).
 
@@ -84,6 +85,7 @@ import dataclasses
 import importlib.resources
 import io
 import math
+import os
 import sys
 
 import numpy as np
@@ -153,6 +155,7 @@ class RunResult:
   test: SplitNumbers
   val: SplitNumbers | None  # None without a validation split.
   class_names: tuple
+  folder: str | None = None  # An image-folder dataset's tree.
 
   def on(self, split) -> SplitNumbers:
     return self.val if split == "val" else self.test
@@ -332,11 +335,13 @@ def read_result(workdir, policy, select_on="val"):
     role = run_log.get_field(config, "tag") or "class" + "+".join(map(str, classes))
   loss = run_log.get_field(config, "loss") or {}
   setting = tuple(sorted((k, hashable(v)) for k, v in loss.items() if k not in NOT_SETTING))
-  return RunResult(workdir=workdir, dataset=run_log.get_field(config, "dataset"), method=method,
+  dataset = run_log.dataset_name(config)
+  return RunResult(workdir=workdir, dataset=dataset, method=method,
                    role=role, classes=classes, setting=setting, seed=run_log.get_field(config, "seed"),
                    test=_split_numbers(row, "test", num_classes),
                    val=_split_numbers(row, "val", num_classes) if has_val else None,
-                   class_names=tuple(run_log.get_field(config, "class_names") or ()))
+                   class_names=tuple(run_log.get_field(config, "class_names") or ()),
+                   folder=run_log.get_field(config, "folder") if dataset.startswith("folder:") else None)
 
 
 def _flatten(config, prefix=""):
@@ -363,25 +368,45 @@ def drop_duplicate_seeds(results, warn):
   return kept
 
 
+def tell_trees_apart(results):
+  """`results` with image-folder trees of one folder name named `folder:<name>@<tree_id>`."""
+  trees = collections.defaultdict(set)
+  for r in results:
+    if r.folder is not None:
+      trees[r.dataset].add(r.folder)
+  return [dataclasses.replace(r, dataset=f"{r.dataset}@{run_log.tree_id(r.folder)}")
+          if r.folder is not None and len(trees[r.dataset]) > 1 else r for r in results]
+
+
 def load_results(root, policy, warn=None, select_on="val"):
-  """`RunResult`s of every run under root; runs without the policy's epoch are left out."""
+  """`RunResult`s of every run under root; runs without the policy's epoch are left out.
+
+  Raises:
+    ValueError: no run under root has the policy's epoch: there is nothing to report.
+  """
   warn = warn or _stderr
   results, left_out = [], []
-  experiment = collections.defaultdict(lambda: collections.defaultdict(set))
   for workdir in run_log.find_runs(root):
     result = read_result(workdir, policy, select_on)
     if result is None:
       left_out.append(workdir)
-      continue
-    results.append(result)
-    for key, value in _flatten(run_log.read_config(workdir)).items():
+    else:
+      results.append(result)
+  described = describe_epoch_policy(policy, select_on)
+  if not results and not left_out:
+    raise ValueError(f"no run directories (with {run_log.CONFIG_FILE}) under {root}")
+  if not results:
+    raise ValueError(f"none of the {len(left_out)} runs under {root} has a row for the {described}: "
+                     "nothing to report (see --epoch)")
+  if left_out:
+    warn(f"{len(left_out)} runs have no row for the {described}, "
+         "left out: " + ", ".join(left_out[:5]) + (" ..." if len(left_out) > 5 else ""))
+  results = tell_trees_apart(results)
+  experiment = collections.defaultdict(lambda: collections.defaultdict(set))
+  for result in results:
+    for key, value in _flatten(run_log.read_config(result.workdir)).items():
       if key.split(".")[0] not in NOT_EXPERIMENT:
         experiment[result.dataset][key].add(value)
-  if not results and not left_out:
-    warn(f"no run directories (with {run_log.CONFIG_FILE}) under {root}")
-  if left_out:
-    warn(f"{len(left_out)} runs have no row for the {describe_epoch_policy(policy, select_on)}, "
-         "left out: " + ", ".join(left_out[:5]) + (" ..." if len(left_out) > 5 else ""))
   for dataset, fields in sorted(experiment.items()):
     varying = sorted(k for k, values in fields.items() if len(values) > 1)
     if varying:
@@ -427,7 +452,7 @@ def paired_gain(outcomes, baseline, field) -> stats_lib.Interval | None:
   """Mean and t-interval of `field`'s difference from `baseline` (seed -> Outcome), by seed."""
   diffs = [getattr(o, field) - getattr(baseline[o.seed], field)
            for o in sorted(outcomes, key=lambda o: o.seed) if o.seed in baseline]
-  return stats_lib.t_interval(diffs) if diffs else None
+  return stats_lib.t_interval(diffs, bounds=stats_lib.RATE_DIFFERENCE) if diffs else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -502,6 +527,23 @@ class _Block:
                     baseline=self.saved_baseline)
 
 
+def check_recall_defined(runs, classes, splits, dataset, role):
+  """Raises when a run's recall of `classes` is nan on one of `splits`.
+
+  A nan recall means the split holds no example of the class: nothing can be
+  selected on it or compared, and a table of nan gains would look like a result.
+  """
+  for r in runs:
+    for split in splits:
+      missing = [k for k in classes if math.isnan(r.on(split).class_recall[k])]
+      if missing:
+        k, name = missing[0], SPLIT_NAMES[split]
+        label = f"{k} ({r.class_names[k]})" if k < len(r.class_names) else str(k)
+        raise ValueError(f"{dataset}, role {role}: class {label} has no {name} example in "
+                         f"{r.workdir} ({split}_recall_{k} is nan), so no method can be selected "
+                         f"or compared on it; give the class {name} examples")
+
+
 def selection_split(dataset, runs, select_on, warn):
   """`select_on`, or test when some of the dataset's runs have no validation split."""
   without = [r for r in runs if r.val is None]
@@ -558,6 +600,8 @@ def _dataset_rows(dataset, runs, reference, select_on, tolerance, post_hoc_bias,
                     stats(r.accuracy for r in ce), selected_on=split))
   for role in _order(role_classes, ROLE_ORDER):
     classes = role_classes[role]
+    check_recall_defined(ce + [r for r in runs if r.role == role], classes,
+                         dict.fromkeys((split, "test")), dataset, role)
     baseline = {r.seed: outcome(r, classes) for r in ce}
     saved = {r.seed: o for r in ce if (o := saved_outcome(r, classes)) is not None}
     block = _Block(dataset, role, classes, tuple(names[k] for k in classes if k < len(names)),
@@ -664,8 +708,31 @@ HEADER = ["dataset", "role", "class", "method", "setting", "seeds", "kept", "rec
 REFERENCE_HEADER = ["paper recall", "paper accuracy"]
 
 
-def caption(rows, policy, select_on, tolerance=0.0, uncovered=()):
-  """The table's caption: what the numbers are and how the settings were chosen."""
+def how_roles_were_chosen(root, results):
+  """Caption sentences from the roles files (`run_log.ROLES_FILE`) of `launch.protocol` under root.
+
+  A roles file speaks for the runs under its directory.
+  """
+  sentences = []
+  for directory, saved in sorted(run_log.find_roles(root).items()):
+    inside = os.path.join(os.path.abspath(directory), "")
+    datasets = sorted({r.dataset for r in results if os.path.abspath(r.workdir).startswith(inside)})
+    # Files of the protocol from before "chosen_on" measured on test.
+    chosen_on = saved.get("chosen_on", "test" if saved.get("mean_recall") else None)
+    for dataset in datasets:
+      if chosen_on is None:
+        sentences.append(f"Roles of {dataset}: {saved.get('rule')}.")
+      else:
+        sentences.append(
+            f"Roles of {dataset}: worst1, worst2 and median of cross-entropy's mean "
+            f"{SPLIT_NAMES[chosen_on]} recall per class"
+            + (": chosen on the test split, optimistic for every gain on them." if chosen_on == "test"
+               else ", test recall playing no part."))
+  return tuple(sentences)
+
+
+def caption(rows, policy, select_on, tolerance=0.0, uncovered=(), roles=()):
+  """The table's caption: what the numbers are and how the settings (and roles) were chosen."""
   split = SPLIT_NAMES[select_on]
   minus = f" minus {tolerance:g}" if tolerance else ""
   parts = [f"Test recall and precision of the important class and test accuracy, mean ± sample "
@@ -684,12 +751,14 @@ def caption(rows, policy, select_on, tolerance=0.0, uncovered=()):
     parts.append(f"Dataset {', '.join(fallback)} has no validation split (validation_fraction=0): "
                  "selected on the test split, optimistic.")
   parts.append("Gains: mean paired difference from the cross-entropy run of the same seed, over "
-               "the seeds both have, [95% t-interval]; † the recall interval includes 0.")
+               "the seeds both have, [95% t-interval, clipped to [-1, 1]]; † the recall interval "
+               "includes 0.")
   if any(r.method.endswith(BIAS) for r in rows):
     parts.append(f"+bias: the run's last-epoch predictions with a bias b >= 0 on the important "
                  f"class's score, per run the b of best {split} recall among 0 and the breakpoints "
                  f"whose {split} accuracy is at least the run's own at b = 0{minus}; its gains are "
                  "over cross-entropy's last-epoch predictions.")
+  parts += roles
   if uncovered:
     parts.append(f"The paper's Table 1 does not cover {', '.join(uncovered)}.")
   return " ".join(parts)
@@ -776,7 +845,7 @@ def report(root, policy="last", fmt="markdown", with_reference=False, warn=None,
       warn(f"the paper's Table 1 does not cover {', '.join(uncovered)}")
   writer = {"markdown": to_markdown, "csv": to_csv, "latex": to_latex}[fmt]
   return writer(rows, policy, with_reference, select_on=select_on, tolerance=tolerance,
-                uncovered=tuple(uncovered))
+                uncovered=tuple(uncovered), roles=how_roles_were_chosen(root, results))
 
 
 def main(argv=None):

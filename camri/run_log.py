@@ -18,6 +18,7 @@ one line.
 
 import csv
 import errno
+import hashlib
 import io
 import json
 import math
@@ -196,6 +197,38 @@ def find_runs(root) -> list[str]:
     if CONFIG_FILE in filenames:
       found.append(dirpath)
   return sorted(found)
+
+
+# How `launch.protocol` chose a grid's important classes, in the grid's root.
+ROLES_FILE = "important_classes.json"
+
+
+def find_roles(root) -> dict[str, dict]:
+  """{directory: its ROLES_FILE, read} for every such file under root (root included)."""
+  found = {}
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = [d for d in dirnames if d != CHECKPOINT_DIR and not d.startswith(".")]
+    if ROLES_FILE in filenames:
+      with open(os.path.join(dirpath, ROLES_FILE)) as f:
+        found[dirpath] = json.load(f)
+  return found
+
+
+def tree_name(folder: str) -> str:
+  """An image-folder tree's folder name: `signs` of /data/signs."""
+  return os.path.basename(os.path.normpath(folder))
+
+
+def tree_id(folder: str) -> str:
+  """A short hash of a tree's absolute path: tells apart two trees of one folder name."""
+  return hashlib.sha256(os.path.normpath(folder).encode()).hexdigest()[:6]
+
+
+def dataset_name(config: dict) -> str:
+  """A run's dataset as reports name it: an image-folder tree `folder:<its folder name>`."""
+  dataset = get_field(config, "dataset")
+  folder = get_field(config, "folder")
+  return f"{dataset}:{tree_name(folder)}" if dataset == "folder" and folder else dataset
 
 
 # The numbers of metrics.csv's row printed at every epoch.

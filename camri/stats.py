@@ -8,11 +8,18 @@ d_i = a_i - b_i of two runs with the same seed):
     CI   = mean +- t(1 - alpha/2, n - 1) * sd / sqrt(n)           (95%: alpha = 0.05)
 
 The interval assumes the x_i are independent draws from a normal
-distribution; with n < 2 there is none.
+distribution; with n < 2 there is none. With few seeds it can run past the
+values the mean can take (t(0.975, 1) = 12.7): it is clipped to them, e.g.
+[0, 1] for a rate and [-1, 1] for a difference of two rates (`RATE`,
+`RATE_DIFFERENCE`).
 """
 
 import dataclasses
 import math
+
+RATE = (0.0, 1.0)
+RATE_DIFFERENCE = (-1.0, 1.0)
+UNBOUNDED = (-math.inf, math.inf)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +64,15 @@ def half_width(s: Stats, confidence: float = 0.95) -> float:
   return t_quantile((1 + confidence) / 2, s.n - 1) * s.std / math.sqrt(s.n)
 
 
-def t_interval(values, confidence: float = 0.95) -> Interval:
-  """The mean of `values` with its t-interval (see the module docstring)."""
-  s = summarize(values)
+def interval(s: Stats, confidence: float = 0.95, bounds=UNBOUNDED) -> tuple[float, float]:
+  """(low, high) of the t-interval of `s`, clipped to `bounds`; nan for n < 2."""
   half = half_width(s, confidence)
-  return Interval(s.n, s.mean, s.mean - half, s.mean + half)
+  if math.isnan(half):
+    return half, half
+  return max(s.mean - half, bounds[0]), min(s.mean + half, bounds[1])
+
+
+def t_interval(values, confidence: float = 0.95, bounds=UNBOUNDED) -> Interval:
+  """The mean of `values` with its t-interval clipped to `bounds` (see the module docstring)."""
+  s = summarize(values)
+  return Interval(s.n, s.mean, *interval(s, confidence, bounds))

@@ -61,6 +61,7 @@ class Run:
   config: str
   overrides: dict
   command: tuple
+  base_args: tuple = ()  # `--config.<field>=<value>` of every run of the grid, before its overrides.
 
 
 def _jsonable(value):
@@ -101,13 +102,17 @@ def cli_value(value):
   return str(value)
 
 
-def make_command(config, workdir, overrides, module="camri.main", python=sys.executable):
-  return (python, "-m", module, "--config", config, "--workdir", workdir,
+def make_command(config, workdir, overrides, module="camri.main", python=sys.executable, base_args=()):
+  return (python, "-m", module, "--config", config, "--workdir", workdir, *base_args,
           *(f"--config.{k}={cli_value(v)}" for k, v in sorted(overrides.items())))
 
 
-def expand(config, sweep, root, module="camri.main", python=sys.executable):
-  """The runs of a sweep: one `Run` per override dict, workdir root/<name>."""
+def expand(config, sweep, root, module="camri.main", python=sys.executable, base_args=()):
+  """The runs of a sweep: one `Run` per override dict, workdir root/<name>.
+
+  `base_args`, `--config.<field>=<value>` strings, go to every run's command
+  (not its name) before its own overrides.
+  """
   root = os.path.abspath(root)
   runs, names = [], {}
   for overrides in hyper.as_sweep(sweep):
@@ -119,7 +124,8 @@ def expand(config, sweep, root, module="camri.main", python=sys.executable):
     names[name] = overrides
     workdir = os.path.join(root, name)
     runs.append(Run(name, workdir, config, dict(overrides),
-                    make_command(config, workdir, overrides, module, python)))
+                    make_command(config, workdir, overrides, module, python, base_args),
+                    tuple(base_args)))
   return runs
 
 
@@ -143,17 +149,22 @@ def check_workdir(run):
   """Raises when the run's workdir was launched with other overrides or another config."""
   previous = read_launch_file(run.workdir)
   if previous and (previous.get("overrides") != _jsonable(run.overrides)
-                   or previous.get("config") != run.config):
-    raise ValueError(f"workdir {run.workdir} holds a run of config {previous.get('config')!r} with "
-                     f"overrides {previous.get('overrides')}, not {run.config!r} with {run.overrides}")
+                   or previous.get("config") != run.config
+                   or previous.get("base_args", []) != list(run.base_args)):
+    base = lambda args: f" {' '.join(args)}" if args else ""
+    raise ValueError(f"workdir {run.workdir} holds a run of config {previous.get('config')!r}"
+                     f"{base(previous.get('base_args', []))} with overrides "
+                     f"{previous.get('overrides')}, not {run.config!r}{base(run.base_args)} with "
+                     f"{run.overrides}")
 
 
 def write_launch_file(run, **extra):
   """Records the run's config, overrides and command (and e.g. its Slurm job id) in its workdir."""
   os.makedirs(run.workdir, exist_ok=True)
   with open(os.path.join(run.workdir, LAUNCH_FILE), "w") as f:
-    json.dump({"config": run.config, "overrides": _jsonable(run.overrides),
-               "command": list(run.command), **extra}, f, indent=2)
+    json.dump({"config": run.config, "base_args": list(run.base_args),
+               "overrides": _jsonable(run.overrides), "command": list(run.command), **extra}, f,
+              indent=2)
 
 
 def pending(runs, queued=frozenset(), out=None):

@@ -1,20 +1,42 @@
 r"""The paper's protocol for one dataset, as one command.
 
-    python -m launch.protocol --dataset digits|cifar10|gtsrb|awa2 --root RUNS_DIR \
+    python -m launch.protocol --dataset digits|cifar10|gtsrb|awa2|folder --root RUNS_DIR \
         --executor local|slurm|dry [--seeds 10] [--grid paper|smoke] \
-        [--classes measured|paper] [--config PATH] \
+        [--classes measured|paper|NAME[,NAME|INDEX...]] [--config PATH[:ARGS]] \
+        [--config.FIELD=VALUE ...] \
         [launch.grid's options: --parallel, --gpus, --time-min, --partition, --dry-run, ...]
 
-Runs go to RUNS_DIR/<dataset>/, one workdir per run as in `launch.grid`.
+    python -m launch.protocol --dataset folder --config 'configs/folder.py:path=/data/xray,size=64' \
+        --classes pneumonia --root runs --executor local --seeds 5
+
+Runs go to RUNS_DIR/<dataset>/, one workdir per run as in `launch.grid`; for
+an image folder (`--dataset folder`, whose `--config` is required) to
+RUNS_DIR/<the tree's folder name>/ (`runs/xray`), or RUNS_DIR/<name>-<a hash
+of the tree's path>/ when that directory holds the runs of another tree.
+The base config is --config (default configs/<dataset>.py), whose dataset must
+be --dataset, with the --config.FIELD=VALUE overrides given, as camri.main
+takes them (e.g. --config.num_epochs=50): every run gets them; the fields
+the protocol sets itself (seed, tag, the loss's) cannot be given.
 
 Stage 1: cross-entropy x seeds (0 .. --seeds - 1).
 
-Important classes: from stage 1, the mean over seeds of each class's test
-recall at the last epoch (epoch == num_epochs); the classes sorted by
-(mean recall, class index) ascending; worst1 = the first, worst2 = the second,
-median = the one at index K // 2 (for an even K the upper of the two middle
-classes; K >= 4 so that the three differ). Written, with the recalls, to
-RUNS_DIR/<dataset>/important_classes.json.
+Important classes (`--classes measured`, the default): from stage 1, the mean
+over seeds of each class's validation recall at the last epoch (epoch ==
+num_epochs); the classes sorted by (mean recall, class index) ascending;
+worst1 = the first, worst2 = the second, median = the one at index K // 2
+(for an even K the upper of the two middle classes; K >= 4 so that the three
+differ). Validation, not test: the class on which cross-entropy did worst on
+the test images is partly a low draw of its test recall, and every method's
+test gain on it would be inflated by regression to the mean. Runs without a
+validation split (validation_fraction=0) are measured on test recall, with a
+warning. Written, with the recalls that decided and their split, to
+RUNS_DIR/<dataset>/important_classes.json; the report's caption says which
+split chose the roles.
+
+`--classes NAME[,NAME|INDEX...]`: the classes you care about, by folder (class)
+name or index, each its own role named after the class (`--classes
+pneumonia,3`). They need nothing from stage 1, so both stages are launched
+together.
 
 Stage 2: for each role, CAMRI and ArcFace over margins x scales (both set
 explicitly), WCE over the important class's weight (`loss.important_weight`) and
@@ -22,7 +44,7 @@ RWWCE over the cost of missing it (`loss.fn_weight`, with `loss.fp_weight=1`),
 x seeds, each run with `--config.loss.important_classes=<k> --config.tag=<role>`
 (config names as in docs/losses.md). The margins are
 k*pi/64 as in the authors' code. `--grid paper` (k in 1, 2, 4, 5, 8; scales
-8, 16, 32; weights 2, 5, 10, 20: 38 settings, x 3 roles x seeds) is our
+8, 16, 32; weights 2, 5, 10, 20: 38 settings, x roles x seeds) is our
 choice around the authors' released settings (4pi/64 and 5pi/64 with scale
 16, 4pi/64 with scale 8), the paper not listing its grid; `--grid smoke` has
 one setting per method, for a quick end-to-end check. Edit GRIDS to change them.
@@ -33,8 +55,8 @@ m = 4pi/64, s = 16; worst2 = dog (5), m = 5pi/64, s = 16; median = airplane
 (0), m = 4pi/64, s = 8 (they match the poster's cross-entropy recalls for
 those roles, 0.74, 0.83 and 0.89). CAMRI then runs that one setting per role,
 x seeds; cross-entropy, ArcFace, WCE and RWWCE run as with `--classes
-measured` (the default). Stage 2 does not wait for stage 1: both are launched
-(or printed) together.
+measured`. Stage 2 does not wait for stage 1: both are launched (or printed)
+together.
 
 With `--classes measured`, stage 2 needs stage 1 finished. The local executor
 runs both in one command. With slurm the command submits stage 1 and stops:
@@ -46,8 +68,10 @@ The local executor runs as many runs at once as the machine holds unless
 --parallel says otherwise: one per GPU, each on its own GPU, or without GPUs
 one per CPU core (per --cpus cores with --cpus); see launch.grid.local_slots.
 
-Once stage 2 is launched the command prints the report's command:
-python -m camri.report RUNS_DIR/<dataset> --reference
+Once stage 2 is launched the command prints the commands of the report and of
+the trade-off plots of its runs:
+python -m camri.report RUNS_DIR/<dataset> [--reference]
+python -m camri.plots tradeoff RUNS_DIR/<dataset> --out RUNS_DIR/<dataset>/plots
 """
 
 import argparse
@@ -58,25 +82,32 @@ import shlex
 import sys
 from typing import NamedTuple
 
+from camri import cli
+from camri import config_lib
 from camri import run_log
 from launch import grid
 from launch import hyper
 
-DATASETS = ("digits", "cifar10", "gtsrb", "awa2")
-ROLES = ("worst1", "worst2", "median")
+DATASETS = ("digits", "cifar10", "gtsrb", "awa2", "folder")
+PAPER_DATASETS = ("cifar10", "gtsrb", "awa2")  # Those of the paper's Table 1 (`--reference`).
+MEASURED_ROLES = ("worst1", "worst2", "median")
 # The swept weight of the important classes (config names of docs/losses.md):
 # WCE's class weight, and RWWCE's cost of missing an important class (C_FN);
 # RWWCE's false-positive cost is set to RWWCE_FP_WEIGHT, its default, explicitly.
 WCE_WEIGHT_FIELD = "loss.important_weight"
 RWWCE_WEIGHT_FIELD = "loss.fn_weight"
 RWWCE_FP_FIELD, RWWCE_FP_WEIGHT = "loss.fp_weight", 1.0
+# The fields the protocol's runs set; --config.FIELD=VALUE cannot give them.
+PROTOCOL_FIELDS = ("seed", "tag", "loss.name", "loss.important_classes", "loss.margin", "loss.scale",
+                   WCE_WEIGHT_FIELD, RWWCE_WEIGHT_FIELD, RWWCE_FP_FIELD)
 GRIDS = {
     "paper": dict(margins=tuple(k * math.pi / 64 for k in (1, 2, 4, 5, 8)),
                   scales=(8.0, 16.0, 32.0),
                   weights=(2.0, 5.0, 10.0, 20.0)),
     "smoke": dict(margins=(4 * math.pi / 64,), scales=(16.0,), weights=(5.0,)),
 }
-CLASSES_FILE = "important_classes.json"
+CLASSES_FILE = run_log.ROLES_FILE
+PLOTS_DIR = "plots"
 
 
 class RoleSetting(NamedTuple):
@@ -100,7 +131,7 @@ def stage1_sweep(seeds):
 
 
 def stage2_sweep(classes, seeds, margins, scales, weights, camri_settings=None):
-  """CAMRI, ArcFace (margins x scales), WCE, RWWCE (weights) x seeds for each {role: class}.
+  """Seeds x CAMRI, ArcFace (margins x scales), WCE, RWWCE (weights) for each {role: class}.
 
   `camri_settings`, {role: (margin, scale)}, gives CAMRI one setting per role
   instead of margins x scales.
@@ -121,98 +152,226 @@ def stage2_sweep(classes, seeds, margins, scales, weights, camri_settings=None):
         "camri", margins, scales)
     return hyper.union(camri, angular("arcface", margins, scales), weighted)
 
-  return hyper.union(*[
-      hyper.product(hyper.fixed("loss.important_classes", k), hyper.fixed("tag", role),
-                    methods(role), hyper.sweep("seed", range(seeds)))
-      for role, k in classes.items()])
+  # Seed by seed: a protocol stopped part way has every method at its first seeds, a paired
+  # comparison, rather than every seed of its first methods.
+  return hyper.product(hyper.sweep("seed", range(seeds)), hyper.union(*[
+      hyper.product(hyper.fixed("loss.important_classes", k), hyper.fixed("tag", role), methods(role))
+      for role, k in classes.items()]))
 
 
-def pick_classes(workdirs):
-  """worst1, worst2 and median classes of finished cross-entropy runs (see the module doc).
+def _warn(message):
+  print(f"warning: {message}", file=sys.stderr)
+
+
+def mean_class_recall(workdirs, warn=_warn):
+  """Per class, the mean over finished cross-entropy runs of its recall at the last epoch.
+
+  On the validation split; on test when a run has none (`warn` says so).
 
   Returns:
-    ({role: class index}, [mean recall of each class]).
+    ([mean recall of each class], the split: "val" or "test").
+
+  Raises:
+    ValueError: the runs differ in their classes, or a class has no example
+      on the split (its recall is nan) and cannot be ranked.
   """
-  per_run = []
+  rows = []
   for workdir in workdirs:
     config = run_log.read_config(workdir)
     num_epochs = run_log.get_field(config, "num_epochs")
     (row,) = [r for r in run_log.read_metrics(workdir) if r["epoch"] == num_epochs]
-    num_classes = run_log.get_field(config, "num_classes")
-    per_run.append([row[f"test_recall_{k}"] for k in range(num_classes)])
-  if len({len(r) for r in per_run}) != 1:
+    rows.append((workdir, row, run_log.get_field(config, "num_classes")))
+  if len({k for _, _, k in rows}) != 1:
     raise ValueError("the cross-entropy runs have different numbers of classes")
-  num_classes = len(per_run[0])
+  without_val = [w for w, row, _ in rows if "val_recall_0" not in row]
+  split = "test" if without_val else "val"
+  if without_val:
+    warn(f"{len(without_val)} of {len(rows)} cross-entropy runs have no validation split "
+         "(validation_fraction=0): the important classes are measured on test recall, which "
+         "inflates every method's gain on them (regression to the mean)")
+  num_classes = rows[0][2]
+  for workdir, row, _ in rows:
+    for k in range(num_classes):
+      if math.isnan(row[f"{split}_recall_{k}"]):
+        name = "validation" if split == "val" else "test"
+        raise ValueError(f"class {k} has no {name} example in {workdir} ({split}_recall_{k} is "
+                         f"nan): the classes cannot be ranked; name the important ones with "
+                         "--classes NAME,...")
+  mean = [math.fsum(row[f"{split}_recall_{k}"] for _, row, _ in rows) / len(rows)
+          for k in range(num_classes)]
+  return mean, split
+
+
+def pick_classes(mean_recall):
+  """{worst1, worst2, median: class index} from each class's mean recall (see the module doc)."""
+  num_classes = len(mean_recall)
   if num_classes < 4:
     raise ValueError(f"worst1, worst2 and median need at least 4 classes, got {num_classes}")
-  mean = [math.fsum(r[k] for r in per_run) / len(per_run) for k in range(num_classes)]
-  order = sorted(range(num_classes), key=lambda k: (mean[k], k))
-  return {"worst1": order[0], "worst2": order[1], "median": order[num_classes // 2]}, mean
+  order = sorted(range(num_classes), key=lambda k: (mean_recall[k], k))
+  return {"worst1": order[0], "worst2": order[1], "median": order[num_classes // 2]}
 
 
 MEASURED_RULE = "classes sorted by (mean recall, index): worst1 = [0], worst2 = [1], median = [K // 2]"
-PAPER_RULE = "the authors' released settings (--classes paper)"
+PAPER_RULE = "the authors' released classes and CAMRI settings (--classes paper)"
+NAMED_RULE = "the classes named on the command line (--classes)"
 
 
-def write_classes(path, classes, names, *, mean_recall, seeds, rule, dry_run=False):
-  """Records {role: class}, {role: class name} (or None) and how they were chosen in `path`.
+def write_classes(path, roles, names, *, dataset, seeds, rule, chosen_on=None, mean_recall=None,
+                  dry_run=False):
+  """Records how the roles were chosen in `path` (the report's caption reads it).
 
-  Warns when they differ from those recorded before; writes nothing on a dry run.
+  Args:
+    path: the roles file.
+    roles: {role: class index}.
+    names: {role: class name}, or None.
+    dataset: the dataset's name in the report.
+    seeds: stage 1's seeds.
+    rule: how the roles follow from the recalls, or where they come from.
+    chosen_on: the split of `mean_recall`, "val" or "test" (None: not measured).
+    mean_recall: the mean recall of each class that decided (None: not measured).
+    dry_run: warn only.
+
+  Warns when the roles differ from those recorded before; writes nothing on a dry run.
   """
   previous = None
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    previous = {role: saved.get(role) for role in ROLES}
-  if previous and previous != classes:
-    print(f"warning: the important classes changed from {previous} to {classes}", file=sys.stderr)
+    previous = saved.get("roles") or {r: saved[r] for r in MEASURED_ROLES if r in saved}
+  if previous and previous != roles:
+    _warn(f"the important classes changed from {previous} to {roles}")
   if dry_run:
     return
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump({**classes, "class_names": names, "mean_recall": mean_recall, "seeds": seeds,
-               "rule": rule}, f, indent=2)
+  run_log.atomic_write(path, json.dumps(
+      {"dataset": dataset, "roles": roles, "class_names": names, "chosen_on": chosen_on,
+       "mean_recall": mean_recall, "seeds": seeds, "rule": rule}) + "\n")
 
 
 def _dry(args):
   return args.executor == "dry" or args.dry_run
 
 
-def paper_stage2(config, root, args):
-  """The runs of stage 2 with the authors' classes and CAMRI settings; records and prints them."""
-  settings = PAPER_SETTINGS[args.dataset]
-  classes = {role: s.k for role, s in settings.items()}
-  write_classes(os.path.join(root, CLASSES_FILE), classes,
-                {role: s.name for role, s in settings.items()}, mean_recall=None,
-                seeds=args.seeds, rule=PAPER_RULE, dry_run=_dry(args))
+class Protocol(NamedTuple):
+  """What both stages share: the base config, where the runs go, and how they launch."""
+  config: str
+  base_args: tuple
+  root: str
+  dataset: str  # As the report names it.
+  args: argparse.Namespace
+
+  def expand(self, sweep):
+    return grid.expand(self.config, sweep, self.root, module=self.args.module,
+                       base_args=self.base_args)
+
+  def stage2(self, roles, names, *, rule, chosen_on=None, mean_recall=None, camri_settings=None):
+    """Stage 2's runs for {role: class index}; records the roles and prints them."""
+    write_classes(os.path.join(self.root, CLASSES_FILE), roles, names, dataset=self.dataset,
+                  seeds=self.args.seeds, rule=rule, chosen_on=chosen_on, mean_recall=mean_recall,
+                  dry_run=_dry(self.args))
+    sweep = stage2_sweep(roles, self.args.seeds, **GRIDS[self.args.grid],
+                         camri_settings=camri_settings)
+    return self.expand(sweep)
+
+
+def paper_stage2(protocol):
+  """The runs of stage 2 with the authors' classes and CAMRI settings."""
+  settings = PAPER_SETTINGS[protocol.args.dataset]
   print("important classes (the authors'): " + "; ".join(
       f"{role} = {s.k} ({s.name}), CAMRI m = {s.margin * 64 / math.pi:g}pi/64, s = {s.scale:g}"
       for role, s in settings.items()), file=sys.stderr)
-  sweep = stage2_sweep(classes, args.seeds, **GRIDS[args.grid],
-                       camri_settings={role: (s.margin, s.scale) for role, s in settings.items()})
-  return grid.expand(config, sweep, root, module=args.module)
+  return protocol.stage2({role: s.k for role, s in settings.items()},
+                         {role: s.name for role, s in settings.items()}, rule=PAPER_RULE,
+                         camri_settings={role: (s.margin, s.scale) for role, s in settings.items()})
 
 
-def measured_stage2(config, root, args, stage1):
-  """The runs of stage 2 with the classes stage 1 measured; records and prints them.
+def named_stage2(protocol, roles):
+  """The runs of stage 2 with the classes of --classes, {class name: index}."""
+  print("important classes (named): " + ", ".join(f"{name} = {k}" for name, k in roles.items()),
+        file=sys.stderr)
+  return protocol.stage2(roles, {name: name for name in roles}, rule=NAMED_RULE)
 
-  None while stage 1 is not finished.
-  """
+
+def measured_stage2(protocol, stage1):
+  """The runs of stage 2 with the classes stage 1 measured; None while stage 1 is not finished."""
   unfinished = [run for run in stage1 if grid.status(run) != "finished"]
   if unfinished:
     print(f"stage 2 waits for stage 1: {len(unfinished)} of {len(stage1)} cross-entropy runs are "
           "not finished; run this command again once they are", file=sys.stderr)
     return None
-  classes, mean_recall = pick_classes([run.workdir for run in stage1])
+  mean_recall, split = mean_class_recall([run.workdir for run in stage1])
+  roles = pick_classes(mean_recall)
   class_names = run_log.get_field(run_log.read_config(stage1[0].workdir), "class_names")
-  write_classes(os.path.join(root, CLASSES_FILE), classes,
-                {role: class_names[k] for role, k in classes.items()} if class_names else None,
-                mean_recall=mean_recall, seeds=args.seeds, rule=MEASURED_RULE, dry_run=_dry(args))
-  print("important classes: " + ", ".join(
-      f"{role} = {k}" + (f" ({class_names[k]})" if class_names else "") + f", recall {mean_recall[k]:.4f}"
-      for role, k in classes.items()), file=sys.stderr)
-  sweep = stage2_sweep(classes, args.seeds, **GRIDS[args.grid])
-  return grid.expand(config, sweep, root, module=args.module)
+  print(f"important classes (cross-entropy's mean {'validation' if split == 'val' else 'test'} "
+        "recall): " + ", ".join(
+            f"{role} = {k}" + (f" ({class_names[k]})" if class_names else "")
+            + f", recall {mean_recall[k]:.4f}" for role, k in roles.items()), file=sys.stderr)
+  return protocol.stage2(
+      roles, {role: class_names[k] for role, k in roles.items()} if class_names else None,
+      rule=MEASURED_RULE, chosen_on=split, mean_recall=mean_recall)
+
+
+def config_args(extra):
+  """The `--config.FIELD=VALUE` arguments among those argparse did not take, checked."""
+  for arg in extra:
+    field, sep, _ = arg.removeprefix("--config.").partition("=")
+    if not arg.startswith("--config.") or not sep:
+      raise ValueError(f"unrecognized argument {arg!r}: config fields are given as "
+                       "--config.FIELD=VALUE")
+    if field in PROTOCOL_FIELDS:
+      raise ValueError(f"{arg}: the protocol sets {field} itself (fields it sets: "
+                       f"{', '.join(PROTOCOL_FIELDS)})")
+  return tuple(extra)
+
+
+def protocol_root(runs_dir, config):
+  """RUNS_DIR/<dataset>, or an image folder's RUNS_DIR/<tree name>[-<tree id>].
+
+  The tree id is added when RUNS_DIR/<tree name> holds the runs of another tree.
+  """
+  if config.dataset != "folder":
+    return os.path.join(runs_dir, config.dataset)
+  root = os.path.join(runs_dir, run_log.tree_name(config.folder))
+  for workdir in run_log.find_runs(root):
+    held = run_log.read_config(workdir)
+    if (held.get("dataset"), held.get("folder")) != ("folder", config.folder):
+      return f"{root}-{run_log.tree_id(config.folder)}"
+  return root
+
+
+def named_roles(text, class_names):
+  """{class name: index} of `--classes NAME[,NAME|INDEX...]`."""
+  try:
+    indices = config_lib.resolve_classes(
+        "loss.important_classes", [item.strip() for item in text.split(",")], class_names)
+  except config_lib.ConfigError as e:
+    raise ValueError(f"--classes {text}: {e}") from e
+  return {class_names[k]: k for k in indices}
+
+
+def load_base_config(args, extra):
+  """(config path, base args, the loaded config) of --config and the --config.FIELD=VALUE given."""
+  if args.dataset == "folder" and not args.config:
+    raise ValueError("--dataset folder takes its base config from --config, e.g. --config "
+                     "'configs/folder.py:path=/data/xray,size=64,channels=1'")
+  path = args.config or f"configs/{args.dataset}.py"
+  base_args = config_args(extra)
+  config = cli.load_config(path, base_args)
+  if config.dataset != args.dataset:
+    raise ValueError(f"--config {path} is a config of dataset {config.dataset!r}, not of --dataset "
+                     f"{args.dataset}: give --dataset {config.dataset} or a config of "
+                     f"{args.dataset} (configs/{args.dataset}.py)")
+  return path, base_args, config
+
+
+def next_commands(protocol, ended):
+  """The report's and the trade-off plots' commands for the protocol's root."""
+  root = shlex.quote(protocol.root)
+  reference = " --reference" if protocol.args.dataset in PAPER_DATASETS else ""
+  when = "" if ended else ", once the runs have ended"
+  return [f"report{when}: python -m camri.report {root}{reference}",
+          f"trade-off plots{when}: python -m camri.plots tradeoff {root} "
+          f"--out {shlex.quote(os.path.join(protocol.root, PLOTS_DIR))}"]
 
 
 def main(argv=None):
@@ -220,44 +379,60 @@ def main(argv=None):
                                    epilog=__doc__.split("\n\n", 2)[2],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--dataset", required=True, choices=DATASETS)
-  parser.add_argument("--config", help="base config (default configs/<dataset>.py)")
+  parser.add_argument("--config", help="base config (default configs/<dataset>.py; required for "
+                      "folder), e.g. 'configs/folder.py:path=/data/xray,size=64'; fields as "
+                      "--config.FIELD=VALUE")
   parser.add_argument("--seeds", type=int, default=10, help="trials per setting (default 10)")
   parser.add_argument("--grid", choices=sorted(GRIDS), default="paper", help="stage 2 hyperparameters")
-  parser.add_argument("--classes", choices=("measured", "paper"), default="measured",
-                      help="important classes: measured in stage 1 (default), or the authors' "
-                      f"released classes and CAMRI settings ({', '.join(PAPER_SETTINGS)} only)")
+  parser.add_argument("--classes", default="measured",
+                      help="important classes: measured (default: worst1, worst2 and median of "
+                      "cross-entropy's validation recall in stage 1), paper (the authors' released "
+                      f"classes and CAMRI settings, {', '.join(PAPER_SETTINGS)} only), or class names "
+                      "or indices, comma-separated, each its own role")
   grid.add_launch_args(parser)
-  args = parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
   if args.seeds < 1:
     parser.exit(2, f"error: --seeds must be >= 1, got {args.seeds}\n")
   if args.classes == "paper" and args.dataset not in PAPER_SETTINGS:
     parser.exit(2, f"error: --classes paper: the authors released settings for "
-                f"{', '.join(PAPER_SETTINGS)} only, not {args.dataset}; use --classes measured\n")
-  config = args.config or f"configs/{args.dataset}.py"
-  root = os.path.join(args.root, args.dataset)
+                f"{', '.join(PAPER_SETTINGS)} only, not {args.dataset}; use --classes measured "
+                "or name the classes (a class named paper by its index)\n")
   log = sys.stderr
   try:
+    config_path, base_args, config = load_base_config(args, extra)
+    named = None
+    if args.dataset == "folder" or args.classes not in ("measured", "paper"):
+      from camri import data  # pylint: disable=g-import-not-at-top  # tfds; reads the tree.
+      class_names = data.config_class_names(config)
+      if args.classes not in ("measured", "paper"):
+        named = named_roles(args.classes, class_names)
+      elif args.classes == "measured" and len(class_names) < 4:
+        raise ValueError(f"--classes measured: worst1, worst2 and median need at least 4 classes, "
+                         f"{config.dataset} has {len(class_names)}; name the important ones with "
+                         "--classes NAME,...")
+    root = protocol_root(args.root, config)
+    protocol = Protocol(config_path, base_args, root, run_log.dataset_name(config.to_dict()), args)
     print(f"stage 1: cross-entropy x {args.seeds} seeds in {root}", file=log)
-    stage1 = grid.expand(config, stage1_sweep(args.seeds), root, module=args.module)
-    if args.classes == "paper":  # Stage 2 needs nothing from stage 1: one launch.
-      stage2 = paper_stage2(config, root, args)
-      print(f"stage 2: {len(stage2)} runs, launched with stage 1", file=log)
-      failed = grid.launch(stage1 + stage2, args)
-    else:
+    stage1 = protocol.expand(stage1_sweep(args.seeds))
+    if args.classes == "measured":
       if grid.launch(stage1, args):
         return 1
-      stage2 = measured_stage2(config, root, args, stage1)
+      stage2 = measured_stage2(protocol, stage1)
       if stage2 is None:
         return 0
       print(f"stage 2: {len(stage2)} runs", file=log)
       failed = grid.launch(stage2, args)
-  except ValueError as e:
+    else:  # Stage 2 needs nothing from stage 1: one launch.
+      stage2 = paper_stage2(protocol) if named is None else named_stage2(protocol, named)
+      print(f"stage 2: {len(stage2)} runs, launched with stage 1", file=log)
+      failed = grid.launch(stage1 + stage2, args)
+  except ValueError as e:  # ConfigError and FolderError are ValueErrors.
     parser.exit(2, f"error: {e}\n")
   if failed:
     return 1
   ended = (args.executor == "local" and not args.dry_run) or args.wait
-  print(f"report{'' if ended else ', once the runs have ended'}: "
-        f"python -m camri.report {shlex.quote(root)} --reference", file=log)
+  for line in next_commands(protocol, ended):
+    print(line, file=log)
   return 0
 
 

@@ -98,7 +98,7 @@ def test_grid_without_runs_is_an_error(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
     plots.main(["grid", str(tmp_path), "--out", str(tmp_path / "plots")])
   assert exit_info.value.code == 2
-  assert f"error: no runs under {tmp_path}" in capsys.readouterr().err
+  assert capsys.readouterr().err == f"error: no run directories (with config.json) under {tmp_path}\n"
 
 
 def test_tradeoff_png(tmp_path):
@@ -110,6 +110,34 @@ def test_tradeoff_png(tmp_path):
             ("camri", "camri (m=0.2)", stats.summarize([0.83]), stats.summarize([0.9]), "chosen")]
   curve = (np.linspace(0.82, 0.5, 20), np.linspace(0.55, 1.0, 20))
   assert_png(plots.plot_tradeoff(points, str(tmp_path / "tradeoff.png"), curve, title="t"))
+
+
+def test_tradeoff_bars_are_clipped_to_rates_and_the_axes_frame_the_data(tmp_path, monkeypatch):
+  # Two seeds: t(0.975, 1) = 12.7 stretches the intervals far past [0, 1].
+  camri_accuracy = stats.summarize([0.78, 0.86])
+  half = stats.t_quantile(0.975, 1) * camri_accuracy.std / math.sqrt(2)
+  assert plots._bar(camri_accuracy) == (pytest.approx(0.82 - half), 1.0)  # pylint: disable=protected-access
+  assert plots._bar(stats.summarize([0.7])) == (0.7, 0.7)  # pylint: disable=protected-access
+  points = [("cross_entropy", "cross_entropy (b = 0)", stats.summarize([0.80, 0.84]),
+             stats.summarize([0.5, 0.7]), "baseline"),
+            ("camri", "camri", camri_accuracy, stats.summarize([0.8, 0.95]), "chosen")]
+  frames = []
+
+  def save(fig, path):
+    frames.append((fig.axes[0].get_xlim(), fig.axes[0].get_ylim()))
+    plots.plt.close(fig)
+    return path
+  monkeypatch.setattr(plots, "_save", save)
+  plots.plot_tradeoff(points, str(tmp_path / "t.png"))
+  ((left, right), (bottom, top)), = frames
+  low = 0.82 - half  # The lowest clipped bar; the highest is 1.
+  assert (left, right) == (pytest.approx(low - 0.15 * (1 - low)), 1.01)
+  assert (bottom, top) == (-0.01, 1.01)  # Recall bars reach 0 and 1.
+
+
+def test_file_names_hold_no_colon_or_space():
+  assert plots.file_name("tradeoff", "folder:signs", "stop sign") == "tradeoff_folder-signs_stop-sign.png"
+  assert plots.file_name("curves", "cifar10", "worst1") == "curves_cifar10_worst1.png"
 
 
 def test_bias_sweep_is_the_mean_over_runs_on_one_grid():

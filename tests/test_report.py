@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from camri import plots
 from camri import posthoc
 from camri import report
 from camri import run_log
@@ -19,12 +20,13 @@ T_975 = {1: 12.706204736174698, 2: 4.302652729749464, 3: 3.182446305284263}  # S
 
 
 def write_run(root, name, method, seed, rows, classes=(0,), tag="", dataset="toy", num_epochs=2,
-              precision=None, validation_fraction=None, **loss):
+              precision=None, validation_fraction=None, folder=None, **loss):
   """A run dir like camri.main's.
 
   rows: (epoch, accuracy, (recall of class 0, 1, 2)), for the test split, or
   (epoch, accuracy, recalls, val_accuracy, val_recalls) with a validation split.
   precision: test precision of class 0, 1, 2 in every row (no such columns when None).
+  folder: config.folder, the tree of an image-folder dataset.
   """
   workdir = os.path.join(root, name)
   os.makedirs(workdir)
@@ -34,6 +36,8 @@ def write_run(root, name, method, seed, rows, classes=(0,), tag="", dataset="toy
             "num_classes": 3, "class_names": CLASS_NAMES, "loss": loss,
             "validation_fraction": validation_fraction if validation_fraction is not None
             else 0.1 if has_val else 0.0}
+  if folder:
+    config["folder"] = folder
   run_log.write_config(workdir, config)
   mean = lambda recalls: sum(recalls[k] for k in classes) / len(classes)
   with open(os.path.join(workdir, "metrics.csv"), "w", newline="") as f:
@@ -291,10 +295,80 @@ def test_a_config_without_a_needed_field_is_named(tmp_path):
     report.load_results(str(tmp_path), "last")
 
 
-def test_no_runs_warns(tmp_path):
+def _error_line(argv, capsys, main=report.main):
+  with pytest.raises(SystemExit) as exit_info:
+    main(argv)
+  assert exit_info.value.code == 2
+  captured = capsys.readouterr()
+  assert captured.out == ""
+  return captured.err
+
+
+def test_a_report_with_no_rows_exits_2_with_one_line(tmp_path, capsys):
+  assert _error_line([str(tmp_path)], capsys) == (
+      f"error: no run directories (with config.json) under {tmp_path}\n")
+  write_run(str(tmp_path), "ce", "cross_entropy", 0, [(1, 0.5, (0.5,) * 3), (2, 0.8, (0.5,) * 3)])
+  assert _error_line([str(tmp_path), "--epoch", "last:5"], capsys) == (
+      f"error: none of the 1 runs under {tmp_path} has a row for the mean of the last 5 epochs of "
+      "each finished run: nothing to report (see --epoch)\n")
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_a_class_without_examples_is_refused_not_selected_on_nan(split, tmp_path, capsys):
+  root = str(tmp_path)
+  nan = math.nan
+  for seed in range(2):
+    # Class 0 has no example on `split`: its recall there is nan in every run.
+    test, val = ((nan, 0.5, 0.5), (0.5, 0.5, 0.5)) if split == "test" else ((0.5, 0.5, 0.5), (nan, 0.5, 0.5))
+    write_run(root, f"ce{seed}", "cross_entropy", seed, [(2, 0.8, test, 0.8, val)])
+    for margin in (0.1, 0.2):
+      write_run(root, f"camri{margin}_{seed}", "camri", seed, [(2, 0.8, test, 0.8, val)], tag="worst1",
+                margin=[margin])
+  name = {"val": "validation", "test": "test"}[split]
+  assert _error_line([root], capsys) == (
+      f"error: toy, role worst1: class 0 (a) has no {name} example in {root}/ce0 ({split}_recall_0 "
+      f"is nan), so no method can be selected or compared on it; give the class {name} examples\n")
+  assert _error_line(["tradeoff", root, "--out", str(tmp_path / "plots")], capsys,
+                     main=plots.main).startswith("error: toy, role worst1: class 0 (a) has no")
+  assert not (tmp_path / "plots").exists()
+
+
+def test_a_folder_dataset_is_named_after_its_tree_and_two_trees_are_told_apart(tmp_path):
+  rows = [(1, 0.5, (0.5,) * 3), (2, 0.8, (0.5,) * 3)]
+  trees = {"a": "/data/a/signs", "b": "/data/b/signs", "x": "/data/xray"}
+  for key, folder in trees.items():
+    write_run(str(tmp_path / key), "ce", "cross_entropy", 0, rows, dataset="folder", folder=folder)
   warnings = []
-  assert report.load_results(str(tmp_path), "last", warn=warnings.append) == []
-  assert warnings == [f"no run directories (with config.json) under {tmp_path}"]
+  results = report.load_results(str(tmp_path), "last", warn=warnings.append)
+  signs = {r.folder: r.dataset for r in results}
+  assert signs == {"/data/a/signs": f"folder:signs@{run_log.tree_id('/data/a/signs')}",
+                   "/data/b/signs": f"folder:signs@{run_log.tree_id('/data/b/signs')}",
+                   "/data/xray": "folder:xray"}
+  assert len(set(signs.values())) == 3 and not warnings  # One seed of each tree, none dropped.
+  only_a = report.load_results(str(tmp_path / "a"), "last")
+  assert [r.dataset for r in only_a] == ["folder:signs"]
+  assert "| folder:signs | - | - | cross_entropy |" in report.report(str(tmp_path / "a"), warn=quiet)
+
+
+def _roles_file(root, **saved):
+  with open(os.path.join(root, run_log.ROLES_FILE), "w") as f:
+    json.dump(saved, f)
+
+
+def test_the_caption_says_which_split_chose_the_roles(tmp_path):
+  for name, saved in [("val", dict(roles={"worst1": 0}, chosen_on="val", mean_recall=[0.5, 0.6, 0.7])),
+                      ("old", dict(worst1=0, mean_recall=[0.5, 0.6, 0.7])),  # before chosen_on: test
+                      ("named", dict(roles={"a": 0}, chosen_on=None, rule="the classes named"))]:
+    root = str(tmp_path / name)
+    write_run(root, "ce", "cross_entropy", 0, [(2, 0.8, (0.5,) * 3, 0.8, (0.5,) * 3)], dataset=name)
+    _roles_file(root, **saved)
+  text = report.report(str(tmp_path), warn=quiet).splitlines()[0]
+  assert ("Roles of val: worst1, worst2 and median of cross-entropy's mean validation recall per "
+          "class, test recall playing no part.") in text
+  assert ("Roles of old: worst1, worst2 and median of cross-entropy's mean test recall per class: "
+          "chosen on the test split, optimistic for every gain on them.") in text
+  assert "Roles of named: the classes named." in text
+  assert "Roles of" not in report.report(str(tmp_path / "val" / "ce"), warn=quiet)
 
 
 # The Student t interval (camri.stats).
@@ -313,6 +387,21 @@ def test_t_interval_by_hand():
   assert interval.contains(0.0) and not interval.contains(0.5)
   single = stats.t_interval([0.3])
   assert single.mean == 0.3 and math.isnan(single.low) and not single.contains(0.3)
+
+
+def test_gain_intervals_are_clipped_to_what_a_difference_of_rates_can_be(tmp_path):
+  root = str(tmp_path)
+  # Recall differences 0.1 and 0.4: mean 0.25, sd 0.3 / sqrt(2), half-width 12.706 * 0.15 = 1.906.
+  for seed, (ce, camri) in enumerate([(0.5, 0.6), (0.5, 0.9)]):
+    write_run(root, f"ce{seed}", "cross_entropy", seed, [(2, 0.8, (ce, 0.5, 0.5), 0.8, (ce, 0.5, 0.5))])
+    write_run(root, f"camri{seed}", "camri", seed, [(2, 0.8, (camri, 0.5, 0.5), 0.8, (camri, 0.5, 0.5))],
+              tag="worst1", margin=[0.1])
+  camri = _csv_rows(root)["worst1", "camri"]
+  assert float(camri["recall_gain_mean"]) == pytest.approx(0.25)
+  assert (float(camri["recall_gain_ci_low"]), float(camri["recall_gain_ci_high"])) == (-1.0, 1.0)
+  assert "| +0.2500 [-1.0000, +1.0000]† |" in report.report(root, warn=quiet)
+  unclipped = stats.t_interval([0.1, 0.4])
+  assert unclipped.low == pytest.approx(0.25 - T_975[1] * 0.15)
 
 
 # Selection on validation.
@@ -537,7 +626,8 @@ def test_last_k_averages_the_last_k_rows(tmp_path):
   assert "1 runs have no row for the mean of the last 2 epochs" in warnings[0] and "short" in warnings[0]
   (result,) = report.load_results(root, "last:3", warn=quiet)
   assert result.accuracy == pytest.approx(1 / 3) and result.class_recall[0] == pytest.approx(1.4 / 3)
-  assert report.load_results(root, "last:5", warn=quiet) == []
+  with pytest.raises(ValueError, match="none of the 2 runs"):
+    report.load_results(root, "last:5", warn=quiet)
   assert "mean of the last 2 epochs" in report.report(root, "last:2", warn=quiet)
 
 

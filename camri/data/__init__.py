@@ -53,3 +53,10 @@ def builder_for(config, prepare=True, workdir=None):
   spec = get_spec(config.dataset)
   kwargs = spec.builder_kwargs(config, workdir) if spec.builder_kwargs else {}
   return spec, get_builder(spec, config.data_dir, prepare=prepare, **kwargs)
+
+
+def config_class_names(config) -> list[str]:
+  """The class names of `config.dataset` (an image folder's: its tree's), without preparing it."""
+  spec = get_spec(config.dataset)
+  builder = None if spec.class_names else builder_for(config, prepare=False)[1]
+  return class_names(spec, builder)

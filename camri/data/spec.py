@@ -95,6 +95,11 @@ def get_builder(spec: DatasetSpec, data_dir=None, prepare=True, **kwargs):
       builder = tfds.builder(spec.tfds_name, data_dir=data_dir, **kwargs)
       if not builder.is_prepared():
         raise
+    else:
+      if not builder.info.splits:
+        # Another process's copy was renamed into place after this builder
+        # was made: tfds reuses it without reading its info (no splits).
+        builder = tfds.builder(spec.tfds_name, data_dir=data_dir, **kwargs)
   return builder
 
 

@@ -5,7 +5,10 @@
 Like camri.main it resumes: epochs already in metrics.csv are kept and the run
 goes on to num_epochs. Each call appends one line to W/calls.txt. The test
 recall of class k is 0.5 + 0.1 * ((7 * k) % K) / K + 0.001 * seed (so with K=5
-classes sorted by recall are 0, 3, 1, 4, 2); accuracy is 0.8 + 0.01 * epoch.
+classes sorted by recall are 0, 3, 1, 4, 2); the validation recall (no
+columns with --config.validation_fraction=0) 0.5 + 0.1 * ((2 * k + 1) % K) / K
++ 0.001 * seed (with K=5 sorted 2, 0, 3, 1, 4); accuracy is 0.8 + 0.01 * epoch
+on both splits.
 Environment: FAKE_MAIN_STOP_AFTER=N stops after epoch N with exit status 3
 (a preempted run); FAKE_MAIN_SLEEP=S sleeps S seconds per epoch;
 FAKE_MAIN_CLASSES=K sets the number of classes (default 5).
@@ -20,7 +23,7 @@ import time
 
 
 def parse(argv):
-  config = {"dataset": "fake", "num_epochs": 3, "seed": 0, "tag": "",
+  config = {"dataset": "fake", "num_epochs": 3, "seed": 0, "tag": "", "validation_fraction": 0.1,
             "num_classes": int(os.environ.get("FAKE_MAIN_CLASSES", "5")),
             "loss": {"name": "cross_entropy", "important_classes": [0], "margin": [0.0], "scale": 1.0}}
   args = {}
@@ -62,10 +65,14 @@ def main(argv):
     with open(path) as f:
       done = max((int(r["epoch"]) for r in csv.DictReader(f)), default=0)
   num_classes, seed = config["num_classes"], config["seed"]
-  recalls = [0.5 + 0.1 * ((7 * k) % num_classes) / num_classes + 0.001 * seed
-             for k in range(num_classes)]
+  recalls = {"test": [0.5 + 0.1 * ((7 * k) % num_classes) / num_classes + 0.001 * seed
+                      for k in range(num_classes)],
+             "val": [0.5 + 0.1 * ((2 * k + 1) % num_classes) / num_classes + 0.001 * seed
+                     for k in range(num_classes)]}
+  splits = ("val", "test") if config["validation_fraction"] else ("test",)
   important = config["loss"]["important_classes"]
-  fields = ["epoch", "test_accuracy", "test_recall"] + [f"test_recall_{k}" for k in range(num_classes)]
+  fields = ["epoch"] + [f"{split}_{name}" for split in splits
+                        for name in ("accuracy", "recall", *(f"recall_{k}" for k in range(num_classes)))]
   stop_after = int(os.environ.get("FAKE_MAIN_STOP_AFTER", "0"))
   for epoch in range(done + 1, config["num_epochs"] + 1):
     time.sleep(float(os.environ.get("FAKE_MAIN_SLEEP", "0")))
@@ -74,8 +81,9 @@ def main(argv):
       writer = csv.writer(f)
       if new:
         writer.writerow(fields)
-      writer.writerow([epoch, 0.8 + 0.01 * epoch, sum(recalls[k] for k in important) / len(important)]
-                      + recalls)
+      writer.writerow([epoch] + [x for split in splits for x in (
+          0.8 + 0.01 * epoch, sum(recalls[split][k] for k in important) / len(important),
+          *recalls[split])])
     if epoch == stop_after:
       return 3
   with open(os.path.join(workdir, "calls.txt"), "a") as f:

@@ -1,0 +1,56 @@
+"""launch.protocol --dataset folder end to end with the real trainer, report and plots (issue 17).
+
+A tree of 4 classes of tiny images; `--classes cow --grid smoke --seeds 2`:
+2 cross-entropy runs and 2 x 4 runs of stage 2, one epoch each, 2 at a time.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+
+from camri import plots
+from camri import report
+from camri import run_log
+from launch import protocol
+from tests import run_main
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+METHODS = ["cross_entropy", "cross_entropy+bias", "wce", "rwwce", "arcface", "camri"]
+
+
+def test_folder_protocol_report_and_plots_end_to_end(tmp_path, image_tree, compile_cache, monkeypatch,
+                                                     capsys):
+  tree = image_tree("signs")
+  for key, value in run_main.env(compile_cache).items():  # camri.main of this checkout, cached compiles
+    monkeypatch.setenv(key, value)
+  monkeypatch.chdir(REPO)
+  assert protocol.main([
+      "--dataset", "folder", "--config", f"configs/folder.py:path={tree},size=8", "--classes", "cow",
+      "--grid", "smoke", "--seeds", "2", "--root", str(tmp_path / "runs"), "--executor", "local",
+      "--parallel", "2", "--config.num_epochs=1", "--config.batch_size=8",
+      "--config.progress_bar=False", f"--config.data_dir={tmp_path / 'tfds'}"]) == 0
+  root = tmp_path / "runs" / "signs"
+  err = capsys.readouterr().err
+  assert err.rstrip().endswith(f"report: python -m camri.report {root}\n"
+                               f"trade-off plots: python -m camri.plots tradeoff {root} --out {root}/plots")
+  picked = json.loads((root / protocol.CLASSES_FILE).read_text())
+  assert (picked["dataset"], picked["roles"], picked["chosen_on"]) == ("folder:signs", {"cow": 2}, None)
+
+  rows = list(csv.DictReader(io.StringIO(report.report(str(root), fmt="csv", warn=print))))
+  assert [(r["dataset"], r["role"], r["classes"], r["method"]) for r in rows] == [
+      ("folder:signs", "cow", "2", method) for method in METHODS]
+  assert all(r["seeds"] == "2" for r in rows)
+  ce_runs = [w for w in run_log.find_runs(root) if "cross_entropy" in w]
+  ce_recall = [run_log.read_metrics(w)[-1]["test_recall_2"] for w in ce_runs]
+  assert float(rows[0]["recall_mean"]) == math.fsum(ce_recall) / 2
+  assert report.main([str(root)]) == 0
+  assert "Roles of folder:signs: the classes named on the command line" in capsys.readouterr().out
+
+  out = tmp_path / "plots"
+  assert plots.main(["grid", str(root), "--out", str(out)]) == 0
+  assert {"curves_folder-signs_cow.png", "class_recall_folder-signs_cow.png",
+          "tradeoff_folder-signs_cow.png"} <= set(os.listdir(out))
+  assert plots.main(["tradeoff", str(root), "--out", str(tmp_path / "t")]) == 0
+  assert os.listdir(tmp_path / "t") == ["tradeoff_folder-signs_cow.png"]
