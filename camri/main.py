@@ -85,12 +85,12 @@ def _quiet_failed_saves():
   event loop, reports each as an unraisable "Event loop is closed". All stay
   with --verbosity=1.
   """
+  from camri import checkpoint  # pylint: disable=g-import-not-at-top
   logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
   default_hook = sys.unraisablehook
 
   def hook(unraisable):
-    if not (unraisable.exc_type is RuntimeError and unraisable.object is None
-            and str(unraisable.exc_value) == "Event loop is closed"):
+    if not checkpoint.is_closed_loop_report(unraisable):
       default_hook(unraisable)
 
   sys.unraisablehook = hook
