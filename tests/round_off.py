@@ -6,11 +6,12 @@ XLA:CPU picks kernels, so summation orders, by shape and instruction set
 (AVX2, AVX-512). Their scores agree only to round-off, bounded here.
 
 A sum of n float32 terms in any order is within n * u * sum|terms| of the exact
-sum (u = 2**-24). Along the tests' digits model (`small_cnn`, feature_dim 64)
-the reductions are the 3x3 convolutions (9, 288, 288 and 576 terms), the
-average pool (16), the feature layer (64) and the score itself (64 for a
-cosine or a logit), 1,305 terms in all: a score can move by 1305 * u = 7.8e-5
-of the size of what it sums. ReLU, max pooling and the cosine's normalisation
+sum (u = 2**-24). Along the tests' models (`small_cnn`, feature_dim 64, inputs
+of 1 or 3 channels and at most 8x8) the reductions are the 3x3 convolutions
+(at most 27, 288, 288 and 576 terms), the average pool (at most 16), the
+feature layer (64) and the score itself (64 for a cosine or a logit), 1,323
+terms in all: a score can move by 1323 * u = 7.9e-5 of the size of what it
+sums. ReLU, max pooling and the cosine's normalisation
 do not amplify an error; evaluation-mode BatchNorm scales it by
 gamma / sqrt(var + eps), near 1 in these models. So two programs' scores
 agree to 1e-4 of the largest score's magnitude (at least 1).

@@ -1,6 +1,7 @@
 """launch.protocol --dataset folder end to end with the real trainer, report and plots (issue 17).
 
-A tree of 4 classes of tiny images; `--classes cow --grid smoke --seeds 2`:
+A tree of 4 classes of tiny RGB images, read as greyscale (channels=1);
+`--classes cow --grid smoke --seeds 2`:
 2 cross-entropy runs and 2 x 4 runs of stage 2, one epoch each, 2 at a time.
 """
 
@@ -27,7 +28,7 @@ def test_folder_protocol_report_and_plots_end_to_end(tmp_path, image_tree, compi
     monkeypatch.setenv(key, value)
   monkeypatch.chdir(REPO)
   assert protocol.main([
-      "--dataset", "folder", "--config", f"configs/folder.py:path={tree},size=8", "--classes", "cow",
+      "--dataset", "folder", "--config", f"configs/folder.py:path={tree},size=8,channels=1", "--classes", "cow",
       "--grid", "smoke", "--seeds", "2", "--root", str(tmp_path / "runs"), "--executor", "local",
       "--parallel", "2", "--config.num_epochs=1", "--config.batch_size=8",
       "--config.progress_bar=False", f"--config.data_dir={tmp_path / 'tfds'}"]) == 0
