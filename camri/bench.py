@@ -43,7 +43,7 @@ class _Variant:
   sums: Any
   choices: list
   compile_s: float
-  elapsed: float = 0.0
+  rounds: list[float] = dataclasses.field(default_factory=list)  # Seconds per timed round.
 
   def run(self, batch, steps: int) -> float:
     import jax  # pylint: disable=g-import-not-at-top
@@ -111,7 +111,7 @@ def main(argv):
   for r in range(rounds):
     steps = _STEPS.value * (r + 1) // rounds - _STEPS.value * r // rounds
     for variant in variants[::-1] if r % 2 else variants:  # Neither always goes first.
-      variant.elapsed += variant.run(batch, steps)
+      variant.rounds.append(variant.run(batch, steps))
 
   print(f"devices {jax.device_count()} x {jax.devices()[0].device_kind}  "
         f"model {config.model}  loss {config.loss.name}  batch {config.batch_size}  "
@@ -121,13 +121,18 @@ def main(argv):
     print(f"  {layer[0]}" + "".join(f" | {c.method}" for c in layer[1:]))
   images = _STEPS.value * config.batch_size
   for variant in variants[::-1]:
+    elapsed = sum(variant.rounds)
     print(f"conv_weight_grad={variant.weight_grad}: compile+first step "
-          f"{variant.compile_s:.2f} s  step {1e3 * variant.elapsed / _STEPS.value:.2f} ms  "
-          f"img/s {images / variant.elapsed:.1f}")
+          f"{variant.compile_s:.2f} s  step {1e3 * elapsed / _STEPS.value:.2f} ms  "
+          f"img/s {images / elapsed:.1f}")
   if len(variants) > 1:
-    print(f"speed-up {variants[1].elapsed / variants[0].elapsed:.2f}x "
-          f"({variants[0].weight_grad} over {variants[1].weight_grad})")
-  print(f"img/s {images / variants[0].elapsed:.1f}")
+    # Each round's two timings are minutes apart at most: their ratio cancels
+    # slow changes in load, and the median passes over bursts.
+    ratios = np.divide(variants[1].rounds, variants[0].rounds)
+    print(f"speed-up {np.median(ratios):.2f}x ({variants[0].weight_grad} over "
+          f"{variants[1].weight_grad}; median of {rounds} rounds, range "
+          f"{ratios.min():.2f}-{ratios.max():.2f})")
+  print(f"img/s {images / sum(variants[0].rounds):.1f}")
 
 
 if __name__ == "__main__":
