@@ -22,6 +22,7 @@ def test_bench_prints_each_layers_weight_grad_and_times_two_side_by_side():
       "  4x4x32 -> 64, 3x3 stride 1x1: taps | xla", "  4x4x64 -> 64, 3x3 stride 1x1: taps | xla"]
   assert re.fullmatch(r"conv_weight_grad=xla: .* img/s [\d.]+", lines[start + 5])
   assert re.fullmatch(r"conv_weight_grad=taps: .* img/s [\d.]+", lines[start + 6])
-  assert re.fullmatch(r"speed-up [\d.]+x \(taps over xla; median of 2 rounds, range [\d.]+-[\d.]+\)",
-                      lines[start + 7])
+  assert re.fullmatch(
+      r"speed-up [\d.]+x \(taps over xla; median of 2 rounds, range [\d.]+-[\d.]+\)",
+      lines[start + 7])
   assert re.fullmatch(r"img/s [\d.]+", lines[-1])

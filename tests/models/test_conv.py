@@ -1,4 +1,4 @@
-"""The convolutions' weight gradient: tap matmuls equal XLA's for every conv geometry of camri's models."""
+"""Tap matmuls' weight gradient equals XLA's for every conv geometry of camri's models."""
 
 import functools
 
