@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.tag = ""  # Free-form label for grids (e.g. a protocol role); not used in training.
   c.keep_checkpoints = 2
   c.progress_bar = True
+  # The convolutions' weight gradient (camri/models/conv.py): "auto" (per
+  # layer, tap matmuls where they are faster on this backend), "xla", "taps".
+  c.conv_weight_grad = "auto"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "camri"
@@ -99,7 +102,9 @@ ANGULAR_MARGIN_LOSSES = ("camri", "arcface")
 # Fields added after runs had been written: the value a config.json without
 # the field implies, i.e. what those runs did. `run_log.read_config` fills them
 # in, so an old workdir resumes (or is refused) and is reported as the run it was.
-ADDED_FIELDS: dict[str, object] = {"validation_fraction": 0.0, "adam_eps": 1e-8}
+# Runs before conv_weight_grad took XLA's weight gradient in every layer.
+ADDED_FIELDS: dict[str, object] = {"validation_fraction": 0.0, "adam_eps": 1e-8,
+                                   "conv_weight_grad": "xla"}
 
 
 def with_added_fields(record: dict) -> dict:
@@ -116,6 +121,7 @@ def with_added_fields(record: dict) -> dict:
 
 
 OPTIMIZERS = ("adam", "sgd")
+CONV_WEIGHT_GRADS = ("auto", "xla", "taps")
 # Fields that may change between the runs of one workdir: they don't change
 # what an epoch computes.
 RESUMABLE_CHANGES = ("num_epochs", "progress_bar", "keep_checkpoints", "data_dir")
@@ -209,6 +215,9 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
     _fail("loss.name", config.loss.name, f"choose one of {sorted(losses)}")
   if config.optimizer not in OPTIMIZERS:
     _fail("optimizer", config.optimizer, f"choose one of {list(OPTIMIZERS)}")
+  if config.conv_weight_grad not in CONV_WEIGHT_GRADS:
+    _fail("conv_weight_grad", config.conv_weight_grad,
+          f"choose one of {list(CONV_WEIGHT_GRADS)}")
   for field in ("num_epochs", "batch_size", "eval_batch_size", "feature_dim",
                 "keep_checkpoints"):
     _positive_int(config, field)

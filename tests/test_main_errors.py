@@ -23,6 +23,9 @@ BAD_INPUTS = {
     "unknown_loss": (
         [DIGITS, "--config.loss.name=focal"],
         ["config.loss.name='focal'", "'arcface'", "'camri'", "'cross_entropy'"]),
+    "unknown_conv_weight_grad": (
+        [DIGITS, "--config.conv_weight_grad=fast"],
+        ["config.conv_weight_grad='fast'", "'auto'", "'xla'", "'taps'"]),
     "class_index_out_of_range": (
         [f"{DIGITS}:important=10"],
         ["config.loss.important_classes=10", "0..9"]),

@@ -62,10 +62,11 @@ class Classifier(nn.Module):
     return {"features": z, **self.head(z)}
 
 
-def get_backbone(name: str, feature_dim: int) -> nn.Module:
+def get_backbone(name: str, feature_dim: int, conv_weight_grad: str = "auto") -> nn.Module:
+  """Backbone `name`; its convolutions' weight gradient is `conv_weight_grad` (models/conv.py)."""
   if name not in BACKBONES:
     raise ValueError(f"config.model={name!r} is unknown: choose one of {sorted(BACKBONES)}")
-  return BACKBONES[name](feature_dim)
+  return BACKBONES[name](feature_dim).clone(conv_weight_grad=conv_weight_grad)
 
 
 def load_backbone(variables: dict[str, Any], path: str) -> dict[str, Any]:

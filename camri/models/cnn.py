@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
+from camri.models import conv
+
 Initializer = nn.initializers.Initializer
 # BatchNorm as in flax's examples/imagenet (flax's own momentum is 0.99).
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
@@ -41,6 +43,7 @@ class VGGStyleCNN(nn.Module):
   BatchNorm's `bn_momentum` weighs the old running statistics, as Keras's
   `momentum` does: running = momentum * running + (1 - momentum) * batch.
   `feature_init` initialises the feature layer's Dense kernel.
+  `conv_weight_grad` chooses the convolutions' weight gradient (`conv.conv_general_dilated`).
   """
   stages: Sequence[Sequence[int | str | float]]
   feature_dim: int = 512
@@ -48,9 +51,11 @@ class VGGStyleCNN(nn.Module):
   bn_epsilon: float = BN_EPSILON
   conv_init: Initializer = nn.linear.default_kernel_init
   feature_init: Initializer = nn.linear.default_kernel_init
+  conv_weight_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool, return_feature_map: bool = False):
+    conv_fn = conv.conv_general_dilated(self.conv_weight_grad)
     for stage in self.stages:
       for layer in stage:
         if layer == "bn":
@@ -61,7 +66,8 @@ class VGGStyleCNN(nn.Module):
         elif isinstance(layer, float):
           x = nn.Dropout(layer, deterministic=not train)(x)
         else:
-          x = nn.relu(nn.Conv(layer, (3, 3), padding="SAME", kernel_init=self.conv_init)(x))
+          x = nn.relu(nn.Conv(layer, (3, 3), padding="SAME", kernel_init=self.conv_init,
+                              conv_general_dilated=conv_fn)(x))
     z = FeatureLayer(self.feature_dim, self.bn_momentum, self.bn_epsilon,
                      self.feature_init)(x.mean(axis=(1, 2)), train)
     return (z, x) if return_feature_map else z

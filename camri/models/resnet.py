@@ -32,6 +32,8 @@ from flax import traverse_util
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from camri.models import conv as conv_lib
+
 ModuleDef = Any
 
 
@@ -98,6 +100,8 @@ class ResNet(nn.Module):
     axis_name: named mapped axis (e.g. under jax.shard_map) over which
       BatchNorm averages batch statistics; None under jax.jit, where the
       batch is one global array.
+    conv_weight_grad: how the convolutions compute their weight gradient
+      (`conv.conv_general_dilated`).
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -107,10 +111,13 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   act: Callable = nn.relu
   axis_name: str | None = None
+  conv_weight_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype,
+        conv_general_dilated=conv_lib.conv_general_dilated(self.conv_weight_grad))
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=0.9,
         epsilon=1e-5, dtype=self.dtype, axis_name=self.axis_name)

@@ -1,0 +1,28 @@
+"""`python -m camri.bench`: the layers' weight gradients and a side-by-side timing."""
+
+import re
+import subprocess
+import sys
+
+import run_main
+
+
+def test_bench_prints_each_layers_weight_grad_and_times_two_side_by_side():
+  result = subprocess.run(
+      [sys.executable, "-m", "camri.bench", "--config", "configs/digits.py",
+       "--config.conv_weight_grad=taps", "--compare_conv_weight_grad=xla", "--steps=2",
+       "--rounds=2"],
+      cwd=run_main.ROOT, env=run_main.env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  # small_cnn on 8x8 digits: two 3x3 convolutions at 8x8, two after pooling at 4x4.
+  start = lines.index("conv weight gradient (taps | xla):")
+  assert lines[start + 1:start + 5] == [
+      "  8x8x1 -> 32, 3x3 stride 1x1: taps | xla", "  8x8x32 -> 32, 3x3 stride 1x1: taps | xla",
+      "  4x4x32 -> 64, 3x3 stride 1x1: taps | xla", "  4x4x64 -> 64, 3x3 stride 1x1: taps | xla"]
+  assert re.fullmatch(r"conv_weight_grad=xla: .* img/s [\d.]+", lines[start + 5])
+  assert re.fullmatch(r"conv_weight_grad=taps: .* img/s [\d.]+", lines[start + 6])
+  assert re.fullmatch(
+      r"speed-up [\d.]+x \(taps over xla; median of 2 rounds, range [\d.]+-[\d.]+\)",
+      lines[start + 7])
+  assert re.fullmatch(r"img/s [\d.]+", lines[-1])
