@@ -50,6 +50,13 @@ def base_config() -> ml_collections.ConfigDict:
   # The convolutions' weight gradient (camri/models/conv.py): "auto" (per
   # layer, tap matmuls where they are faster on this backend), "xla", "taps".
   c.conv_weight_grad = "auto"
+  # Where batches come from (camri/feeds.py): "true", the splits held in device
+  # memory; "false", tf.data on the host; "auto", the devices when the data fits
+  # in a quarter of their memory. A resumed run keeps its first choice.
+  c.data_on_device = "auto"
+  # Train steps per jitted call with the data on the devices; 0: 1 on CPU, 50
+  # elsewhere (camri.feeds.steps_per_call). A stop signal waits for the call.
+  c.steps_per_call = 0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "camri"
@@ -103,8 +110,10 @@ ANGULAR_MARGIN_LOSSES = ("camri", "arcface")
 # the field implies, i.e. what those runs did. `run_log.read_config` fills them
 # in, so an old workdir resumes (or is refused) and is reported as the run it was.
 # Runs before conv_weight_grad took XLA's weight gradient in every layer.
+# Runs before data_on_device read batches from tf.data, one step per call.
 ADDED_FIELDS: dict[str, object] = {"validation_fraction": 0.0, "adam_eps": 1e-8,
-                                   "conv_weight_grad": "xla"}
+                                   "conv_weight_grad": "xla", "data_on_device": "false",
+                                   "steps_per_call": 1}
 
 
 def with_added_fields(record: dict) -> dict:
@@ -122,9 +131,11 @@ def with_added_fields(record: dict) -> dict:
 
 OPTIMIZERS = ("adam", "sgd")
 CONV_WEIGHT_GRADS = ("auto", "xla", "taps")
+DATA_ON_DEVICE = ("auto", "true", "false")
 # Fields that may change between the runs of one workdir: they don't change
-# what an epoch computes.
-RESUMABLE_CHANGES = ("num_epochs", "progress_bar", "keep_checkpoints", "data_dir")
+# what an epoch computes (a resumed run keeps its data_on_device, camri.train).
+RESUMABLE_CHANGES = ("num_epochs", "progress_bar", "keep_checkpoints", "data_dir",
+                     "data_on_device", "steps_per_call")
 
 
 def _fail(field, value, allowed):
@@ -218,12 +229,16 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
   if config.conv_weight_grad not in CONV_WEIGHT_GRADS:
     _fail("conv_weight_grad", config.conv_weight_grad,
           f"choose one of {list(CONV_WEIGHT_GRADS)}")
+  if config.data_on_device not in DATA_ON_DEVICE:
+    _fail("data_on_device", config.data_on_device, f"choose one of {list(DATA_ON_DEVICE)}")
   for field in ("num_epochs", "batch_size", "eval_batch_size", "feature_dim",
                 "keep_checkpoints"):
     _positive_int(config, field)
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % device_count:
       _fail(field, config[field], f"must be divisible by the device count ({device_count})")
+  if not isinstance(config.steps_per_call, numbers.Integral) or config.steps_per_call < 0:
+    _fail("steps_per_call", config.steps_per_call, "must be an integer >= 0 (0: auto)")
   if not isinstance(config.image_size, numbers.Integral) or config.image_size < 0:
     _fail("image_size", config.image_size, "must be an integer >= 0 (0: keep the dataset's size)")
   checkpoint = config.get("init_checkpoint")

@@ -37,10 +37,11 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 def export_run(run, platforms=PLATFORMS):
   """The run's prediction rule as a `jax.export.Exported`: uint8 (n, H, W, C) -> float32 (n, K)."""
+  from camri import feeds  # pylint: disable=g-import-not-at-top  (loads TensorFlow)
   variables = jax.device_get(run.variables)  # Host arrays: constants of the program.
 
   def scores(images):
-    return run.scores(variables, images.astype(jnp.float32) / 255.0)
+    return run.scores(variables, feeds.to_float(images))
 
   height, width, channels = run.image_shape
   images = jax.ShapeDtypeStruct(

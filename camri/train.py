@@ -31,12 +31,17 @@ import optax
 import tqdm
 
 from camri import checkpoint
+from camri import config_lib
+from camri import feeds
 from camri import metrics
 from camri import models
 from camri import objectives
 from camri import run_log
 from camri.data import dataset as dataset_lib
 from camri.data.dataset import Dataset
+from camri.feeds import Predictions
+from camri.feeds import Sharding
+from camri.feeds import local_rows  # pylint: disable=unused-import  (camri.predict's)
 from camri.objectives import Objective
 from camri.preemption import StopRequest
 
@@ -141,32 +146,6 @@ def empty_train_sums(num_classes):
   return {**metrics.empty(num_classes), "nonfinite": jnp.zeros((), jnp.float32)}
 
 
-@dataclasses.dataclass
-class Sharding:
-  """The device mesh and how arrays are laid out on it."""
-  mesh: jax.sharding.Mesh
-  replicated: jax.sharding.NamedSharding
-  batch: jax.sharding.NamedSharding
-
-  @classmethod
-  def over_all_devices(cls):
-    mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
-    return cls(mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-               jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-
-  def put_batch(self, local_batch, keep_on_host=("id",)):
-    """A global array from this process's slice of the batch; `keep_on_host` keys are left out."""
-    return {key: jax.make_array_from_process_local_data(self.batch, x)
-            for key, x in local_batch.items() if key not in keep_on_host}
-
-
-def local_rows(x: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded global array, in its local batch's order."""
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-  return np.concatenate([np.asarray(s.data) for s in shards])
-
-
 def restore_or_init(config, model, dataset: Dataset, sharding: Sharding,
                     manager) -> tuple[int, TrainState, Any]:
   """(step, state, the epoch's train metric sums) of the newest intact checkpoint, or a new run's.
@@ -186,34 +165,6 @@ def restore_or_init(config, model, dataset: Dataset, sharding: Sharding,
   return 0, jax.device_put(state, sharding.replicated), sums
 
 
-@dataclasses.dataclass(frozen=True)
-class Predictions:
-  """This process's examples of a split through the model."""
-  ids: np.ndarray  # (N,) str: tfds ids.
-  labels: np.ndarray  # (N,) int64.
-  scores: np.ndarray  # (N, K) float32: the prediction rule's scores (argmax = prediction).
-
-
-def evaluate(eval_step, state, dataset: Dataset, split: str, sharding: Sharding,
-             global_batch_size: int, keep_predictions=False):
-  """One pass over `split`: (its metric sums, its `Predictions` or None).
-
-  The one evaluation of a run, for every split: the per-epoch metrics and the
-  saved predictions come from the same pass.
-  """
-  sums = jax.device_put(metrics.empty(dataset.num_classes), sharding.replicated)
-  kept = []
-  for batch in dataset.eval_batches(split, global_batch_size=global_batch_size):
-    sums, scores = eval_step(state, sums, sharding.put_batch(batch))
-    if keep_predictions:
-      real = batch["mask"] > 0
-      kept.append((batch["id"][real], batch["label"][real], local_rows(scores)[real]))
-  if not keep_predictions:
-    return sums, None
-  ids, labels, scores = (np.concatenate(column) for column in zip(*kept))
-  return sums, Predictions(ids.astype(str), labels.astype(np.int64), scores.astype(np.float32))
-
-
 def save_predictions(workdir, split: str, predictions: Predictions, step: int):
   """predictions/<split>.npz, stamped with `step`.
 
@@ -230,44 +181,45 @@ def save_predictions(workdir, split: str, predictions: Predictions, step: int):
       run_log.merge_prediction_parts(workdir, split, jax.process_count())
 
 
-def evaluate_splits(eval_step, state, step, dataset: Dataset, sharding: Sharding, config,
-                    workdir, save: bool) -> dict[str, float]:
-  """The metrics of every split in `dataset.eval_splits`; with `save`, their predictions saved too."""
+def evaluate_splits(feed, state, step, config, workdir, save: bool) -> dict[str, float]:
+  """The metrics of every split in `dataset.eval_splits`; with `save`, their predictions saved too.
+
+  The one evaluation of a run, for every split: the per-epoch metrics and the
+  saved predictions come from the same pass.
+  """
   row = {}
-  for split in dataset.eval_splits:
-    sums, predictions = evaluate(eval_step, state, dataset, split, sharding,
-                                 config.eval_batch_size, keep_predictions=save)
+  for split in feed.dataset.eval_splits:
+    sums, predictions = feed.evaluate(state, split, keep_predictions=save)
     row |= metrics.summarize(sums, config.loss.important_classes, split, per_class=True)
     if save:
       save_predictions(workdir, split, predictions, step)
   return row
 
 
-def save_missing_predictions(eval_step, state, step, dataset: Dataset, sharding: Sharding,
-                             config, workdir):
+def save_missing_predictions(feed, state, step, workdir):
   """Saves the predictions of every evaluated split whose file is missing or not from `step`.
 
   For a rerun of a finished run only: the files it reads are not being
   written, so every process decides alike whether to evaluate (a collective).
   """
-  for split in dataset.eval_splits:
+  for split in feed.dataset.eval_splits:
     saved = run_log.read_predictions(workdir, split)
     if saved is None or int(saved["step"]) != step:
-      _, predictions = evaluate(eval_step, state, dataset, split, sharding,
-                                config.eval_batch_size, keep_predictions=True)
+      _, predictions = feed.evaluate(state, split, keep_predictions=True)
       save_predictions(workdir, split, predictions, step)
 
 
-def _stop_now(stop: StopRequest, step: int, every: int) -> bool:
-  """Whether to stop after `step`.
+def _stop_now(stop: StopRequest, due: bool = True) -> bool:
+  """Whether to stop now.
 
-  With several processes, they compare their signals every `every` steps, so
-  all stop at the same step, and each takes on a signal another one received
-  (a preemption notice may reach only one host), so all exit alike.
+  With several processes, they compare their signals when `due` (alike in
+  every process), so all stop at the same step, and each takes on a signal
+  another one received (a preemption notice may reach only one host), so all
+  exit alike.
   """
   if jax.process_count() == 1:
     return bool(stop)
-  if step % every:
+  if not due:
     return False
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   received = multihost_utils.process_allgather(np.int32(stop.number))
@@ -286,36 +238,40 @@ def _check_finite(train_sums, step, last_saved):
         f"stopped without saving it, {kept}: lower config.learning_rate or check the data")
 
 
-def train_epoch(state, sums, step, batches, train_step, sharding: Sharding, hooks):
-  """Steps over `batches`; after each, every hook(step, sums) runs, and any returning True stops."""
-  for batch in batches:
-    state, sums = train_step(state, sums, sharding.put_batch(batch))
-    step += 1
-    if any([hook(step, sums) for hook in hooks]):  # A list: every hook sees every step.
+def train_epoch(state, sums, step, calls, hooks):
+  """Runs `calls` (`feeds.Call`s); after each, every hook(step, steps, sums) runs, and any
+  returning True stops."""
+  for steps, call in calls:
+    state, sums = call(state, sums)
+    step += steps
+    if any([hook(step, steps, sums) for hook in hooks]):  # A list: every hook runs.
       break
   return state, sums, step
 
 
-def step_hooks(stop: StopRequest, every: int, last_saved: int, bar: tqdm.tqdm):
-  """After each step: the progress bar; every `every` steps, the finite check; the stop poll."""
+def call_hooks(stop: StopRequest, every: int, last_saved: int, bar: tqdm.tqdm):
+  """After each call: the progress bar; the finite check and the stop poll every `every` steps."""
 
-  def progress(step, sums):
-    bar.update()
-    if step % every == 0:
+  def due(step, steps):
+    return step // every != (step - steps) // every
+
+  def progress(step, steps, sums):
+    bar.update(steps)
+    if due(step, steps):
       _check_finite(sums, step, last_saved)
       bar.set_postfix(loss=f"{float(sums['loss_sum'] / sums['count']):.4f}")
 
-  return [progress, lambda step, sums: _stop_now(stop, step, every)]
+  return [progress, lambda step, steps, sums: _stop_now(stop, due(step, steps))]
 
 
-def describe_run(config, dataset: Dataset, steps_per_epoch: int) -> str:
-  """The run's first line: devices, processes, batch, split sizes, steps per epoch."""
+def describe_run(config, dataset: Dataset, steps_per_epoch: int, feed) -> str:
+  """The run's first line: devices, processes, batch, split sizes, steps per epoch, the feed."""
   devices = jax.devices()
   per_device = config.batch_size // len(devices)
   return (f"{len(devices)} x {devices[0].device_kind}, {jax.process_count()} process"
           f"{'es' if jax.process_count() > 1 else ''}; batch {config.batch_size} "
           f"({per_device} per device); {config.dataset}: {dataset.describe()}; "
-          f"{steps_per_epoch} steps per epoch")
+          f"{steps_per_epoch} steps per epoch; {feed.describe()}")
 
 
 @contextlib.contextmanager
@@ -386,50 +342,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = steps_per_epoch * config.num_epochs
   sharding = Sharding.over_all_devices()
   model, objective = make_model(config, dataset.num_classes)
-  train_step = jax.jit(make_train_step(objective, config.seed), donate_argnums=(0, 1),
-                       out_shardings=(sharding.replicated, sharding.replicated))
-  eval_step = jax.jit(make_eval_step(objective), donate_argnums=1,
-                      out_shardings=(sharding.replicated, sharding.batch))
-  check_every = max(1, min(50, steps_per_epoch // 4))
   main_process = jax.process_index() == 0
-  _say(describe_run(config, dataset, steps_per_epoch), main_process)
   with run_resources(config, workdir, steps_per_epoch) as (manager, log):
     step, state, train_sums = restore_or_init(config, model, dataset, sharding, manager)
     restored_step = step
+    feed = feeds.make_feed(config, dataset, sharding, make_train_step(objective, config.seed),
+                           make_eval_step(objective),
+                           on_device=data_on_device(config, dataset, workdir, step))
+    _say(describe_run(config, dataset, steps_per_epoch, feed), main_process)
     if step:
       _say(f"resuming from the checkpoint at step {step} (epoch {step // steps_per_epoch} "
            f"of {config.num_epochs} done)", main_process)
     log.truncate(step // steps_per_epoch)
     last_saved = step
+    check_every = max(1, min(50, steps_per_epoch // 4))
     for epoch in range(step // steps_per_epoch, config.num_epochs):
-      if _stop_now(stop, step, check_every):
+      if _stop_now(stop):
         break
       if step == epoch * steps_per_epoch:
         train_sums = jax.device_put(empty_train_sums(dataset.num_classes), sharding.replicated)
       done_in_epoch = step - epoch * steps_per_epoch
-      batches = dataset.train_batches(
-          global_batch_size=config.batch_size, seed=config.seed, epoch=epoch,
-          start_step=done_in_epoch, augmentations=tuple(config.augment))
       with _progress_bar(config, epoch, done_in_epoch, steps_per_epoch, main_process) as bar:
         state, train_sums, step = train_epoch(
-            state, train_sums, step, batches, train_step, sharding,
-            step_hooks(stop, check_every, last_saved, bar))
+            state, train_sums, step, feed.train_calls(epoch, done_in_epoch),
+            call_hooks(stop, check_every, last_saved, bar))
       _check_finite(train_sums, step, last_saved)
       if step == (epoch + 1) * steps_per_epoch:
         row = metrics.summarize(train_sums, config.loss.important_classes, "train")
-        row |= evaluate_splits(eval_step, state, step, dataset, sharding, config, workdir,
-                               save=step == total_steps)
+        row |= evaluate_splits(feed, state, step, config, workdir, save=step == total_steps)
         log.write(epoch + 1, row, step)
       if step != last_saved:
         checkpoint.save(manager, step, state, train_sums)
         last_saved = step
     if restored_step == total_steps:  # A rerun of a finished run: remake lost predictions.
-      save_missing_predictions(eval_step, state, step, dataset, sharding, config, workdir)
+      save_missing_predictions(feed, state, step, workdir)
   if stop and step < total_steps:
     logging.warning("%s received: stopped at step %d of %d; %s", stop.signal, step,
                     total_steps, f"checkpoint saved at step {last_saved}" if last_saved
                     else "nothing trained yet, no checkpoint")
   return log.rows
+
+
+def data_on_device(config, dataset: Dataset, workdir, step: int) -> bool:
+  """Whether the run's data is fed from device memory (`config.data_on_device`).
+
+  A resumed run keeps the choice it started with ("auto" may decide otherwise
+  on another machine, and the two feeds augment differently); runs from
+  before the device feed used tf.data.
+
+  Raises:
+    ConfigError: `config.data_on_device` asks for the other feed than the
+      resumed run's, and the run augments.
+  """
+  recorded = (run_log.read_data_on_device(workdir) or False) if step else None
+  if config.data_on_device == "auto":
+    chosen = recorded if recorded is not None else feeds.fits_on_devices(dataset)
+  else:
+    chosen = config.data_on_device == "true"
+    if recorded is not None and chosen != recorded and config.augment:
+      raise config_lib.ConfigError(
+          f"config.data_on_device={config.data_on_device!r} is invalid: this run started "
+          f"with data_on_device={str(recorded).lower()} and augments, which the two feeds do "
+          "differently; resume with that value (or 'auto'), or use a new --workdir")
+  if not step and jax.process_index() == 0:
+    run_log.write_data_on_device(workdir, chosen)
+  return chosen
 
 
 def _progress_bar(config, epoch: int, initial: int, steps_per_epoch: int, main_process: bool):

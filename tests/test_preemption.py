@@ -119,7 +119,8 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous(reference, digits_a
   # The run's first line says what it runs on (2 simulated devices here).
   assert result.stdout.splitlines()[0] == (
       "2 x cpu, 1 process; batch 4 (2 per device); digits: train 1292, val 145, test 360; "
-      f"{STEPS_PER_EPOCH} steps per epoch")
+      f"{STEPS_PER_EPOCH} steps per epoch; data on the devices (uint8, 0.1 MiB), "
+      "1 step per call")
   assert f"the checkpoint at step {3 * STEPS_PER_EPOCH} is unreadable" in result.stderr
   assert "do not match the fingerprint" in result.stderr
   assert "partly written checkpoint" in result.stderr
@@ -135,7 +136,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     digits_args, compile_cache, tmp_path):
   # NaN images in batch 3 of epoch 2 (bad data), that is at step 323 + 4.
   workdir = tmp_path / "run"
-  result = run_main.run("1", "3", *digits_args, "--workdir", workdir, main="tests/nan_data_main.py",
+  result = run_main.run(str(STEPS_PER_EPOCH + 3), *digits_args, "--workdir", workdir,
+                        main="tests/nan_data_main.py",
                         compile_cache=compile_cache)
   lines = run_main.error_lines(result.stderr)
   assert result.returncode == 3, result.stderr

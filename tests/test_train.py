@@ -122,32 +122,43 @@ def _valid_boxes(generate):
   return generate_random_obj
 
 
-@pytest.mark.parametrize("name, arg, important, model, image_shape", [
-    ("cifar10", None, (3, "cat"), "reference_cnn", (32, 32, 3)),
-    ("gtsrb", "important=stop", (14, "stop"), "reference_cnn", (32, 32, 3)),
-    ("awa2", "size=32,important=dolphin", (49, "dolphin"), "resnet18", (32, 32, 3)),
+@pytest.mark.parametrize("name, arg, important, model, image_shape, on_device", [
+    ("cifar10", None, (3, "cat"), "reference_cnn", (32, 32, 3), "true"),
+    ("gtsrb", "important=stop", (14, "stop"), "reference_cnn", (32, 32, 3), "false"),
+    ("awa2", "size=32,important=dolphin", (49, "dolphin"), "resnet18", (32, 32, 3), "true"),
 ])
 def test_dataset_config_trains_on_mocked_data(tmp_path, name, arg, important, model,
-                                              image_shape):
-  """Each dataset config through main's code path: prepare_run, train_and_evaluate."""
+                                              image_shape, on_device):
+  """Each dataset config through main's code path: prepare_run, train_and_evaluate.
+
+  Between them, both feeds, and device data stored as uint8 (cifar10) and as
+  float32 (awa2, resized).
+  """
   config = importlib.import_module(f"configs.{name}").get_config(arg)
   config.num_epochs = 1
   config.batch_size = 8
   config.eval_batch_size = 6
   config.progress_bar = False
+  config.data_on_device = on_device
   config.data_dir = str(tmp_path / "tfds")
   seen_shapes = []
   original_put_batch = train.Sharding.put_batch
+  original_put_batches = train.Sharding.put_batches
 
   def put_batch(self, batch):
     seen_shapes.append(batch["image"].shape[1:])
     return original_put_batch(self, batch)
 
+  def put_batches(self, batches):
+    seen_shapes.extend([batches["image"].shape[2:]] * len(batches["image"]))
+    return original_put_batches(self, batches)
+
   generator = mocking.RandomFakeGenerator
   with tfds.testing.mock_data(num_examples=16), \
        mock.patch.object(generator, "_generate_random_obj",
                          _valid_boxes(generator._generate_random_obj)), \
-       mock.patch.object(train.Sharding, "put_batch", put_batch):
+       mock.patch.object(train.Sharding, "put_batch", put_batch), \
+       mock.patch.object(train.Sharding, "put_batches", put_batches):
     config = prepare.prepare_run(config, str(tmp_path / "run"))
     rows = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert config.loss.important_classes == (important[0],)

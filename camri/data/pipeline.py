@@ -69,6 +69,18 @@ def _stored_shape(builder) -> tuple[int | None, ...]:
   return tuple(builder.info.features["image"].shape)
 
 
+# Pixel k as the model sees it, k / 255 correctly rounded: a table, so that
+# every path computes the same float (tf.data's graph optimiser turns x / 255
+# into x * (1 / 255) in some pipelines and not others, an ulp apart).
+PIXEL_VALUES = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
+def keeps_stored_pixels(builder, image_size: int) -> bool:
+  """Whether preprocessing leaves every pixel a stored uint8 value / 255 (no resizing)."""
+  height, width, _ = _stored_shape(builder)
+  return image_size == 0 or (height, width) == (image_size, image_size)
+
+
 def _read_tfds(builder, tfds_split):
   """A tfds split in its stored order, images still encoded, with each example's tfds_id."""
   return builder.as_dataset(
@@ -162,7 +174,7 @@ def preprocess_image(encoded, *, spec: DatasetSpec, image_size: int, channels: i
     side = tf.reduce_min(size)
     top, left = (size[0] - side) // 2, (size[1] - side) // 2
     image = _crop(image, top, left, top + side, left + side)
-  image = tf.cast(image, tf.float32) / 255.0
+  image = tf.gather(PIXEL_VALUES, tf.cast(image, tf.int32))
   if image_size:
     image = tf.image.resize(image, (image_size, image_size), antialias=True)
     return tf.clip_by_value(image, 0.0, 1.0)
@@ -202,6 +214,51 @@ def steps_per_epoch(builder, split: Split, global_batch_size: int) -> int:
   return steps
 
 
+def _epoch_seed(seed, epoch) -> int:
+  return int(seed) * 1_000_003 + int(epoch)
+
+
+def _shuffled(ds, builder, split: Split, seed, epoch):
+  """`ds` (this process's share of `split`) in epoch `epoch`'s order.
+
+  tf.data's shuffle with a buffer holding the whole share: the order depends
+  only on (seed, epoch) and the share's size, never on the examples.
+  """
+  return ds.shuffle(share_sizes(builder, split)[1], seed=_epoch_seed(seed, epoch),
+                    reshuffle_each_iteration=False)
+
+
+def epoch_order(builder, split: Split, *, local_size, global_batch_size, seed,
+                epoch) -> np.ndarray:
+  """(steps, local batch): the positions, in this process's share of `split` (of
+  `local_size` examples), of the examples `train_batches` yields in epoch `epoch`.
+  """
+  local_batch = global_batch_size // jax.process_count()
+  steps = steps_per_epoch(builder, split, global_batch_size)
+  order = _shuffled(tf.data.Dataset.range(local_size), builder, split, seed, epoch)
+  order = np.fromiter(order.take(steps * local_batch).as_numpy_iterator(), np.int64)
+  return order.reshape(steps, local_batch)
+
+
+def decoded_split(builder, spec: DatasetSpec, split: Split, *, image_size) -> dict[str, np.ndarray]:
+  """This process's share of `split`, in stored order, preprocessed as the model sees it.
+
+  {"image": float32 (N, H, W, C) in [0, 1], "label": int32 (N,), "id": bytes (N,)}:
+  what `eval_batches` yields, unbatched and unpadded, and what `train_batches`
+  yields before shuffling and augmentation.
+  """
+  stored = _stored_shape(builder)
+  ds = _read(builder, split).map(
+      lambda ex: {**_preprocess(ex, spec, image_size, stored), "id": ex["tfds_id"]},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  shape = image_shape(builder, image_size)
+  parts = list(read_checked(tfds.as_numpy(ds.batch(1024).prefetch(tf.data.AUTOTUNE)), builder))
+  if not parts:
+    return {"image": np.zeros((0, *shape), np.float32), "label": np.zeros((0,), np.int32),
+            "id": np.zeros((0,), object)}
+  return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
 def train_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size, image_size,
                   seed, epoch, start_step=0, augmentations=()):
   """This process's batches for one training epoch, from `start_step` on.
@@ -211,11 +268,9 @@ def train_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size
   """
   local_batch = global_batch_size // jax.process_count()
   steps = steps_per_epoch(builder, split, global_batch_size)
-  epoch_seed = int(seed) * 1_000_003 + int(epoch)
+  epoch_seed = _epoch_seed(seed, epoch)
 
-  ds = _read(builder, split).cache()
-  ds = ds.shuffle(share_sizes(builder, split)[1], seed=epoch_seed,
-                  reshuffle_each_iteration=False)
+  ds = _shuffled(_read(builder, split).cache(), builder, split, seed, epoch)
   stored = _stored_shape(builder)
   ds = ds.map(lambda ex: _preprocess(ex, spec, image_size, stored),
               num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,331 @@
+"""How batches reach the train and eval steps: from tf.data on the host, or from device memory.
+
+`HostFeed`: tf.data decodes and batches on the host and each step's batch is
+copied to the devices, one step per call.
+
+`DeviceFeed`: every split is decoded once, through the same preprocessing,
+into this process's arrays. The evaluation splits stay on the devices, padded
+into batches as `eval_batches` pads them, and each is evaluated in one jitted
+pass. Each epoch's training batches are copied to the devices in one transfer
+at the epoch's start, and `steps_per_call` train steps run per call, in a
+jitted loop; only the conversion to float, the scaling and the augmentation
+run there. Images are kept as uint8 where that loses nothing (no resizing),
+float32 otherwise.
+
+Both feed the same examples in the same batches (`pipeline.epoch_order`), so
+without augmentation their metrics agree to float32 round-off. Augmentation
+follows the same definitions (crop: pad by 1/8 of the side with zeros and take
+a random window; flip: horizontal, p = 1/2), seeded by (seed, epoch, example)
+on the device rather than by TensorFlow's ops, so its pixels differ.
+"""
+
+from collections.abc import Callable, Iterator
+import dataclasses
+import functools
+import os
+
+from absl import logging
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from camri import metrics
+from camri.data import pipeline
+from camri.data.dataset import Dataset
+
+# The share of each device's memory (and of the host's) that `auto` lets a dataset take.
+DEVICE_MEMORY_FRACTION = 0.25
+
+# One call: (the number of train steps it runs, (state, sums) -> (state, sums)).
+Call = tuple[int, Callable]
+
+
+@dataclasses.dataclass
+class Sharding:
+  """The device mesh and how arrays are laid out on it."""
+  mesh: jax.sharding.Mesh
+  replicated: jax.sharding.NamedSharding
+  batch: jax.sharding.NamedSharding
+
+  @classmethod
+  def over_all_devices(cls):
+    mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    return cls(mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+               jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+
+  @property
+  def batches(self) -> jax.sharding.NamedSharding:
+    """(steps, global batch, ...) arrays: each batch sharded like `batch`."""
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, "data"))
+
+  def put_batch(self, local_batch, keep_on_host=("id",)):
+    """A global array from this process's slice of the batch; `keep_on_host` keys are left out."""
+    return {key: jax.make_array_from_process_local_data(self.batch, x)
+            for key, x in local_batch.items() if key not in keep_on_host}
+
+  def put_batches(self, local_batches):
+    """`put_batch` for (steps, local batch, ...) arrays: every step's batch at once."""
+    return {key: jax.make_array_from_process_local_data(self.batches, x)
+            for key, x in local_batches.items()}
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in its local batch's order."""
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def local_columns(x: jax.Array) -> np.ndarray:
+  """`local_rows` of each step of a (steps, global batch, ...) array: (steps, local batch, ...)."""
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[1].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """This process's examples of a split through the model."""
+  ids: np.ndarray  # (N,) str: tfds ids.
+  labels: np.ndarray  # (N,) int64.
+  scores: np.ndarray  # (N, K) float32: the prediction rule's scores (argmax = prediction).
+
+  @classmethod
+  def of_real(cls, ids, labels, scores, mask):
+    real = mask > 0
+    return cls(ids[real].astype(str), labels[real].astype(np.int64),
+               scores[real].astype(np.float32))
+
+
+class HostFeed:
+  """tf.data on the host; one step per call."""
+
+  def __init__(self, config, dataset: Dataset, sharding: Sharding, train_step, eval_step):
+    self.config, self.dataset, self.sharding = config, dataset, sharding
+    self._train_step = jax.jit(train_step, donate_argnums=(0, 1),
+                               out_shardings=(sharding.replicated, sharding.replicated))
+    self._eval_step = jax.jit(eval_step, donate_argnums=1,
+                              out_shardings=(sharding.replicated, sharding.batch))
+
+  def describe(self) -> str:
+    return "data from tf.data on the host, 1 step per call"
+
+  def train_calls(self, epoch: int, start_step: int) -> Iterator[Call]:
+    batches = self.dataset.train_batches(
+        global_batch_size=self.config.batch_size, seed=self.config.seed, epoch=epoch,
+        start_step=start_step, augmentations=tuple(self.config.augment))
+    for batch in batches:
+      yield 1, functools.partial(self._step, batch=batch)
+
+  def _step(self, state, sums, batch):
+    return self._train_step(state, sums, self.sharding.put_batch(batch))
+
+  def evaluate(self, state, split: str, keep_predictions: bool):
+    sums = jax.device_put(metrics.empty(self.dataset.num_classes), self.sharding.replicated)
+    kept = []
+    for batch in self.dataset.eval_batches(split,
+                                           global_batch_size=self.config.eval_batch_size):
+      sums, scores = self._eval_step(state, sums, self.sharding.put_batch(batch))
+      if keep_predictions:
+        kept.append(Predictions.of_real(batch["id"], batch["label"], local_rows(scores),
+                                        batch["mask"]))
+    if not keep_predictions:
+      return sums, None
+    return sums, Predictions(*(np.concatenate(column) for column in
+                               zip(*(dataclasses.astuple(p) for p in kept))))
+
+
+def to_float(images):
+  """Images as the model sees them: uint8 as `pipeline.PIXEL_VALUES` (k / 255), float32 as is."""
+  if images.dtype == jnp.uint8:
+    return jnp.asarray(pipeline.PIXEL_VALUES)[images]
+  return images
+
+
+def compact(images: np.ndarray) -> np.ndarray:
+  """float32 images in [0, 1] as uint8 when `to_float` gives them back exactly, else as they are."""
+  as_uint8 = np.round(images * 255.0).astype(np.uint8)
+  return as_uint8 if np.array_equal(pipeline.PIXEL_VALUES[as_uint8], images) else images
+
+
+def augment(images, keys, augmentations):
+  """(B, H, W, C) images, each augmented with its own key: crop, then flip."""
+
+  def one(image, key):
+    crop_key, flip_key = jax.random.split(key)
+    if "crop" in augmentations:
+      height, width, channels = image.shape
+      pad = max(1, height // 8)
+      padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+      top, left = jax.random.randint(crop_key, (2,), 0, 2 * pad + 1)
+      image = lax.dynamic_slice(padded, (top, left, 0), (height, width, channels))
+    if "flip" in augmentations:
+      image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+    return image
+
+  return jax.vmap(one)(images, keys)
+
+
+def _train_steps(train_step, seed: int, augmentations, looped: bool, state, sums, batches,
+                 epoch, start, count):
+  """Steps `start`, ..., `start + count - 1` of an epoch whose `batches` are on the devices.
+
+  Without `looped`, the one step `start` (`count` is 1), outside any loop.
+  """
+  epoch_key = jax.random.fold_in(jax.random.key(seed), epoch)
+
+  def body(i, carry):
+    batch = jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, start + i, keepdims=False),
+                         batches)
+    image = to_float(batch.pop("image"))
+    if augmentations:
+      keys = jax.vmap(functools.partial(jax.random.fold_in, epoch_key))(batch["example"])
+      image = augment(image, keys, augmentations)
+    batch = {"image": image, "label": batch["label"],
+             "mask": jnp.ones(batch["label"].shape, jnp.float32)}
+    return train_step(*carry, batch)
+
+  if not looped:
+    return body(0, (state, sums))
+  return lax.fori_loop(0, count, body, (state, sums))
+
+
+def _eval_batches(eval_step, looped: bool, state, sums, batches, start):
+  """Metric sums and scores of an evaluation split on the devices: of every batch in one
+  loop ((steps, batch, K) scores), or without `looped`, of batch `start` ((batch, K))."""
+
+  def body(sums, batch):
+    new_sums, scores = eval_step(state, sums, {**batch, "image": to_float(batch["image"])})
+    return jax.tree.map(lambda new, old: new.astype(old.dtype), new_sums, sums), scores
+
+  if not looped:
+    return body(sums, jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, start, keepdims=False),
+                                   batches))
+  return lax.scan(body, sums, batches)
+
+
+def steps_per_call(config) -> int:
+  """`config.steps_per_call`, where 0 (auto) is 1 on CPU and 50 elsewhere.
+
+  XLA:CPU runs a convolution inside a loop many times slower than outside
+  one (20x for cifar10's reference_cnn), so on CPU each call is one step.
+  """
+  if config.steps_per_call:
+    return config.steps_per_call
+  return 1 if jax.default_backend() == "cpu" else 50
+
+
+class DeviceFeed:
+  """The splits in device memory; `steps_per_call` steps per call."""
+
+  def __init__(self, config, dataset: Dataset, sharding: Sharding, train_step, eval_step):
+    self.config, self.dataset, self.sharding = config, dataset, sharding
+    self.steps_per_call = steps_per_call(config)
+    looped = self.steps_per_call > 1
+    self._train = _decoded(dataset, "train")
+    largest_share = pipeline.share_sizes(dataset.builder, dataset.splits["train"])[1]
+    self._first_example = jax.process_index() * largest_share
+    self._eval_batches, self._eval_ids = {}, {}
+    for split in dataset.eval_splits:
+      self._eval_batches[split], self._eval_ids[split] = self._put_eval_split(split)
+    self._run = jax.jit(
+        functools.partial(_train_steps, train_step, config.seed, tuple(config.augment), looped),
+        donate_argnums=(0, 1), out_shardings=(sharding.replicated, sharding.replicated))
+    self._eval = jax.jit(
+        functools.partial(_eval_batches, eval_step, looped), donate_argnums=1,
+        out_shardings=(sharding.replicated, sharding.batches if looped else sharding.batch))
+    # XLA:CPU's simulated devices share one thread pool: with several calls in
+    # flight, one device's collective can hold the threads the others need to
+    # join it, until XLA aborts. So there, each call is waited for.
+    self._wait = jax.default_backend() == "cpu" and jax.local_device_count() > 1
+
+  def describe(self) -> str:
+    images = [self._train["image"], *(b["image"] for b in self._eval_batches.values())]
+    size = sum(image.nbytes for image in images) / 2**20
+    calls = "1 step" if self.steps_per_call == 1 else f"{self.steps_per_call} steps"
+    return f"data on the devices ({images[0].dtype}, {size:.1f} MiB), {calls} per call"
+
+  def _put_eval_split(self, split):
+    """A split as (eval steps, global batch) arrays on the devices, and its padded ids."""
+    arrays = _decoded(self.dataset, split)
+    local_batch = self.config.eval_batch_size // jax.process_count()
+    steps = pipeline.eval_steps(self.dataset.builder, self.dataset.splits[split],
+                                self.config.eval_batch_size)
+    padding = steps * local_batch - len(arrays["label"])
+    arrays["mask"] = np.ones(len(arrays["label"]), np.float32)
+    padded = {key: np.concatenate([x, np.full((padding, *x.shape[1:]),
+                                              b"" if x.dtype == object else 0, x.dtype)])
+              .reshape(steps, local_batch, *x.shape[1:]) for key, x in arrays.items()}
+    ids = padded.pop("id")
+    return self.sharding.put_batches(padded), ids
+
+  def train_calls(self, epoch: int, start_step: int) -> Iterator[Call]:
+    order = pipeline.epoch_order(
+        self.dataset.builder, self.dataset.splits["train"], local_size=len(self._train["label"]),
+        global_batch_size=self.config.batch_size, seed=self.config.seed, epoch=epoch)
+    batches = self.sharding.put_batches({
+        "image": self._train["image"][order], "label": self._train["label"][order],
+        "example": (order + self._first_example).astype(np.int32)})
+    steps = len(order)
+    for start in range(start_step, steps, self.steps_per_call):
+      count = min(self.steps_per_call, steps - start)
+      yield count, functools.partial(self._call, self._run, batches=batches,
+                                     epoch=np.int32(epoch), start=np.int32(start),
+                                     count=np.int32(count))
+
+  def _call(self, function, *args, **kwargs):
+    result = function(*args, **kwargs)
+    return jax.block_until_ready(result) if self._wait else result
+
+  def evaluate(self, state, split: str, keep_predictions: bool):
+    sums = jax.device_put(metrics.empty(self.dataset.num_classes), self.sharding.replicated)
+    batches = self._eval_batches[split]
+    if self.steps_per_call > 1:
+      sums, scores = self._call(self._eval, state, sums, batches, None)
+      scores = local_columns(scores)
+    else:
+      scores = []
+      for start in range(len(self._eval_ids[split])):
+        sums, batch_scores = self._call(self._eval, state, sums, batches, np.int32(start))
+        scores.append(local_rows(batch_scores) if keep_predictions else None)
+    if not keep_predictions:
+      return sums, None
+    flat = lambda x: np.reshape(x, (-1, *np.shape(x)[2:]))  # pylint: disable=unnecessary-lambda-assignment
+    return sums, Predictions.of_real(
+        flat(self._eval_ids[split]), flat(local_columns(batches["label"])), flat(scores),
+        flat(local_columns(batches["mask"])))
+
+
+def _decoded(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
+  arrays = pipeline.decoded_split(dataset.builder, dataset.spec, dataset.splits[split],
+                                  image_size=dataset.image_size)
+  return {**arrays, "image": compact(arrays["image"])}
+
+
+def fits_on_devices(dataset: Dataset) -> bool:
+  """Whether this process's share of every split, plus an epoch's copy of the training
+  split, takes at most `DEVICE_MEMORY_FRACTION` of its devices' memory and of the host's
+  (as uint8, or float32 where the images are resized).
+  """
+  values = (sum(split.size for split in dataset.splits.values())
+            + dataset.splits["train"].size) * int(np.prod(dataset.image_shape))
+  bytes_per_value = 1 if pipeline.keeps_stored_pixels(dataset.builder, dataset.image_size) else 4
+  needed = values * bytes_per_value // jax.process_count()
+  return all(needed <= DEVICE_MEMORY_FRACTION * limit for limit in _memory_limits())
+
+
+def _memory_limits() -> list[int]:
+  """The bytes of this process's devices' memory (where they report it), and of the host's."""
+  limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+  stats = [device.memory_stats() or {} for device in jax.local_devices()
+           if device.platform != "cpu"]
+  if stats and all(s.get("bytes_limit") for s in stats):
+    limits.append(sum(int(s["bytes_limit"]) for s in stats))
+  return limits
+
+
+def make_feed(config, dataset: Dataset, sharding: Sharding, train_step, eval_step,
+              on_device: bool) -> HostFeed | DeviceFeed:
+  """A `DeviceFeed` if `on_device`, else a `HostFeed`."""
+  feed = DeviceFeed if on_device else HostFeed
+  return feed(config, dataset, sharding, train_step, eval_step)

@@ -1,0 +1,147 @@
+"""The two feeds (camri/feeds.py): same batches, same training, same evaluation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camri import config_lib
+from camri import feeds
+from camri import prepare
+from camri import run_log
+from camri import train
+from camri.data import dataset as dataset_lib
+from camri.data import pipeline
+
+
+@pytest.fixture
+def digits(digits_config, tmp_path):
+  """(validated config, Dataset): digits at batch 64, 20 steps per epoch."""
+  digits_config.batch_size = 64
+  digits_config.eval_batch_size = 100
+  config = prepare.prepare_run(digits_config, str(tmp_path))
+  return config, dataset_lib.open_dataset(config, workdir=str(tmp_path))
+
+
+@pytest.mark.parametrize("epoch, start_step", [(0, 0), (3, 5)])
+def test_epoch_order_is_the_order_tfdata_trains_in(digits, epoch, start_step):
+  """`pipeline.epoch_order` picks, from the decoded split, exactly tf.data's batches."""
+  config, dataset = digits
+  split = dataset.splits["train"]
+  decoded = pipeline.decoded_split(dataset.builder, dataset.spec, split, image_size=0)
+  order = pipeline.epoch_order(dataset.builder, split, local_size=len(decoded["label"]),
+                               global_batch_size=config.batch_size, seed=7, epoch=epoch)
+  batches = list(dataset.train_batches(global_batch_size=config.batch_size, seed=7,
+                                       epoch=epoch, start_step=start_step))
+  assert order.shape == (dataset.steps_per_epoch(config.batch_size), config.batch_size)
+  assert len(batches) == len(order) - start_step
+  for batch, rows in zip(batches, order[start_step:]):
+    np.testing.assert_array_equal(batch["image"], decoded["image"][rows])
+    np.testing.assert_array_equal(batch["label"], decoded["label"][rows])
+  # Stored as uint8 on the devices, the images come back bit for bit.
+  stored = feeds.compact(decoded["image"])
+  assert stored.dtype == np.uint8
+  np.testing.assert_array_equal(feeds.to_float(jnp.asarray(stored)), decoded["image"])
+
+
+def _in_float64(tree):
+  return jax.tree.map(
+      lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _epoch(config, dataset, on_device, steps_per_call=0):
+  """One epoch through a feed in float64: (train sums, params, test Predictions)."""
+  config = config.copy_and_resolve_references()
+  config.steps_per_call = steps_per_call
+  sharding = feeds.Sharding.over_all_devices()
+  model, objective = train.make_model(config, dataset.num_classes)
+  feed = feeds.make_feed(config, dataset, sharding, train.make_train_step(objective, config.seed),
+                         train.make_eval_step(objective), on_device=on_device)
+  state = train.create_train_state(config, model, dataset.image_shape)
+  state = jax.device_put(_in_float64(state), sharding.replicated)
+  sums = jax.device_put(_in_float64(train.empty_train_sums(dataset.num_classes)),
+                        sharding.replicated)
+  calls = []
+  for steps, call in feed.train_calls(epoch=0, start_step=0):
+    state, sums = call(state, sums)
+    calls.append(steps)
+  _, predictions = feed.evaluate(state, "test", keep_predictions=True)
+  return calls, jax.device_get((sums, state.params)), predictions
+
+
+def test_the_feeds_and_any_steps_per_call_train_alike(digits):
+  """tf.data, the device feed, and 1 or 7 steps per call: one epoch's training agrees.
+
+  The programs differ (a step alone, a step in a loop, float32 or uint8
+  input), so XLA may order their sums differently. Compared in float64, as in
+  test_train.py's one-vs-two-devices test, with u = 1.1e-16 and batch sums of
+  64 terms of size <= 10: a gradient's round-off is |dg| <= 64 * 4u * 10 ~
+  3e-13; Adam moves a parameter whose true gradient is ~0 (a bias before a
+  BatchNorm) by at most lr * |dg| / eps a step, so 20 steps part it by
+  <= 2 * 20 * 1e-3 * 3e-13 / 1e-8 ~ 1.2e-6: atol 1e-5. Other parameters and the
+  loss differ by round-off of their own sums, ~1e4 * u: rtol 1e-9.
+  Evaluation scores are one forward pass of equal parameters, then rounded to
+  the saved float32: they agree to float32's rounding, rtol 2^-22.
+  """
+  config, dataset = digits
+  with jax.enable_x64(True):
+    runs = {"tf.data": _epoch(config, dataset, on_device=False),
+            "device, 1 step per call": _epoch(config, dataset, on_device=True, steps_per_call=1),
+            "device, 7 steps per call": _epoch(config, dataset, on_device=True,
+                                               steps_per_call=7)}
+  assert [calls for calls, _, _ in runs.values()] == [[1] * 20, [1] * 20, [7, 7, 6]]
+  _, (sums, params), predictions = runs.pop("tf.data")
+  assert sums["loss_sum"].dtype == np.float64
+  for name, (_, (other_sums, other_params), other_predictions) in runs.items():
+    np.testing.assert_allclose(other_sums["loss_sum"], sums["loss_sum"], rtol=1e-9, err_msg=name)
+    np.testing.assert_array_equal(other_sums["confusion"], sums["confusion"], err_msg=name)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-5),
+                 other_params, params)
+    np.testing.assert_array_equal(other_predictions.ids, predictions.ids)
+    np.testing.assert_array_equal(other_predictions.labels, predictions.labels)
+    np.testing.assert_allclose(other_predictions.scores, predictions.scores, rtol=2**-22,
+                               atol=2**-24 * np.abs(predictions.scores).max())
+  assert len(predictions.ids) == dataset.splits["test"].size == 360
+
+
+def test_device_augmentation_is_a_seeded_crop_and_flip():
+  """crop: a window of the image padded by 1/8 of its side with zeros; flip: mirrored or not."""
+  image = jnp.arange(16 * 16 * 2, dtype=jnp.float32).reshape(1, 16, 16, 2) + 1
+  keys = jax.random.split(jax.random.key(0), 64)
+  flipped = feeds.augment(jnp.repeat(image, 64, 0), keys, ("flip",))
+  mirrored = jnp.all(flipped == image[:, :, ::-1], axis=(1, 2, 3))
+  assert jnp.all(mirrored | jnp.all(flipped == image, axis=(1, 2, 3)))
+  assert 16 < int(mirrored.sum()) < 48
+  cropped = feeds.augment(jnp.repeat(image, 64, 0), keys, ("crop",))
+  padded = np.pad(np.asarray(image[0]), ((2, 2), (2, 2), (0, 0)))
+  offsets = set()
+  for window in np.asarray(cropped):
+    found = [(t, l) for t in range(5) for l in range(5)
+             if np.array_equal(padded[t:t + 16, l:l + 16], window)]
+    assert found
+    offsets.add(found[0])
+  assert len(offsets) > 10  # The offsets vary over the whole range, 0..4 each way.
+  again = feeds.augment(jnp.repeat(image, 64, 0), keys, ("crop", "flip"))
+  np.testing.assert_array_equal(again, feeds.augment(jnp.repeat(image, 64, 0), keys,
+                                                     ("crop", "flip")))
+
+
+def test_a_resumed_run_keeps_its_feed(digits, tmp_path):
+  config, dataset = digits
+  workdir = str(tmp_path)
+  config = config.copy_and_resolve_references()
+  config.data_on_device = "false"
+  assert not train.data_on_device(config, dataset, workdir, step=0)
+  assert run_log.read_data_on_device(workdir) is False
+  config.data_on_device = "auto"  # Would choose the devices for digits; the run keeps tf.data.
+  assert feeds.fits_on_devices(dataset)
+  assert not train.data_on_device(config, dataset, workdir, step=10)
+  config.data_on_device = "true"  # Without augmentation the feeds agree: allowed.
+  assert train.data_on_device(config, dataset, workdir, step=10)
+  config.augment = ("crop",)
+  with pytest.raises(config_lib.ConfigError, match=r"^config.data_on_device='true' is invalid: "
+                     "this run started with data_on_device=false and augments"):
+    train.data_on_device(config, dataset, workdir, step=10)
+  (tmp_path / run_log.FEED_FILE).unlink()  # A run from before the device feed: tf.data.
+  config.data_on_device = "auto"
+  assert not train.data_on_device(config, dataset, workdir, step=10)
