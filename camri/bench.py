@@ -2,8 +2,16 @@
 
 Compiles the config's train step, runs it on synthetic data of the config's
 shapes (global batch sharded over every device, as in training) and prints
-each convolution's weight gradient (camri/models/conv.py) and the throughput;
-the last line is `img/s <number>`. No dataset is read.
+each convolution's weight gradient (camri/models/conv.py), the throughput,
+the step's FLOPs per image (XLA's cost analysis of the compiled step: forward
+and backward, all devices) and the TFLOP/s they make; with a known device or
+`--peak_tflops`, the fraction of its peak. The last line is `img/s <number>`.
+No dataset is read.
+
+`--input synthetic,tfdata,device` also times the same step fed from the
+config's dataset, from tf.data on the host and from device memory (camri/feeds.py,
+with config.steps_per_call), and prints each one's input overhead: how much
+longer its steps take than the synthetic ones.
 
 `--compare_conv_weight_grad=xla` also times the step with that
 config.conv_weight_grad, in rounds alternating with the config's own (so load
@@ -31,7 +39,22 @@ _COMPARE = flags.DEFINE_enum(
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 5, "With --compare_conv_weight_grad: alternations, each of about "
     "steps/rounds steps, the two taking turns to go first.")
+INPUTS = ("synthetic", "tfdata", "device")
+_INPUTS = flags.DEFINE_list(
+    "input", ["synthetic"], "How the timed steps are fed, comma-separated: synthetic arrays on "
+    "the devices, the dataset through tf.data, or the dataset in device memory.")
+flags.register_validator("input", lambda values: set(values) <= set(INPUTS),
+                         f"each value must be one of {list(INPUTS)}")
+_PEAK = flags.DEFINE_float(
+    "peak_tflops", None, "The devices' peak TFLOP/s, for the fraction achieved "
+    "(default: from a table of known devices).")
 flags.mark_flags_as_required(["config"])
+
+# Dense peak TFLOP/s per device at the precision XLA gives float32 convolutions
+# and matmuls by default (TF32 tensor cores on NVIDIA, bfloat16 passes on TPU),
+# from the vendors' datasheets; matched against jax's device_kind.
+PEAK_TFLOPS = {"H200": 494.7, "H100": 494.7, "A100": 156.0, "L4": 60.0, "TPU v5 lite": 197.0,
+               "TPU v4": 275.0}
 
 
 @dataclasses.dataclass
@@ -43,6 +66,7 @@ class _Variant:
   sums: Any
   choices: list
   compile_s: float
+  flops: float  # Of one step, all devices.
   rounds: list[float] = dataclasses.field(default_factory=list)  # Seconds per timed round.
 
   def run(self, batch, steps: int) -> float:
@@ -62,13 +86,54 @@ def _compile(config, num_classes, shape, sharding, batch) -> _Variant:
   model, objective = train.make_model(config, num_classes)
   state = jax.device_put(train.create_train_state(config, model, shape), sharding.replicated)
   sums = jax.device_put(train.empty_train_sums(num_classes), sharding.replicated)
-  step = jax.jit(train.make_train_step(objective, config.seed), donate_argnums=(0, 1),
-                 out_shardings=(sharding.replicated, sharding.replicated))
-  variant = _Variant(config.conv_weight_grad, step, state, sums, [], 0.0)
-  with conv.recorded_choices() as variant.choices:
-    variant.compile_s = variant.run(batch, 1)
+  start = time.perf_counter()
+  with conv.recorded_choices() as choices:
+    step = jax.jit(train.make_train_step(objective, config.seed), donate_argnums=(0, 1),
+                   out_shardings=(sharding.replicated, sharding.replicated)
+                   ).lower(state, sums, batch).compile()
+  # The partitioned program is one device's share.
+  flops = step.cost_analysis()["flops"] * jax.device_count()
+  variant = _Variant(config.conv_weight_grad, step, state, sums, choices, 0.0, flops)
+  variant.compile_s = time.perf_counter() - start + variant.run(batch, 1)
   variant.run(batch, 2)
   return variant
+
+
+def _time_feed(config, on_device: bool, steps: int) -> float:
+  """Seconds per step of `steps` train steps fed from the dataset, after one warm-up call.
+
+  Whole epochs' costs are included: building the tf.data pipeline, or the
+  transfer of the epoch's batches.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from camri import feeds  # pylint: disable=g-import-not-at-top
+  from camri import train  # pylint: disable=g-import-not-at-top
+  from camri.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  dataset = dataset_lib.open_dataset(config)
+  sharding = train.Sharding.over_all_devices()
+  model, objective = train.make_model(config, dataset.num_classes)
+  feed = feeds.make_feed(config, dataset, sharding, train.make_train_step(objective, config.seed),
+                         train.make_eval_step(objective), on_device=on_device)
+  state = jax.device_put(train.create_train_state(config, model, dataset.image_shape),
+                         sharding.replicated)
+  sums = jax.device_put(train.empty_train_sums(dataset.num_classes), sharding.replicated)
+
+  def calls():
+    epoch = 0
+    while True:
+      yield from feed.train_calls(epoch, 0)
+      epoch += 1
+
+  calls = calls()
+  _, call = next(calls)
+  state, sums = jax.block_until_ready(call(state, sums))
+  done, start = 0, time.perf_counter()
+  while done < steps:
+    count, call = next(calls)
+    state, sums = call(state, sums)
+    done += count
+  jax.block_until_ready((state, sums))
+  return (time.perf_counter() - start) / done
 
 
 def main(argv):
@@ -120,7 +185,7 @@ def main(argv):
   for layer in zip(*(v.choices for v in variants)):
     print(f"  {layer[0]}" + "".join(f" | {c.method}" for c in layer[1:]))
   images = _STEPS.value * config.batch_size
-  for variant in variants[::-1]:
+  for variant in variants[::-1]:  # The config's own last, above its FLOPs.
     elapsed = sum(variant.rounds)
     print(f"conv_weight_grad={variant.weight_grad}: compile+first step "
           f"{variant.compile_s:.2f} s  step {1e3 * elapsed / _STEPS.value:.2f} ms  "
@@ -132,6 +197,20 @@ def main(argv):
     print(f"speed-up {np.median(ratios):.2f}x ({variants[0].weight_grad} over "
           f"{variants[1].weight_grad}; median of {rounds} rounds, range "
           f"{ratios.min():.2f}-{ratios.max():.2f})")
+  synthetic = sum(variants[0].rounds) / _STEPS.value
+  flops_per_image = variants[0].flops / config.batch_size
+  tflops = variants[0].flops / synthetic / 1e12
+  peak = _PEAK.value or next((p for kind, p in PEAK_TFLOPS.items()
+                              if kind in jax.devices()[0].device_kind), None)
+  print(f"FLOPs per image {flops_per_image / 1e6:.2f} MFLOP (train step, forward and "
+        f"backward)  achieved {tflops:.4f} TFLOP/s" + (
+            f"  {tflops / (peak * jax.device_count()):.1%} of peak {peak:g} TFLOP/s per device"
+            if peak else "  (peak unknown: --peak_tflops)"))
+  for name in ("tfdata", "device"):
+    if name in _INPUTS.value:
+      seconds = _time_feed(config, name == "device", _STEPS.value)
+      print(f"input {name}: step {1e3 * seconds:.2f} ms  img/s {config.batch_size / seconds:.1f}"
+            f"  overhead {seconds / synthetic - 1:+.0%} of the synthetic step")
   print(f"img/s {images / sum(variants[0].rounds):.1f}")
 
 

@@ -6,8 +6,9 @@ copied to the devices, one step per call.
 `DeviceFeed`: every split is decoded once, through the same preprocessing,
 into this process's arrays. The evaluation splits stay on the devices, padded
 into batches as `eval_batches` pads them, and each is evaluated in one jitted
-pass. Each epoch's training batches are copied to the devices in one transfer
-at the epoch's start, and `steps_per_call` train steps run per call, in a
+pass (one call per batch on CPU, see `steps_per_call`). Each epoch's training
+batches are copied to the devices in one transfer, prepared in a thread while
+the previous epoch trains, and `steps_per_call` train steps run per call, in a
 jitted loop; only the conversion to float, the scaling and the augmentation
 run there. Images are kept as uint8 where that loses nothing (no resizing),
 float32 otherwise.
@@ -20,6 +21,7 @@ on the device rather than by TensorFlow's ops, so its pixels differ.
 """
 
 from collections.abc import Callable, Iterator
+import concurrent.futures
 import dataclasses
 import functools
 import os
@@ -223,6 +225,8 @@ class DeviceFeed:
     self.steps_per_call = steps_per_call(config)
     looped = self.steps_per_call > 1
     self._train = _decoded(dataset, "train")
+    self._preparer = concurrent.futures.ThreadPoolExecutor(1, "camri-next-epoch")
+    self._upcoming = None  # (epoch, future of its batches)
     largest_share = pipeline.share_sizes(dataset.builder, dataset.splits["train"])[1]
     self._first_example = jax.process_index() * largest_share
     self._eval_batches, self._eval_ids = {}, {}
@@ -259,14 +263,25 @@ class DeviceFeed:
     ids = padded.pop("id")
     return self.sharding.put_batches(padded), ids
 
-  def train_calls(self, epoch: int, start_step: int) -> Iterator[Call]:
+  def _epoch_batches(self, epoch: int):
+    """The training batches of `epoch`, in order, on the devices."""
     order = pipeline.epoch_order(
         self.dataset.builder, self.dataset.splits["train"], local_size=len(self._train["label"]),
         global_batch_size=self.config.batch_size, seed=self.config.seed, epoch=epoch)
-    batches = self.sharding.put_batches({
+    return self.sharding.put_batches({
         "image": self._train["image"][order], "label": self._train["label"][order],
         "example": (order + self._first_example).astype(np.int32)})
-    steps = len(order)
+
+  def train_calls(self, epoch: int, start_step: int) -> Iterator[Call]:
+    """The calls of `epoch` from `start_step` on; the next epoch's batches are prepared
+    meanwhile, in a thread."""
+    upcoming, self._upcoming = self._upcoming, None
+    if upcoming is not None and upcoming[0] == epoch:
+      batches = upcoming[1].result()
+    else:
+      batches = self._epoch_batches(epoch)
+    self._upcoming = (epoch + 1, self._preparer.submit(self._epoch_batches, epoch + 1))
+    steps = len(batches["label"])
     for start in range(start_step, steps, self.steps_per_call):
       count = min(self.steps_per_call, steps - start)
       yield count, functools.partial(self._call, self._run, batches=batches,
@@ -303,12 +318,13 @@ def _decoded(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
 
 
 def fits_on_devices(dataset: Dataset) -> bool:
-  """Whether this process's share of every split, plus an epoch's copy of the training
-  split, takes at most `DEVICE_MEMORY_FRACTION` of its devices' memory and of the host's
-  (as uint8, or float32 where the images are resized).
+  """Whether this process's share of every split, plus two epochs' copies of the training
+  split (the current one and the next, prepared meanwhile), takes at most
+  `DEVICE_MEMORY_FRACTION` of its devices' memory and of the host's (as uint8, or
+  float32 where the images are resized).
   """
   values = (sum(split.size for split in dataset.splits.values())
-            + dataset.splits["train"].size) * int(np.prod(dataset.image_shape))
+            + 2 * dataset.splits["train"].size) * int(np.prod(dataset.image_shape))
   bytes_per_value = 1 if pipeline.keeps_stored_pixels(dataset.builder, dataset.image_size) else 4
   needed = values * bytes_per_value // jax.process_count()
   return all(needed <= DEVICE_MEMORY_FRACTION * limit for limit in _memory_limits())

@@ -236,8 +236,8 @@ def epoch_order(builder, split: Split, *, local_size, global_batch_size, seed,
   local_batch = global_batch_size // jax.process_count()
   steps = steps_per_epoch(builder, split, global_batch_size)
   order = _shuffled(tf.data.Dataset.range(local_size), builder, split, seed, epoch)
-  order = np.fromiter(order.take(steps * local_batch).as_numpy_iterator(), np.int64)
-  return order.reshape(steps, local_batch)
+  order = order.take(steps * local_batch).batch(steps * local_batch).get_single_element()
+  return order.numpy().reshape(steps, local_batch)
 
 
 def decoded_split(builder, spec: DatasetSpec, split: Split, *, image_size) -> dict[str, np.ndarray]:
