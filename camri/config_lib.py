@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Orbax checkpoint of the backbone's params (or {"params", "batch_stats"})
   # to start from, e.g. ImageNet weights; None: random initialisation.
   c.init_checkpoint = config_dict.placeholder(str)
+  # ResNets' padding: "torchvision" (kernel_size // 2 on each side, as the
+  # weights of init_checkpoint files expect) or "same" (XLA's SAME: runs from
+  # before this field).
+  c.resnet_padding = "torchvision"
   c.num_epochs = 10
   c.batch_size = 64
   c.eval_batch_size = 256
@@ -102,9 +106,14 @@ ANGULAR_MARGIN_LOSSES = ("camri", "arcface")
 # Fields added after runs had been written: the value a config.json without
 # the field implies, i.e. what those runs did. `run_log.read_config` fills them
 # in, so an old workdir resumes (or is refused) and is reported as the run it was.
-# Runs before conv_weight_grad took XLA's weight gradient in every layer.
-ADDED_FIELDS: dict[str, object] = {"validation_fraction": 0.0, "adam_eps": 1e-8,
-                                   "conv_weight_grad": "xla"}
+# Runs before conv_weight_grad took XLA's weight gradient in every layer; ResNet
+# runs before resnet_padding padded as XLA's SAME. A callable value is the
+# value for the record it is given.
+ADDED_FIELDS: dict[str, object] = {
+    "validation_fraction": 0.0, "adam_eps": 1e-8, "conv_weight_grad": "xla",
+    "resnet_padding": lambda record: ("same" if str(record.get("model")).startswith("resnet")
+                                      else "torchvision"),
+}
 
 
 def with_added_fields(record: dict) -> dict:
@@ -116,12 +125,14 @@ def with_added_fields(record: dict) -> dict:
     for part in parents:
       node[part] = dict(node.get(part) or {})
       node = node[part]
-    node.setdefault(leaf, value)
+    if leaf not in node:
+      node[leaf] = value(record) if callable(value) else value
   return record
 
 
 OPTIMIZERS = ("adam", "sgd")
 CONV_WEIGHT_GRADS = ("auto", "xla", "taps")
+RESNET_PADDINGS = ("torchvision", "same")
 # Fields that may change between the runs of one workdir: they don't change
 # what an epoch computes.
 RESUMABLE_CHANGES = ("num_epochs", "progress_bar", "keep_checkpoints", "data_dir")
@@ -218,6 +229,8 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
   if config.conv_weight_grad not in CONV_WEIGHT_GRADS:
     _fail("conv_weight_grad", config.conv_weight_grad,
           f"choose one of {list(CONV_WEIGHT_GRADS)}")
+  if config.resnet_padding not in RESNET_PADDINGS:
+    _fail("resnet_padding", config.resnet_padding, f"choose one of {list(RESNET_PADDINGS)}")
   for field in ("num_epochs", "batch_size", "eval_batch_size", "feature_dim",
                 "keep_checkpoints"):
     _positive_int(config, field)

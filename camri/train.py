@@ -58,7 +58,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def make_model(config, num_classes: int) -> tuple[nn.Module, Objective]:
   objective = objectives.make_objective(
       config.loss, num_classes, head_kernel_init=models.HEAD_KERNEL_INITS.get(config.model))
-  backbone = models.get_backbone(config.model, config.feature_dim, config.conv_weight_grad)
+  backbone = models.get_backbone(config.model, config.feature_dim, config.conv_weight_grad,
+                                 resnet_padding=config.get("resnet_padding", "torchvision"))
   return models.Classifier(backbone, objective.head), objective
 
 

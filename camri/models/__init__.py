@@ -33,6 +33,8 @@ BACKBONES: dict[str, Callable[[int], nn.Module]] = {
     "small_cnn": cnn.small_cnn,
     "resnet18": _resnet(resnet.ResNet18, small_inputs=False),
     "resnet18_small_inputs": _resnet(resnet.ResNet18, small_inputs=True),
+    "resnet34": _resnet(resnet.ResNet34, small_inputs=False),
+    "resnet34_small_inputs": _resnet(resnet.ResNet34, small_inputs=True),
     "resnet50": _resnet(resnet.ResNet50, small_inputs=False),
     "resnet50_small_inputs": _resnet(resnet.ResNet50, small_inputs=True),
 }
@@ -62,11 +64,22 @@ class Classifier(nn.Module):
     return {"features": z, **self.head(z)}
 
 
-def get_backbone(name: str, feature_dim: int, conv_weight_grad: str = "auto") -> nn.Module:
-  """Backbone `name`; its convolutions' weight gradient is `conv_weight_grad` (models/conv.py)."""
+def get_backbone(name: str, feature_dim: int, conv_weight_grad: str = "auto", *,
+                 resnet_padding: str = "torchvision") -> nn.Module:
+  """Backbone `name`.
+
+  Args:
+    name: a key of `BACKBONES`.
+    feature_dim: the size of the feature z.
+    conv_weight_grad: the convolutions' weight gradient (models/conv.py).
+    resnet_padding: a ResNet's padding (`resnet.ResNet.padding`).
+  """
   if name not in BACKBONES:
     raise ValueError(f"config.model={name!r} is unknown: choose one of {sorted(BACKBONES)}")
-  return BACKBONES[name](feature_dim).clone(conv_weight_grad=conv_weight_grad)
+  backbone = BACKBONES[name](feature_dim).clone(conv_weight_grad=conv_weight_grad)
+  if isinstance(backbone, resnet.ResNet):
+    return backbone.clone(padding=resnet_padding)
+  return backbone
 
 
 def load_backbone(variables: dict[str, Any], path: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The backbone registry and starting a run's backbone from a checkpoint."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -9,13 +10,16 @@ import orbax.checkpoint as ocp
 import pytest
 
 from camri import config_lib
+from camri import inference
 from camri import models
 from camri import prepare
+from camri import run_log
 from camri import train
 
 
 @pytest.mark.parametrize("name, small_inputs, last_stage", [
     ("resnet18", False, 512), ("resnet18_small_inputs", True, 512),
+    ("resnet34", False, 512), ("resnet34_small_inputs", True, 512),
     ("resnet50", False, 2048), ("resnet50_small_inputs", True, 2048)])
 def test_resnets_are_registered_with_their_stem(name, small_inputs, last_stage):
   backbone = models.get_backbone(name, 24)
@@ -96,3 +100,25 @@ def test_missing_init_checkpoint_is_refused_before_anything_runs(digits_config, 
                      "is invalid: no such directory"):
     prepare.prepare_run(digits_config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+def test_a_resnet_run_from_before_torchvision_padding_reads_as_same_padding(
+    digits_config, tmp_path):
+  """Its readers and its resume build the model it trained: XLA's SAME padding."""
+  digits_config.model = "resnet18_small_inputs"
+  workdir = tmp_path / "old"
+  prepare.prepare_run(digits_config.copy_and_resolve_references(), str(workdir))
+  path = workdir / run_log.CONFIG_FILE
+  record = json.loads(path.read_text())
+  del record["resnet_padding"]  # config.json as written before the field existed.
+  path.write_text(json.dumps(record))
+  old = run_log.read_config(workdir)
+  assert old["resnet_padding"] == "same"
+  model, _ = train.make_model(inference._config(old), 10)  # pylint: disable=protected-access
+  assert model.backbone.padding == "same"
+  with pytest.raises(config_lib.ConfigError, match=r"resnet_padding: 'same' -> 'torchvision'"):
+    prepare.prepare_run(digits_config.copy_and_resolve_references(), str(workdir))
+  digits_config.resnet_padding = "same"
+  prepare.prepare_run(digits_config, str(workdir))  # Resumable as what it was.
+  small_cnn = config_lib.with_added_fields({"model": "small_cnn"})
+  assert small_cnn["resnet_padding"] == "torchvision"  # Unchanged: no ResNet to pad.
