@@ -60,10 +60,11 @@ def make_model(config, num_classes: int) -> tuple[nn.Module, Objective]:
       config.loss, num_classes, head_kernel_init=models.HEAD_KERNEL_INITS.get(config.model))
   backbone = models.get_backbone(config.model, config.feature_dim, config.conv_weight_grad,
                                  resnet_padding=config.get("resnet_padding", "torchvision"))
-  return models.Classifier(backbone, objective.head), objective
+  return models.Classifier(backbone, objective.head,
+                           config.get("input_normalization") or "none"), objective
 
 
-def create_train_state(config, model, image_shape) -> TrainState:
+def create_train_state(config, model, image_shape, load_init_checkpoint=True) -> TrainState:
   """Parameters initialised from `config.seed` (and `config.init_checkpoint`).
 
   The step is an int32 array, not a weakly typed 0, so that a new run and one
@@ -72,8 +73,8 @@ def create_train_state(config, model, image_shape) -> TrainState:
   variables = jax.jit(model.init, static_argnames="train")(
       jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32),
       train=False)
-  if config.get("init_checkpoint"):
-    variables = models.load_backbone(variables, config.init_checkpoint)
+  if load_init_checkpoint and config.get("init_checkpoint"):
+    variables = models.load_backbone(variables, config.init_checkpoint, config.model)
   state = TrainState.create(
       apply_fn=model.apply, params=variables["params"],
       batch_stats=variables.get("batch_stats", {}), tx=make_optimizer(config))
@@ -84,11 +85,13 @@ def abstract_train_state(config, model, image_shape,
                          sharding: jax.sharding.Sharding) -> TrainState:
   """`create_train_state`'s shapes and dtypes, placed by `sharding`, to restore into.
 
-  Nothing is initialised or compiled.
+  Nothing is initialised or compiled, and config.init_checkpoint is not read:
+  a run restores without the weights it started from.
   """
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      jax.eval_shape(lambda: create_train_state(config, model, image_shape)))
+      jax.eval_shape(lambda: create_train_state(config, model, image_shape,
+                                                load_init_checkpoint=False)))
 
 
 def make_train_step(objective: Objective, seed: int):

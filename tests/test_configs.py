@@ -64,3 +64,38 @@ def test_unknown_class_name_lists_the_dataset_classes():
                      r"is invalid: not a class of this dataset: use an index 0..42 or a "
                      r"name \(speed limit \(20km/h\), "):
     prepare.validated_config(_config("gtsrb", "important=cat"))
+
+
+def _weights_config(tmp_path, **fields):
+  config = _config("digits")
+  config.model = "resnet18"
+  config.init_checkpoint = str(tmp_path / "resnet18.safetensors")
+  (tmp_path / "resnet18.safetensors").write_bytes(b"")  # validate checks only that it is a file.
+  config.update(fields)
+  return config
+
+
+def test_a_safetensors_init_checkpoint_means_imagenet_normalization(tmp_path):
+  config, _ = prepare.validated_config(_config("digits"))
+  assert config.input_normalization == "none"
+  config, _ = prepare.validated_config(_weights_config(tmp_path))
+  assert config.input_normalization == "imagenet"
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"input_normalization": "none"},
+     r"config.input_normalization='none' is invalid: torchvision's and timm's weights "
+     r"\(config.init_checkpoint\) expect ImageNet's"),
+    ({"input_normalization": "cifar"},
+     r"config.input_normalization='cifar' is invalid: choose one of \['none', 'imagenet'\]"),
+    ({"resnet_padding": "same"},
+     r"config.resnet_padding='same' is invalid: .* need 'torchvision'"),
+    ({"resnet_padding": "valid"},
+     r"config.resnet_padding='valid' is invalid: choose one of \['torchvision', 'same'\]"),
+    ({"init_checkpoint": "/nowhere/resnet18.safetensors"},
+     r"config.init_checkpoint='/nowhere/resnet18.safetensors' is invalid: no such file"),
+])
+def test_bad_pretrained_fields_are_one_line_errors(tmp_path, fields, match):
+  with pytest.raises(config_lib.ConfigError, match=match) as error:
+    prepare.validated_config(_weights_config(tmp_path, **fields))
+  assert "\n" not in str(error.value)

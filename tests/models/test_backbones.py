@@ -65,7 +65,7 @@ def test_load_backbone_takes_the_backbone_from_the_checkpoint(
   _, _, variables = classifier
   saved = _shifted({c: tree["backbone"] for c, tree in variables.items()}, 0.5)
   tree = saved if with_batch_stats else saved["params"]
-  loaded = models.load_backbone(variables, _save(tmp_path / "ckpt", tree))
+  loaded = models.load_backbone(variables, _save(tmp_path / "ckpt", tree), "small_cnn")
   _assert_equal(loaded["params"]["backbone"], saved["params"])
   _assert_equal(loaded["params"]["head"], variables["params"]["head"])
   _assert_equal(loaded["batch_stats"]["backbone"], saved["batch_stats"] if with_batch_stats
@@ -110,15 +110,40 @@ def test_a_resnet_run_from_before_torchvision_padding_reads_as_same_padding(
   prepare.prepare_run(digits_config.copy_and_resolve_references(), str(workdir))
   path = workdir / run_log.CONFIG_FILE
   record = json.loads(path.read_text())
-  del record["resnet_padding"]  # config.json as written before the field existed.
+  for field in ("resnet_padding", "input_normalization"):
+    del record[field]  # config.json as written before the fields existed.
   path.write_text(json.dumps(record))
   old = run_log.read_config(workdir)
-  assert old["resnet_padding"] == "same"
+  assert (old["resnet_padding"], old["input_normalization"]) == ("same", "none")
   model, _ = train.make_model(inference._config(old), 10)  # pylint: disable=protected-access
-  assert model.backbone.padding == "same"
+  assert model.backbone.padding == "same" and model.input_normalization == "none"
   with pytest.raises(config_lib.ConfigError, match=r"resnet_padding: 'same' -> 'torchvision'"):
     prepare.prepare_run(digits_config.copy_and_resolve_references(), str(workdir))
   digits_config.resnet_padding = "same"
   prepare.prepare_run(digits_config, str(workdir))  # Resumable as what it was.
   small_cnn = config_lib.with_added_fields({"model": "small_cnn"})
   assert small_cnn["resnet_padding"] == "torchvision"  # Unchanged: no ResNet to pad.
+
+
+def test_imagenet_normalization_repeats_greyscale_to_rgb_then_standardises():
+  rgb = np.random.default_rng(0).uniform(size=(2, 4, 4, 3)).astype(np.float32)
+  mean, std = models.NORMALIZATIONS["imagenet"]
+  np.testing.assert_allclose(models.normalize(rgb, "imagenet"),
+                             (rgb - np.float64(mean)) / np.float64(std), rtol=0, atol=1e-6)
+  grey = rgb[..., :1]
+  np.testing.assert_array_equal(models.normalize(grey, "imagenet"),
+                                models.normalize(np.repeat(grey, 3, axis=-1), "imagenet"))
+  np.testing.assert_array_equal(models.normalize(rgb, "none"), rgb)
+  assert tuple(models.NORMALIZATIONS) == config_lib.INPUT_NORMALIZATIONS
+
+
+def test_the_classifier_normalises_inside_the_model(digits_config):
+  """What every reader of a run gets: model.apply takes images in [0, 1]."""
+  digits_config.input_normalization = "imagenet"
+  config, _ = prepare.validated_config(digits_config)
+  model, _ = train.make_model(config, 10)
+  assert model.input_normalization == "imagenet"
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                             jnp.zeros((1, 8, 8, 1)))
+  # The greyscale digits reach the backbone as RGB.
+  assert variables["params"]["backbone"]["Conv_0"]["kernel"].shape == (3, 3, 3, 32)
