@@ -44,6 +44,14 @@ def base_config() -> ml_collections.ConfigDict:
   # torchvision's and timm's weights expect) or "none". None: "imagenet" for a
   # .safetensors init_checkpoint, "none" otherwise.
   c.input_normalization = config_dict.placeholder(str)
+  # A linear probe: the backbone's trunk keeps its init_checkpoint weights and
+  # runs in inference mode (BatchNorm keeps its running statistics); only the
+  # feature layer and the head train.
+  c.freeze_backbone = False
+  # The learning rate of the backbone's trunk (`models.param_groups`); None:
+  # config.learning_rate, as for the feature layer and the head. Unused (None)
+  # with freeze_backbone.
+  c.backbone_learning_rate = config_dict.placeholder(float)
   # ResNets' padding: "torchvision" (kernel_size // 2 on each side, as the
   # weights of init_checkpoint files expect) or "same" (XLA's SAME: runs from
   # before this field).
@@ -118,7 +126,7 @@ ANGULAR_MARGIN_LOSSES = ("camri", "arcface")
 # value for the record it is given.
 ADDED_FIELDS: dict[str, object] = {
     "validation_fraction": 0.0, "adam_eps": 1e-8, "conv_weight_grad": "xla",
-    "input_normalization": "none",
+    "input_normalization": "none", "freeze_backbone": False, "backbone_learning_rate": None,
     "resnet_padding": lambda record: ("same" if str(record.get("model")).startswith("resnet")
                                       else "torchvision"),
 }
@@ -272,6 +280,8 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
     if resolved.input_normalization is None:
       from_file = is_state_dict(config.get("init_checkpoint"))
       resolved.input_normalization = "imagenet" if from_file else "none"
+    if resolved.freeze_backbone:
+      resolved.backbone_learning_rate = None
     for field, default in LOSS_DEFAULTS.get(config.loss.name, {}).items():
       if field in used and resolved.loss.get(field) is None:
         resolved.loss[field] = default
@@ -310,6 +320,12 @@ def _check_init_checkpoint(config):
   if state_dict and config.resnet_padding != "torchvision":
     _fail("resnet_padding", config.resnet_padding, "torchvision's and timm's weights "
           "(config.init_checkpoint) need 'torchvision'")
+  if config.freeze_backbone and checkpoint is None:
+    _fail("freeze_backbone", True, "a frozen backbone keeps the weights it starts from: "
+          "give them as config.init_checkpoint")
+  rate = config.get("backbone_learning_rate")
+  if rate is not None and not (_real(rate) and rate > 0):
+    _fail("backbone_learning_rate", rate, "must be > 0, or None for config.learning_rate")
 
 
 def _real(value):

@@ -50,16 +50,35 @@ class NonFiniteLossError(RuntimeError):
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
+  """config.optimizer at config.learning_rate; the backbone's trunk frozen or at its own rate.
+
+  With config.freeze_backbone or config.backbone_learning_rate, the trunk's
+  parameters ("trunk" of `models.param_groups`) get no update or their own
+  optimiser; the feature layer and the head keep config.learning_rate.
+  """
+  new_layers = _optimizer(config, config.learning_rate)
+  if config.get("freeze_backbone"):
+    trunk = optax.set_to_zero()
+  elif config.get("backbone_learning_rate") is not None:
+    trunk = _optimizer(config, config.backbone_learning_rate)
+  else:
+    return new_layers
+  return optax.multi_transform({"trunk": trunk, "new": new_layers}, models.param_groups)
+
+
+def _optimizer(config, learning_rate) -> optax.GradientTransformation:
   if config.optimizer == "adam":
-    return optax.adam(config.learning_rate, eps=config.adam_eps)
-  return optax.sgd(config.learning_rate, momentum=0.9, nesterov=True)
+    return optax.adam(learning_rate, eps=config.adam_eps)
+  return optax.sgd(learning_rate, momentum=0.9, nesterov=True)
 
 
 def make_model(config, num_classes: int) -> tuple[nn.Module, Objective]:
   objective = objectives.make_objective(
       config.loss, num_classes, head_kernel_init=models.HEAD_KERNEL_INITS.get(config.model))
-  backbone = models.get_backbone(config.model, config.feature_dim, config.conv_weight_grad,
-                                 resnet_padding=config.get("resnet_padding", "torchvision"))
+  backbone = models.get_backbone(
+      config.model, config.feature_dim, config.conv_weight_grad,
+      frozen_trunk=config.get("freeze_backbone", False),
+      resnet_padding=config.get("resnet_padding", "torchvision"))
   return models.Classifier(backbone, objective.head,
                            config.get("input_normalization") or "none"), objective
 

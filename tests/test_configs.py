@@ -80,6 +80,9 @@ def test_a_safetensors_init_checkpoint_means_imagenet_normalization(tmp_path):
   assert config.input_normalization == "none"
   config, _ = prepare.validated_config(_weights_config(tmp_path))
   assert config.input_normalization == "imagenet"
+  config, _ = prepare.validated_config(_weights_config(tmp_path, freeze_backbone=True,
+                                                       backbone_learning_rate=1e-4))
+  assert config.freeze_backbone and config.backbone_learning_rate is None  # Nothing to rate.
 
 
 @pytest.mark.parametrize("fields, match", [
@@ -92,6 +95,8 @@ def test_a_safetensors_init_checkpoint_means_imagenet_normalization(tmp_path):
      r"config.resnet_padding='same' is invalid: .* need 'torchvision'"),
     ({"resnet_padding": "valid"},
      r"config.resnet_padding='valid' is invalid: choose one of \['torchvision', 'same'\]"),
+    ({"backbone_learning_rate": 0.0},
+     r"config.backbone_learning_rate=0.0 is invalid: must be > 0, or None"),
     ({"init_checkpoint": "/nowhere/resnet18.safetensors"},
      r"config.init_checkpoint='/nowhere/resnet18.safetensors' is invalid: no such file"),
 ])
@@ -99,3 +104,11 @@ def test_bad_pretrained_fields_are_one_line_errors(tmp_path, fields, match):
   with pytest.raises(config_lib.ConfigError, match=match) as error:
     prepare.validated_config(_weights_config(tmp_path, **fields))
   assert "\n" not in str(error.value)
+
+
+def test_freezing_needs_weights_to_freeze():
+  config = _config("digits")
+  config.freeze_backbone = True
+  with pytest.raises(config_lib.ConfigError, match=r"config.freeze_backbone=True is invalid: "
+                     r"a frozen backbone keeps the weights it starts from"):
+    prepare.validated_config(config)

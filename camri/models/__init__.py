@@ -45,6 +45,10 @@ BACKBONES: dict[str, Callable[[int], nn.Module]] = {
     "resnet50_small_inputs": _resnet(resnet.ResNet50, small_inputs=True),
 }
 
+# The backbones' feature layers (Dense + BatchNorm): with the head, the layers
+# a pretrained trunk does not have (`param_groups`).
+FEATURE_MODULES = (*resnet.FEATURE_MODULES, "FeatureLayer_0")
+
 # config.input_normalization -> (mean, std) of each RGB channel of images in
 # [0, 1], as the weights expect them: ImageNet's, torchvision's and timm's.
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
@@ -97,21 +101,45 @@ class Classifier(nn.Module):
 
 
 def get_backbone(name: str, feature_dim: int, conv_weight_grad: str = "auto", *,
-                 resnet_padding: str = "torchvision") -> nn.Module:
+                 frozen_trunk: bool = False, resnet_padding: str = "torchvision") -> nn.Module:
   """Backbone `name`.
 
   Args:
     name: a key of `BACKBONES`.
     feature_dim: the size of the feature z.
     conv_weight_grad: the convolutions' weight gradient (models/conv.py).
+    frozen_trunk: a ResNet's trunk in inference mode, without gradient
+      (`resnet.ResNet`); config.freeze_backbone.
     resnet_padding: a ResNet's padding (`resnet.ResNet.padding`).
+
+  Raises:
+    ConfigError: `frozen_trunk` for a backbone that is not a ResNet.
   """
   if name not in BACKBONES:
     raise ValueError(f"config.model={name!r} is unknown: choose one of {sorted(BACKBONES)}")
   backbone = BACKBONES[name](feature_dim).clone(conv_weight_grad=conv_weight_grad)
   if isinstance(backbone, resnet.ResNet):
-    return backbone.clone(padding=resnet_padding)
+    return backbone.clone(frozen_trunk=frozen_trunk, padding=resnet_padding)
+  if frozen_trunk:
+    raise ConfigError(f"config.freeze_backbone=True is invalid: config.model={name!r} has no "
+                      f"frozen trunk; choose one of {_resnets()}")
   return backbone
+
+
+def _resnets() -> list[str]:
+  return [name for name, make in BACKBONES.items() if isinstance(make(1), resnet.ResNet)]
+
+
+def param_groups(params) -> Any:
+  """`params`'s tree with "trunk" at the backbone's leaves but its feature layer's, "new" elsewhere.
+
+  The trunk is what pretrained weights fill (`load_backbone`); the feature
+  layer and the head are new (optax.multi_transform's labels).
+  """
+  def group(path, _):
+    keys = [getattr(k, "key", None) for k in path]
+    return "trunk" if keys[0] == "backbone" and keys[1] not in FEATURE_MODULES else "new"
+  return jax.tree_util.tree_map_with_path(group, params)
 
 
 def load_backbone(variables: dict[str, Any], path: str, model: str) -> dict[str, Any]:
@@ -164,10 +192,6 @@ def _fitting_model(state) -> str | None:
                                              made.stage_sizes, name)):
       return name
   return None
-
-
-def _resnets() -> list[str]:
-  return [name for name, make in BACKBONES.items() if isinstance(make(1), resnet.ResNet)]
 
 
 @functools.cache

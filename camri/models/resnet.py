@@ -24,6 +24,10 @@ Inputs are images (N, H, W, C); `models.Classifier` normalises them first where
 the weights expect it (ImageNet's mean and std), else they are in [0, 1] and the
 first BatchNorm absorbs the scale.
 
+`frozen_trunk=True` is a linear probe's backbone: the trunk runs in inference
+mode (its BatchNorm uses and keeps its running statistics) and passes no
+gradient; only the feature layer trains.
+
 `load_pretrained` overlays a params pytree saved with orbax onto freshly
 initialised params, e.g. to start the trunk from ImageNet weights;
 `load_pretrained_variables` does the same for params and batch statistics.
@@ -36,6 +40,7 @@ from typing import Any
 from etils import epath
 import flax.linen as nn
 from flax import traverse_util
+import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
@@ -111,6 +116,7 @@ class ResNet(nn.Module):
       (`conv.conv_general_dilated`).
     padding: "torchvision" (kernel_size // 2 on each side) or "same" (XLA's
       SAME, as runs before torchvision's padding had); module doc.
+    frozen_trunk: the trunk in inference mode, without gradient (module doc).
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -122,6 +128,7 @@ class ResNet(nn.Module):
   axis_name: str | None = None
   conv_weight_grad: str = "auto"
   padding: str = "torchvision"
+  frozen_trunk: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool, return_feature_map: bool = False):
@@ -136,7 +143,7 @@ class ResNet(nn.Module):
                      use_bias=False, dtype=self.dtype, conv_general_dilated=conv_fn)
 
     norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9,
+        nn.BatchNorm, use_running_average=not train or self.frozen_trunk, momentum=0.9,
         epsilon=1e-5, dtype=self.dtype, axis_name=self.axis_name)
 
     if self.small_inputs:
@@ -155,10 +162,13 @@ class ResNet(nn.Module):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
         x = self.block_cls(self.num_filters * 2**i, strides=strides,
                            conv=conv, norm=norm, act=self.act)(x)
+    if self.frozen_trunk:
+      x = jax.lax.stop_gradient(x)
     feature_map = x
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.feature_dim, dtype=self.dtype, name="feature_dense")(x)
-    x = norm(name="feature_norm")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype, axis_name=self.axis_name, name="feature_norm")(x)
     z = jnp.asarray(x, jnp.float32)
     return (z, feature_map) if return_feature_map else z
 

@@ -102,6 +102,28 @@ def test_missing_init_checkpoint_is_refused_before_anything_runs(digits_config, 
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("name, trunk, new", [
+    ("resnet18", {"conv_init", "bn_init", "ResNetBlock_0", "ResNetBlock_7"},
+     {"feature_dense", "feature_norm"}),
+    ("small_cnn", {"Conv_0", "BatchNorm_0"}, {"FeatureLayer_0"}),
+])
+def test_param_groups_are_the_trunk_and_the_new_layers(name, trunk, new):
+  model = models.Classifier(models.get_backbone(name, 8), models.heads.LinearHead(3))
+  params = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                          jnp.zeros((1, 32, 32, 3)))["params"]
+  groups = models.param_groups(params)
+  assert set(jax.tree.leaves(groups["head"])) == {"new"}
+  backbone = {module: set(jax.tree.leaves(tree)) for module, tree in groups["backbone"].items()}
+  assert {m for m, g in backbone.items() if g == {"trunk"}} >= trunk
+  assert {m for m, g in backbone.items() if g == {"new"}} == new
+
+
+def test_freezing_a_backbone_without_a_trunk_to_freeze_is_one_line():
+  with pytest.raises(config_lib.ConfigError, match=r"^config.freeze_backbone=True is invalid: "
+                     r"config.model='small_cnn' has no frozen trunk; choose one of \['resnet18'"):
+    models.get_backbone("small_cnn", 8, frozen_trunk=True)
+
+
 def test_a_resnet_run_from_before_torchvision_padding_reads_as_same_padding(
     digits_config, tmp_path):
   """Its readers and its resume build the model it trained: XLA's SAME padding."""
@@ -110,11 +132,13 @@ def test_a_resnet_run_from_before_torchvision_padding_reads_as_same_padding(
   prepare.prepare_run(digits_config.copy_and_resolve_references(), str(workdir))
   path = workdir / run_log.CONFIG_FILE
   record = json.loads(path.read_text())
-  for field in ("resnet_padding", "input_normalization"):
+  for field in ("resnet_padding", "input_normalization", "freeze_backbone",
+                "backbone_learning_rate"):
     del record[field]  # config.json as written before the fields existed.
   path.write_text(json.dumps(record))
   old = run_log.read_config(workdir)
   assert (old["resnet_padding"], old["input_normalization"]) == ("same", "none")
+  assert (old["freeze_backbone"], old["backbone_learning_rate"]) == (False, None)
   model, _ = train.make_model(inference._config(old), 10)  # pylint: disable=protected-access
   assert model.backbone.padding == "same" and model.input_normalization == "none"
   with pytest.raises(config_lib.ConfigError, match=r"resnet_padding: 'same' -> 'torchvision'"):
