@@ -66,6 +66,23 @@ def test_unknown_class_name_lists_the_dataset_classes():
     prepare.validated_config(_config("gtsrb", "important=cat"))
 
 
+def test_folder_pretrained_defaults_are_fine_tuning_ones(tmp_path):
+  weights = tmp_path / "resnet18.safetensors"
+  config = _config("folder", f"path=tree,pretrained={weights}")
+  assert config.init_checkpoint == str(weights)
+  assert (config.model, config.image_size) == ("resnet50", 224)
+  assert (config.backbone_learning_rate, config.learning_rate) == (1e-4, 1e-3)
+  assert not config.freeze_backbone and config.input_normalization is None
+  config = _config("folder", f"path=tree,pretrained={weights},model=resnet18,size=32")
+  assert (config.model, config.image_size) == ("resnet18", 32)
+  config = _config("folder", "path=tree")
+  assert (config.model, config.image_size, config.init_checkpoint) == ("small_cnn", 64, None)
+  assert config.backbone_learning_rate is None
+  with pytest.raises(config_lib.ConfigError, match=r"config argument pretrained='/w/a,b' is "
+                     r"invalid: .*--config.init_checkpoint=/w/a,b"):
+    _config("folder", "path=tree,pretrained=/w/a,b")
+
+
 def _weights_config(tmp_path, **fields):
   config = _config("digits")
   config.model = "resnet18"
