@@ -34,9 +34,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.validation_fraction = 0.1
   c.model = "small_cnn"
   c.feature_dim = 64
-  # Orbax checkpoint of the backbone's params (or {"params", "batch_stats"})
-  # to start from, e.g. ImageNet weights; None: random initialisation.
+  # The weights to start the backbone from, e.g. ImageNet's; None: random
+  # initialisation. A `.safetensors` file of a torchvision or timm ResNet's
+  # state dict (its trunk), or an orbax checkpoint directory of the backbone's
+  # params (or {"params", "batch_stats"}); `models.load_backbone`.
   c.init_checkpoint = config_dict.placeholder(str)
+  # What the model does to images in [0, 1] first (`models.NORMALIZATIONS`):
+  # "imagenet" (greyscale repeated to RGB, then ImageNet's mean and std, as
+  # torchvision's and timm's weights expect) or "none". None: "imagenet" for a
+  # .safetensors init_checkpoint, "none" otherwise.
+  c.input_normalization = config_dict.placeholder(str)
+  # A linear probe: the backbone's trunk keeps its init_checkpoint weights and
+  # runs in inference mode (BatchNorm keeps its running statistics); only the
+  # feature layer and the head train.
+  c.freeze_backbone = False
+  # The learning rate of the backbone's trunk (`models.param_groups`); None:
+  # config.learning_rate, as for the feature layer and the head. Unused (None)
+  # with freeze_backbone.
+  c.backbone_learning_rate = config_dict.placeholder(float)
+  # ResNets' padding: "torchvision" (kernel_size // 2 on each side, as the
+  # weights of init_checkpoint files expect) or "same" (XLA's SAME: runs from
+  # before this field).
+  c.resnet_padding = "torchvision"
   c.num_epochs = 10
   c.batch_size = 64
   c.eval_batch_size = 256
@@ -109,11 +128,17 @@ ANGULAR_MARGIN_LOSSES = ("camri", "arcface")
 # Fields added after runs had been written: the value a config.json without
 # the field implies, i.e. what those runs did. `run_log.read_config` fills them
 # in, so an old workdir resumes (or is refused) and is reported as the run it was.
-# Runs before conv_weight_grad took XLA's weight gradient in every layer.
-# Runs before data_on_device read batches from tf.data, one step per call.
-ADDED_FIELDS: dict[str, object] = {"validation_fraction": 0.0, "adam_eps": 1e-8,
-                                   "conv_weight_grad": "xla", "data_on_device": "false",
-                                   "steps_per_call": 1}
+# Runs before conv_weight_grad took XLA's weight gradient in every layer; ResNet
+# runs before resnet_padding padded as XLA's SAME; runs before data_on_device
+# read batches from tf.data, one step per call. A callable value is the value
+# for the record it is given.
+ADDED_FIELDS: dict[str, object] = {
+    "validation_fraction": 0.0, "adam_eps": 1e-8, "conv_weight_grad": "xla",
+    "input_normalization": "none", "freeze_backbone": False, "backbone_learning_rate": None,
+    "resnet_padding": lambda record: ("same" if str(record.get("model")).startswith("resnet")
+                                      else "torchvision"),
+    "data_on_device": "false", "steps_per_call": 1,
+}
 
 
 def with_added_fields(record: dict) -> dict:
@@ -125,13 +150,16 @@ def with_added_fields(record: dict) -> dict:
     for part in parents:
       node[part] = dict(node.get(part) or {})
       node = node[part]
-    node.setdefault(leaf, value)
+    if leaf not in node:
+      node[leaf] = value(record) if callable(value) else value
   return record
 
 
 OPTIMIZERS = ("adam", "sgd")
 CONV_WEIGHT_GRADS = ("auto", "xla", "taps")
 DATA_ON_DEVICE = ("auto", "true", "false")
+INPUT_NORMALIZATIONS = ("none", "imagenet")
+RESNET_PADDINGS = ("torchvision", "same")
 # Fields that may change between the runs of one workdir: they don't change
 # what an epoch computes (a resumed run keeps its data_on_device, camri.train).
 RESUMABLE_CHANGES = ("num_epochs", "progress_bar", "keep_checkpoints", "data_dir",
@@ -231,6 +259,8 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
           f"choose one of {list(CONV_WEIGHT_GRADS)}")
   if config.data_on_device not in DATA_ON_DEVICE:
     _fail("data_on_device", config.data_on_device, f"choose one of {list(DATA_ON_DEVICE)}")
+  if config.resnet_padding not in RESNET_PADDINGS:
+    _fail("resnet_padding", config.resnet_padding, f"choose one of {list(RESNET_PADDINGS)}")
   for field in ("num_epochs", "batch_size", "eval_batch_size", "feature_dim",
                 "keep_checkpoints"):
     _positive_int(config, field)
@@ -241,10 +271,7 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
     _fail("steps_per_call", config.steps_per_call, "must be an integer >= 0 (0: auto)")
   if not isinstance(config.image_size, numbers.Integral) or config.image_size < 0:
     _fail("image_size", config.image_size, "must be an integer >= 0 (0: keep the dataset's size)")
-  checkpoint = config.get("init_checkpoint")
-  if checkpoint is not None and not os.path.isdir(os.path.expanduser(checkpoint)):
-    _fail("init_checkpoint", checkpoint,
-          "no such directory: give an orbax checkpoint directory of the backbone's params")
+  _check_init_checkpoint(config)
   if not (isinstance(config.learning_rate, numbers.Real) and config.learning_rate > 0):
     _fail("learning_rate", config.learning_rate, "must be > 0")
   if not (_real(config.adam_eps) and config.adam_eps > 0):
@@ -265,11 +292,55 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
                               config.loss.important_classes, class_names)
   with resolved.unlocked():
     resolved.loss.important_classes = important
+    if resolved.input_normalization is None:
+      from_file = is_state_dict(config.get("init_checkpoint"))
+      resolved.input_normalization = "imagenet" if from_file else "none"
+    if resolved.freeze_backbone:
+      resolved.backbone_learning_rate = None
     for field, default in LOSS_DEFAULTS.get(config.loss.name, {}).items():
       if field in used and resolved.loss.get(field) is None:
         resolved.loss[field] = default
   _check_loss_fields(resolved, used, len(class_names))
   return resolved
+
+
+def is_state_dict(path: str | None) -> bool:
+  """Whether config.init_checkpoint `path` is a state dict file (`.safetensors`), not orbax's."""
+  return path is not None and str(path).endswith(".safetensors")
+
+
+def _check_init_checkpoint(config):
+  """The checks of init_checkpoint and of the fields that go with it.
+
+  Whether the weights fit the model is checked once the model is known
+  (`models.load_backbone`, from `prepare.prepare_run`).
+  """
+  checkpoint = config.get("init_checkpoint")
+  path = os.path.expanduser(checkpoint) if checkpoint is not None else None
+  state_dict = is_state_dict(checkpoint)
+  if state_dict and not os.path.isfile(path):
+    _fail("init_checkpoint", checkpoint, "no such file: give a .safetensors file of a "
+          "torchvision or timm ResNet's weights")
+  if checkpoint is not None and not state_dict and not os.path.isdir(path):
+    _fail("init_checkpoint", checkpoint,
+          "no such directory: give an orbax checkpoint directory of the backbone's params, "
+          "or a .safetensors file of a torchvision or timm ResNet's weights")
+  normalization = config.get("input_normalization")
+  if normalization is not None and normalization not in INPUT_NORMALIZATIONS:
+    _fail("input_normalization", normalization,
+          f"choose one of {list(INPUT_NORMALIZATIONS)}, or None for what init_checkpoint needs")
+  if state_dict and normalization == "none":
+    _fail("input_normalization", normalization, "torchvision's and timm's weights "
+          "(config.init_checkpoint) expect ImageNet's: leave it None or give 'imagenet'")
+  if state_dict and config.resnet_padding != "torchvision":
+    _fail("resnet_padding", config.resnet_padding, "torchvision's and timm's weights "
+          "(config.init_checkpoint) need 'torchvision'")
+  if config.freeze_backbone and checkpoint is None:
+    _fail("freeze_backbone", True, "a frozen backbone keeps the weights it starts from: "
+          "give them as config.init_checkpoint")
+  rate = config.get("backbone_learning_rate")
+  if rate is not None and not (_real(rate) and rate > 0):
+    _fail("backbone_learning_rate", rate, "must be > 0, or None for config.learning_rate")
 
 
 def _real(value):

@@ -9,12 +9,14 @@ any Python process with jax installed, without camri, TensorFlow or flax:
     scores = model.call(images)  # uint8 (n, H, W, C) -> float32 (n, K)
 
 Inside, the images are scaled to [0, 1] (x / 255, float32) as camri's
-preprocessing does, and the output is the loss's prediction-rule scores
-(`camri.objectives`), whose argmax is the predicted class. Decoding,
-cropping and resizing are TensorFlow ops and are not exported: the input is
-already at the run's image size. `model.json`, next to the artifact, holds the
-class names, the image size and channels, the loss, the important classes and
-this input contract.
+preprocessing does, then normalised as the model's weights expect (a run from
+ImageNet weights: greyscale repeated to RGB, then ImageNet's mean and std; the
+model itself does it, `camri.models.normalize`), and the output is the loss's
+prediction-rule scores (`camri.objectives`), whose argmax is the predicted
+class. Decoding, cropping and resizing are TensorFlow ops and are not exported:
+the input is already at the run's image size. `model.json`, next to the
+artifact, holds the class names, the image size and channels, the loss, the
+important classes and this input contract (its normalisation too).
 
 Exit status: 0 written; 2 no run or checkpoint in --workdir: one line
 `error: ...` on stderr, nothing written; 6 a file could not be written (the line
@@ -66,7 +68,14 @@ def _preparation(run) -> str:
   else:
     steps.append(f"images must be {height}x{width}, the dataset's stored size "
                  "(config.image_size=0: camri does not resize)")
-  return "; ".join(steps) + "; then uint8 0..255 into the artifact, which divides by 255"
+  inside = "divides by 255"
+  if run.config.input_normalization != "none":
+    from camri import models  # pylint: disable=g-import-not-at-top
+    mean, std = models.NORMALIZATIONS[run.config.input_normalization]
+    inside += (f", then normalises as config.input_normalization={run.config.input_normalization!r}"
+               f" asks: {'greyscale repeated to RGB, ' if channels == 1 else ''}"
+               f"(x - mean) / std with mean {mean}, std {std}")
+  return "; ".join(steps) + f"; then uint8 0..255 into the artifact, which {inside}"
 
 
 def describe(run, exported, artifact: str) -> dict:
@@ -83,7 +92,8 @@ def describe(run, exported, artifact: str) -> dict:
       "important_classes": important,
       "important_class_names": [run.class_names[k] for k in important],
       "input": {"dtype": "uint8", "shape": ["n", height, width, channels],
-                "preparation": _preparation(run)},
+                "preparation": _preparation(run),
+                "normalization": run.config.input_normalization},
       "output": {"dtype": "float32", "shape": ["n", len(run.class_names)],
                  "scores": ("cos(theta_k), the cosine to each class weight (angle: "
                             "degrees(arccos(clip(score, -1, 1))))" if angular else

@@ -11,6 +11,7 @@ fails in a second or two.
 """
 
 import functools
+import hashlib
 import json
 import os
 
@@ -87,21 +88,23 @@ def _check_init_checkpoint(config, num_classes, image_shape):
   images = jnp.zeros((1, *image_shape))
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), images)
-  models.load_backbone(variables, config.init_checkpoint)
+  models.load_backbone(variables, config.init_checkpoint, config.model)
 
 
 # What config.json records besides the config: derived from it and the data.
-DERIVED_FIELDS = ("class_names", "num_classes", "image_shape", "prepared_data")
+DERIVED_FIELDS = ("class_names", "num_classes", "image_shape", "prepared_data",
+                  "init_checkpoint_sha256")
 
 
 def _run_record(config, class_names, builder) -> dict:
-  """config.json: the config, the class names, the model's input shape and the data's copy.
+  """config.json: the config, the class names, the model's input shape, the data's copy.
 
   Readers (predict, export) build the model from "class_names" and
   "image_shape" without opening the dataset. "prepared_data" names the builder
   config of datasets that have one (an image-folder tree's path and file
   fingerprint): the prepared copy the run is bound to, which resuming and
-  reading it read (`camri.data.folder`).
+  reading it read (`camri.data.folder`). "init_checkpoint_sha256" is the
+  SHA-256 of a .safetensors init_checkpoint: a resume refuses another file.
   """
   record = json.loads(config.to_json_best_effort())
   record["class_names"] = list(class_names)
@@ -109,7 +112,17 @@ def _run_record(config, class_names, builder) -> dict:
   record["image_shape"] = list(data_lib.image_shape(builder, config.image_size))
   if builder.builder_config is not None:
     record["prepared_data"] = builder.builder_config.name
+  if config_lib.is_state_dict(config.init_checkpoint):
+    record["init_checkpoint_sha256"] = _sha256(config.init_checkpoint)
   return record
+
+
+def _sha256(path) -> str:
+  digest = hashlib.sha256()
+  with open(os.path.expanduser(path), "rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def _differences(old: dict, new: dict, prefix="") -> list[str]:
@@ -137,6 +150,13 @@ def check_workdir(workdir: str, record: dict):
     return
   # config.json files from before "image_shape" was recorded.
   previous.setdefault("image_shape", record["image_shape"])
+  started, now = previous.get("init_checkpoint_sha256"), record.get("init_checkpoint_sha256")
+  same_path = previous.get("init_checkpoint") == record["init_checkpoint"]
+  if started and now and started != now and same_path:
+    raise ConfigError(
+        f"config.init_checkpoint={record['init_checkpoint']!r} is invalid: the file changed since "
+        f"the run in --workdir {workdir} started from it (SHA-256 {started[:16]}... then, "
+        f"{now[:16]}... now): restore that file, or {fresh}")
   diffs = _differences(previous, record)
   if diffs:
     raise ConfigError(

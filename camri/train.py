@@ -55,19 +55,40 @@ class NonFiniteLossError(RuntimeError):
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
+  """config.optimizer at config.learning_rate; the backbone's trunk frozen or at its own rate.
+
+  With config.freeze_backbone or config.backbone_learning_rate, the trunk's
+  parameters ("trunk" of `models.param_groups`) get no update or their own
+  optimiser; the feature layer and the head keep config.learning_rate.
+  """
+  new_layers = _optimizer(config, config.learning_rate)
+  if config.get("freeze_backbone"):
+    trunk = optax.set_to_zero()
+  elif config.get("backbone_learning_rate") is not None:
+    trunk = _optimizer(config, config.backbone_learning_rate)
+  else:
+    return new_layers
+  return optax.multi_transform({"trunk": trunk, "new": new_layers}, models.param_groups)
+
+
+def _optimizer(config, learning_rate) -> optax.GradientTransformation:
   if config.optimizer == "adam":
-    return optax.adam(config.learning_rate, eps=config.adam_eps)
-  return optax.sgd(config.learning_rate, momentum=0.9, nesterov=True)
+    return optax.adam(learning_rate, eps=config.adam_eps)
+  return optax.sgd(learning_rate, momentum=0.9, nesterov=True)
 
 
 def make_model(config, num_classes: int) -> tuple[nn.Module, Objective]:
   objective = objectives.make_objective(
       config.loss, num_classes, head_kernel_init=models.HEAD_KERNEL_INITS.get(config.model))
-  backbone = models.get_backbone(config.model, config.feature_dim, config.conv_weight_grad)
-  return models.Classifier(backbone, objective.head), objective
+  backbone = models.get_backbone(
+      config.model, config.feature_dim, config.conv_weight_grad,
+      frozen_trunk=config.get("freeze_backbone", False),
+      resnet_padding=config.get("resnet_padding", "torchvision"))
+  return models.Classifier(backbone, objective.head,
+                           config.get("input_normalization") or "none"), objective
 
 
-def create_train_state(config, model, image_shape) -> TrainState:
+def create_train_state(config, model, image_shape, load_init_checkpoint=True) -> TrainState:
   """Parameters initialised from `config.seed` (and `config.init_checkpoint`).
 
   The step is an int32 array, not a weakly typed 0, so that a new run and one
@@ -76,8 +97,8 @@ def create_train_state(config, model, image_shape) -> TrainState:
   variables = jax.jit(model.init, static_argnames="train")(
       jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32),
       train=False)
-  if config.get("init_checkpoint"):
-    variables = models.load_backbone(variables, config.init_checkpoint)
+  if load_init_checkpoint and config.get("init_checkpoint"):
+    variables = models.load_backbone(variables, config.init_checkpoint, config.model)
   state = TrainState.create(
       apply_fn=model.apply, params=variables["params"],
       batch_stats=variables.get("batch_stats", {}), tx=make_optimizer(config))
@@ -88,11 +109,13 @@ def abstract_train_state(config, model, image_shape,
                          sharding: jax.sharding.Sharding) -> TrainState:
   """`create_train_state`'s shapes and dtypes, placed by `sharding`, to restore into.
 
-  Nothing is initialised or compiled.
+  Nothing is initialised or compiled, and config.init_checkpoint is not read:
+  a run restores without the weights it started from.
   """
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      jax.eval_shape(lambda: create_train_state(config, model, image_shape)))
+      jax.eval_shape(lambda: create_train_state(config, model, image_shape,
+                                                load_init_checkpoint=False)))
 
 
 def make_train_step(objective: Objective, seed: int):

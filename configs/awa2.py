@@ -11,13 +11,16 @@ train/test split is the builder's seeded stratified 80/20 split
 Argument string (optional), comma-separated key=value:
   loss=...   important=<name or index>, e.g. dolphin, grizzly+bear, 49
   margin=<k, meaning k*pi/64>   scale=<s>
-  model=resnet18|resnet50|resnet18_small_inputs|resnet50_small_inputs
-    (the _small_inputs stem, 3x3 stride 1 without max pool, suits ~32 pixels)
+  model=resnet18|resnet34|resnet50|resnet18_small_inputs|resnet34_small_inputs|
+    resnet50_small_inputs (the _small_inputs stem, 3x3 stride 1 without max pool,
+    suits ~32 pixels)
   size=<image size in pixels>
   e.g. --config configs/awa2.py:model=resnet50,size=160,important=dolphin
-Start from pretrained weights (an orbax checkpoint of the backbone's params,
-or of {"params", "batch_stats"}; see camri/models/resnet.py):
-  --config.init_checkpoint=/path/to/resnet50_imagenet
+Start from pretrained weights: a torchvision or timm ResNet's .safetensors file
+(normalised as ImageNet's inside the model; camri/models/torch_weights.py), or
+an orbax checkpoint of the backbone's params or of {"params", "batch_stats"}
+(camri/models/resnet.py):
+  --config.init_checkpoint=/path/to/resnet50.safetensors
 Augmentation: --config.augment='("flip", "crop")'.
 """
 

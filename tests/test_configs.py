@@ -64,3 +64,68 @@ def test_unknown_class_name_lists_the_dataset_classes():
                      r"is invalid: not a class of this dataset: use an index 0..42 or a "
                      r"name \(speed limit \(20km/h\), "):
     prepare.validated_config(_config("gtsrb", "important=cat"))
+
+
+def test_folder_pretrained_defaults_are_fine_tuning_ones(tmp_path):
+  weights = tmp_path / "resnet18.safetensors"
+  config = _config("folder", f"path=tree,pretrained={weights}")
+  assert config.init_checkpoint == str(weights)
+  assert (config.model, config.image_size) == ("resnet50", 224)
+  assert (config.backbone_learning_rate, config.learning_rate) == (1e-4, 1e-3)
+  assert not config.freeze_backbone and config.input_normalization is None
+  config = _config("folder", f"path=tree,pretrained={weights},model=resnet18,size=32")
+  assert (config.model, config.image_size) == ("resnet18", 32)
+  config = _config("folder", "path=tree")
+  assert (config.model, config.image_size, config.init_checkpoint) == ("small_cnn", 64, None)
+  assert config.backbone_learning_rate is None
+  with pytest.raises(config_lib.ConfigError, match=r"config argument pretrained='/w/a,b' is "
+                     r"invalid: .*--config.init_checkpoint=/w/a,b"):
+    _config("folder", "path=tree,pretrained=/w/a,b")
+
+
+def _weights_config(tmp_path, **fields):
+  config = _config("digits")
+  config.model = "resnet18"
+  config.init_checkpoint = str(tmp_path / "resnet18.safetensors")
+  (tmp_path / "resnet18.safetensors").write_bytes(b"")  # validate checks only that it is a file.
+  config.update(fields)
+  return config
+
+
+def test_a_safetensors_init_checkpoint_means_imagenet_normalization(tmp_path):
+  config, _ = prepare.validated_config(_config("digits"))
+  assert config.input_normalization == "none"
+  config, _ = prepare.validated_config(_weights_config(tmp_path))
+  assert config.input_normalization == "imagenet"
+  config, _ = prepare.validated_config(_weights_config(tmp_path, freeze_backbone=True,
+                                                       backbone_learning_rate=1e-4))
+  assert config.freeze_backbone and config.backbone_learning_rate is None  # Nothing to rate.
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"input_normalization": "none"},
+     r"config.input_normalization='none' is invalid: torchvision's and timm's weights "
+     r"\(config.init_checkpoint\) expect ImageNet's"),
+    ({"input_normalization": "cifar"},
+     r"config.input_normalization='cifar' is invalid: choose one of \['none', 'imagenet'\]"),
+    ({"resnet_padding": "same"},
+     r"config.resnet_padding='same' is invalid: .* need 'torchvision'"),
+    ({"resnet_padding": "valid"},
+     r"config.resnet_padding='valid' is invalid: choose one of \['torchvision', 'same'\]"),
+    ({"backbone_learning_rate": 0.0},
+     r"config.backbone_learning_rate=0.0 is invalid: must be > 0, or None"),
+    ({"init_checkpoint": "/nowhere/resnet18.safetensors"},
+     r"config.init_checkpoint='/nowhere/resnet18.safetensors' is invalid: no such file"),
+])
+def test_bad_pretrained_fields_are_one_line_errors(tmp_path, fields, match):
+  with pytest.raises(config_lib.ConfigError, match=match) as error:
+    prepare.validated_config(_weights_config(tmp_path, **fields))
+  assert "\n" not in str(error.value)
+
+
+def test_freezing_needs_weights_to_freeze():
+  config = _config("digits")
+  config.freeze_backbone = True
+  with pytest.raises(config_lib.ConfigError, match=r"config.freeze_backbone=True is invalid: "
+                     r"a frozen backbone keeps the weights it starts from"):
+    prepare.validated_config(config)

@@ -59,6 +59,9 @@ BAD_INPUTS = {
     "missing_config_file": (
         ["configs/nonexistent.py"],
         ["--config", "configs/nonexistent.py"]),
+    "missing_weights_file": (
+        [DIGITS, "--config.model=resnet18", "--config.init_checkpoint=/nowhere/r18.safetensors"],
+        ["config.init_checkpoint='/nowhere/r18.safetensors'", "no such file"]),
     "comma_in_a_folder_path": (
         ["configs/folder.py:path=/data/x,y,size=28"],
         ["config argument path='/data/x,y'", "--config.folder=/data/x,y"]),

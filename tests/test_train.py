@@ -252,3 +252,17 @@ def test_precision_of_a_class_never_predicted_is_nan_in_metrics_csv_as_the_readm
     readme = " ".join(f.read().split())
   assert "`<split>_precision_<k>` for every class k (precision is `nan` while no example is " \
          "predicted k)" in readme
+
+
+@pytest.mark.parametrize("fields, trunk_step", [
+    ({}, 1e-3), ({"backbone_learning_rate": 1e-4}, 1e-4), ({"freeze_backbone": True}, 0.0)])
+def test_the_trunk_has_its_own_learning_rate_or_none(digits_config, fields, trunk_step):
+  """Adam's first step moves each parameter by its learning rate (|g| >> eps)."""
+  digits_config.update(fields)
+  params = {"backbone": {"Conv_0": {"kernel": np.ones(3)}, "FeatureLayer_0": {"bias": np.ones(2)}},
+            "head": {"kernel": np.ones(2)}}
+  tx = train.make_optimizer(digits_config)
+  updates, _ = tx.update(jax.tree.map(np.ones_like, params), tx.init(params), params)
+  np.testing.assert_allclose(updates["backbone"]["Conv_0"]["kernel"], -trunk_step, rtol=1e-4)
+  for new in (updates["backbone"]["FeatureLayer_0"]["bias"], updates["head"]["kernel"]):
+    np.testing.assert_allclose(new, -1e-3, rtol=1e-4)

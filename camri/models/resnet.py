@@ -2,9 +2,15 @@
 
 The trunk follows google/flax examples/imagenet/models.py (ResNetBlock,
 BottleneckResNetBlock, stage sizes, zero-initialised last BatchNorm scale of
-each block, BatchNorm momentum 0.9 and epsilon 1e-5). After global average
-pooling comes the feature layer of the CAMRI paper, Dense(feature_dim) +
-BatchNorm with no activation; its output is the feature z:
+each block, BatchNorm momentum 0.9 and epsilon 1e-5) and computes what
+torchvision's resnet18, resnet34 and resnet50 compute given the same weights
+(`camri.models.torch_weights` reads them): a bottleneck strides on its 3x3
+convolution (ResNet v1.5), and every convolution and the max pool pad
+kernel_size // 2 on each side, as torchvision's do. (`padding="same"` keeps
+XLA's SAME padding of the runs before, which pads a stride-2 3x3 window on an
+even size only after the image.) After global average pooling comes the
+feature layer of the CAMRI paper, Dense(feature_dim) + BatchNorm with no
+activation; its output is the feature z:
 
     z = BN(W_f . mean_{h,w} trunk(x) + b_f)          (N, feature_dim)
 
@@ -14,8 +20,13 @@ The class weights belong to the head, not here.
 max pool) by one 3x3 stride-1 conv, the usual ResNet for 32x32 images
 (e.g. CIFAR), which keeps the spatial size until the second stage.
 
-Inputs are images (N, H, W, C) in [0, 1], not mean/std normalised; the first
-BatchNorm absorbs the scale.
+Inputs are images (N, H, W, C); `models.Classifier` normalises them first where
+the weights expect it (ImageNet's mean and std), else they are in [0, 1] and the
+first BatchNorm absorbs the scale.
+
+`frozen_trunk=True` is a linear probe's backbone: the trunk runs in inference
+mode (its BatchNorm uses and keeps its running statistics) and passes no
+gradient; only the feature layer trains.
 
 `load_pretrained` overlays a params pytree saved with orbax onto freshly
 initialised params, e.g. to start the trunk from ImageNet weights;
@@ -29,6 +40,7 @@ from typing import Any
 from etils import epath
 import flax.linen as nn
 from flax import traverse_util
+import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
@@ -102,6 +114,9 @@ class ResNet(nn.Module):
       batch is one global array.
     conv_weight_grad: how the convolutions compute their weight gradient
       (`conv.conv_general_dilated`).
+    padding: "torchvision" (kernel_size // 2 on each side) or "same" (XLA's
+      SAME, as runs before torchvision's padding had); module doc.
+    frozen_trunk: the trunk in inference mode, without gradient (module doc).
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -112,14 +127,23 @@ class ResNet(nn.Module):
   act: Callable = nn.relu
   axis_name: str | None = None
   conv_weight_grad: str = "auto"
+  padding: str = "torchvision"
+  frozen_trunk: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype,
-        conv_general_dilated=conv_lib.conv_general_dilated(self.conv_weight_grad))
+  def __call__(self, x, train: bool, return_feature_map: bool = False):
+    """z, or (z, the trunk's last feature map before pooling) with `return_feature_map`."""
+    if self.padding not in PADDINGS:
+      raise ValueError(f"padding={self.padding!r} is unknown: choose one of {list(PADDINGS)}")
+    conv_fn = conv_lib.conv_general_dilated(self.conv_weight_grad)
+
+    def conv(features, kernel_size, strides=(1, 1), **kwargs):
+      padding = ("SAME" if self.padding == "same" else [(k // 2, k // 2) for k in kernel_size])
+      return nn.Conv(features, kernel_size, strides, **{"padding": padding, **kwargs},
+                     use_bias=False, dtype=self.dtype, conv_general_dilated=conv_fn)
+
     norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9,
+        nn.BatchNorm, use_running_average=not train or self.frozen_trunk, momentum=0.9,
         epsilon=1e-5, dtype=self.dtype, axis_name=self.axis_name)
 
     if self.small_inputs:
@@ -131,19 +155,29 @@ class ResNet(nn.Module):
     x = norm(name="bn_init")(x)
     x = self.act(x)
     if not self.small_inputs:
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+      x = nn.max_pool(x, (3, 3), strides=(2, 2),
+                      padding="SAME" if self.padding == "same" else [(1, 1), (1, 1)])
     for i, block_size in enumerate(self.stage_sizes):
       for j in range(block_size):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
         x = self.block_cls(self.num_filters * 2**i, strides=strides,
                            conv=conv, norm=norm, act=self.act)(x)
+    if self.frozen_trunk:
+      x = jax.lax.stop_gradient(x)
+    feature_map = x
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.feature_dim, dtype=self.dtype, name="feature_dense")(x)
-    x = norm(name="feature_norm")(x)
-    return jnp.asarray(x, jnp.float32)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype, axis_name=self.axis_name, name="feature_norm")(x)
+    z = jnp.asarray(x, jnp.float32)
+    return (z, feature_map) if return_feature_map else z
 
+
+PADDINGS = ("torchvision", "same")
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
+                             block_cls=ResNetBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
                              block_cls=ResNetBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
                              block_cls=BottleneckResNetBlock)

@@ -93,11 +93,11 @@ def test_runs_train_evaluate_predict_and_export(channels, compile_cache, tmp_pat
     assert (record["loss"]["important_classes"], record["channels"]) == ([1], channels)
     # Readers need no tree: predict, export and the run's own prepared copy.
     os.rename(tree, tmp_path / f"moved{i}")
-    _check_run(workdir, tmp_path / f"moved{i}", channels, stored_at_size, tmp_path / f"out{i}",
+    check_run(workdir, tmp_path / f"moved{i}", channels, stored_at_size, tmp_path / f"out{i}",
                layout)
 
 
-def _check_run(workdir, tree, channels, stored_at_size, out, layout):
+def check_run(workdir, tree, channels, stored_at_size, out, layout):
   [row] = run_log.read_metrics(workdir)
   run = inference.load_run(workdir)
   assert run.image_shape == (SIZE, SIZE, channels), layout
