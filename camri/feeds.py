@@ -168,12 +168,16 @@ def augment(images, keys, augmentations):
   return jax.vmap(one)(images, keys)
 
 
-def _train_steps(train_step, seed: int, augmentations, looped: bool, state, sums, batches,
-                 epoch, start, count):
-  """Steps `start`, ..., `start + count - 1` of an epoch whose `batches` are on the devices.
+def _train_steps(train_step, seed: int, augmentations, steps_per_call: int, state, sums,
+                 batches):
+  """The next `steps_per_call` steps (fewer where the epoch ends) of the epoch whose
+  `batches` are on the devices; with 1, the step is outside any loop.
 
-  Without `looped`, the one step `start` (`count` is 1), outside any loop.
+  Where in which epoch the run is follows from `state.step`, so a call takes no
+  scalar from the host.
   """
+  steps_per_epoch = batches["label"].shape[0]
+  epoch, start = jnp.divmod(state.step, steps_per_epoch)
   epoch_key = jax.random.fold_in(jax.random.key(seed), epoch)
 
   def body(i, carry):
@@ -187,8 +191,9 @@ def _train_steps(train_step, seed: int, augmentations, looped: bool, state, sums
              "mask": jnp.ones(batch["label"].shape, jnp.float32)}
     return train_step(*carry, batch)
 
-  if not looped:
+  if steps_per_call == 1:
     return body(0, (state, sums))
+  count = jnp.minimum(steps_per_call, steps_per_epoch - start)
   return lax.fori_loop(0, count, body, (state, sums))
 
 
@@ -233,7 +238,8 @@ class DeviceFeed:
     for split in dataset.eval_splits:
       self._eval_batches[split], self._eval_ids[split] = self._put_eval_split(split)
     self._run = jax.jit(
-        functools.partial(_train_steps, train_step, config.seed, tuple(config.augment), looped),
+        functools.partial(_train_steps, train_step, config.seed, tuple(config.augment),
+                          self.steps_per_call),
         donate_argnums=(0, 1), out_shardings=(sharding.replicated, sharding.replicated))
     self._eval = jax.jit(
         functools.partial(_eval_batches, eval_step, looped), donate_argnums=1,
@@ -284,9 +290,7 @@ class DeviceFeed:
     steps = len(batches["label"])
     for start in range(start_step, steps, self.steps_per_call):
       count = min(self.steps_per_call, steps - start)
-      yield count, functools.partial(self._call, self._run, batches=batches,
-                                     epoch=np.int32(epoch), start=np.int32(start),
-                                     count=np.int32(count))
+      yield count, functools.partial(self._call, self._run, batches=batches)
 
   def _call(self, function, *args, **kwargs):
     result = function(*args, **kwargs)
