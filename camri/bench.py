@@ -110,6 +110,8 @@ def _time_feed(config, on_device: bool, steps: int) -> float:
   from camri import train  # pylint: disable=g-import-not-at-top
   from camri.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
   dataset = dataset_lib.open_dataset(config)
+  config = config.copy_and_resolve_references()
+  config.num_epochs = steps // dataset.steps_per_epoch(config.batch_size) + 2  # As many as run.
   sharding = train.Sharding.over_all_devices()
   model, objective = train.make_model(config, dataset.num_classes)
   feed = feeds.make_feed(config, dataset, sharding, train.make_train_step(objective, config.seed),

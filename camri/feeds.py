@@ -286,7 +286,8 @@ class DeviceFeed:
       batches = upcoming[1].result()
     else:
       batches = self._epoch_batches(epoch)
-    self._upcoming = (epoch + 1, self._preparer.submit(self._epoch_batches, epoch + 1))
+    if epoch + 1 < self.config.num_epochs:
+      self._upcoming = (epoch + 1, self._preparer.submit(self._epoch_batches, epoch + 1))
     steps = len(batches["label"])
     for start in range(start_step, steps, self.steps_per_call):
       count = min(self.steps_per_call, steps - start)
@@ -309,10 +310,9 @@ class DeviceFeed:
         scores.append(local_rows(batch_scores) if keep_predictions else None)
     if not keep_predictions:
       return sums, None
-    flat = lambda x: np.reshape(x, (-1, *np.shape(x)[2:]))  # pylint: disable=unnecessary-lambda-assignment
-    return sums, Predictions.of_real(
-        flat(self._eval_ids[split]), flat(local_columns(batches["label"])), flat(scores),
-        flat(local_columns(batches["mask"])))
+    columns = (self._eval_ids[split], local_columns(batches["label"]), scores,
+               local_columns(batches["mask"]))
+    return sums, Predictions.of_real(*(np.reshape(x, (-1, *np.shape(x)[2:])) for x in columns))
 
 
 def _decoded(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
