@@ -123,6 +123,13 @@ def test_linear_probe_keeps_every_trunk_tensor_of_greyscale_runs_bit_identical(
   resumed = inference.load_run(workdir)
   assert resumed.step == 4
   _assert_trunk_is(resumed.variables, initial)
+  # And it repeats a run of two epochs from the start, bit for bit.
+  uninterrupted = tmp_path / "uninterrupted"
+  result = run_main.run(*command[:-1], uninterrupted, "--config.num_epochs=2",
+                        compile_cache=compile_cache)
+  assert result.returncode == 0, result.stderr
+  assert ((uninterrupted / "metrics.csv").read_text()
+          == (workdir / "metrics.csv").read_text())
 
 
 def _assert_trunk_is(variables, initial):
