@@ -149,9 +149,9 @@ def predict(run, images, count: int, batch_size: int, progress=True) -> dict:
   every device; the last is padded to full size (one compile) and the
   padding's rows dropped.
   """
-  from camri import train  # pylint: disable=g-import-not-at-top
+  from camri import feeds  # pylint: disable=g-import-not-at-top
 
-  sharding = train.Sharding.over_all_devices()
+  sharding = feeds.Sharding.over_all_devices()
   forward = make_forward(run, sharding)
   images = iter(images)
   kept = []
@@ -161,7 +161,7 @@ def predict(run, images, count: int, batch_size: int, progress=True) -> dict:
       n = len(batch)
       batch = np.stack(batch + [np.zeros_like(batch[0])] * (batch_size - n))
       out = forward(run.variables, sharding.put_batch({"image": batch})["image"])
-      kept.append({k: train.local_rows(v)[:n] for k, v in out.items()})
+      kept.append({k: feeds.local_rows(v)[:n] for k, v in out.items()})
       bar.update(n)
   return {k: np.concatenate([b[k] for b in kept]).astype(np.float32) for k in kept[0]}
 

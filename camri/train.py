@@ -41,7 +41,6 @@ from camri.data import dataset as dataset_lib
 from camri.data.dataset import Dataset
 from camri.feeds import Predictions
 from camri.feeds import Sharding
-from camri.feeds import local_rows  # pylint: disable=unused-import  (camri.predict's)
 from camri.objectives import Objective
 from camri.preemption import StopRequest
 

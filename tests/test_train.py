@@ -122,17 +122,19 @@ def _valid_boxes(generate):
   return generate_random_obj
 
 
-@pytest.mark.parametrize("name, arg, important, model, image_shape, on_device", [
-    ("cifar10", None, (3, "cat"), "reference_cnn", (32, 32, 3), "true"),
-    ("gtsrb", "important=stop", (14, "stop"), "reference_cnn", (32, 32, 3), "false"),
-    ("awa2", "size=32,important=dolphin", (49, "dolphin"), "resnet18", (32, 32, 3), "true"),
+@pytest.mark.parametrize("name, arg, important, model, image_shape, on_device, augment", [
+    ("cifar10", None, (3, "cat"), "reference_cnn", (32, 32, 3), "true", ()),
+    ("gtsrb", "important=stop", (14, "stop"), "reference_cnn", (32, 32, 3), "false", ("crop",)),
+    ("awa2", "size=32,important=dolphin", (49, "dolphin"), "resnet18", (32, 32, 3), "true",
+     ("flip", "crop")),
 ])
 def test_dataset_config_trains_on_mocked_data(tmp_path, name, arg, important, model,
-                                              image_shape, on_device):
+                                              image_shape, on_device, augment):
   """Each dataset config through main's code path: prepare_run, train_and_evaluate.
 
-  Between them, both feeds, and device data stored as uint8 (cifar10) and as
-  float32 (awa2, resized).
+  Between them, both feeds, augmented (gtsrb from tf.data, awa2 from the
+  devices) and not, and device data stored as uint8 (cifar10) and as float32
+  (awa2, resized).
   """
   config = importlib.import_module(f"configs.{name}").get_config(arg)
   config.num_epochs = 1
@@ -140,6 +142,7 @@ def test_dataset_config_trains_on_mocked_data(tmp_path, name, arg, important, mo
   config.eval_batch_size = 6
   config.progress_bar = False
   config.data_on_device = on_device
+  config.augment = augment
   config.data_dir = str(tmp_path / "tfds")
   seen_shapes = []
   original_put_batch = train.Sharding.put_batch
