@@ -234,9 +234,9 @@ class DeviceFeed:
     self._upcoming = None  # (epoch, future of its batches)
     largest_share = pipeline.share_sizes(dataset.builder, dataset.splits["train"])[1]
     self._first_example = jax.process_index() * largest_share
-    self._eval_batches, self._eval_ids = {}, {}
+    self._eval_arrays, self._eval_ids = {}, {}
     for split in dataset.eval_splits:
-      self._eval_batches[split], self._eval_ids[split] = self._put_eval_split(split)
+      self._eval_arrays[split], self._eval_ids[split] = self._put_eval_split(split)
     self._run = jax.jit(
         functools.partial(_train_steps, train_step, config.seed, tuple(config.augment),
                           self.steps_per_call),
@@ -250,7 +250,7 @@ class DeviceFeed:
     self._wait = jax.default_backend() == "cpu" and jax.local_device_count() > 1
 
   def describe(self) -> str:
-    images = [self._train["image"], *(b["image"] for b in self._eval_batches.values())]
+    images = [self._train["image"], *(b["image"] for b in self._eval_arrays.values())]
     size = sum(image.nbytes for image in images) / 2**20
     calls = "1 step" if self.steps_per_call == 1 else f"{self.steps_per_call} steps"
     return f"data on the devices ({images[0].dtype}, {size:.1f} MiB), {calls} per call"
@@ -261,11 +261,8 @@ class DeviceFeed:
     local_batch = self.config.eval_batch_size // jax.process_count()
     steps = pipeline.eval_steps(self.dataset.builder, self.dataset.splits[split],
                                 self.config.eval_batch_size)
-    padding = steps * local_batch - len(arrays["label"])
-    arrays["mask"] = np.ones(len(arrays["label"]), np.float32)
-    padded = {key: np.concatenate([x, np.full((padding, *x.shape[1:]),
-                                              b"" if x.dtype == object else 0, x.dtype)])
-              .reshape(steps, local_batch, *x.shape[1:]) for key, x in arrays.items()}
+    padded = {key: x.reshape(steps, local_batch, *x.shape[1:])
+              for key, x in pipeline.pad_batch(arrays, steps * local_batch).items()}
     ids = padded.pop("id")
     return self.sharding.put_batches(padded), ids
 
@@ -299,7 +296,7 @@ class DeviceFeed:
 
   def evaluate(self, state, split: str, keep_predictions: bool):
     sums = jax.device_put(metrics.empty(self.dataset.num_classes), self.sharding.replicated)
-    batches = self._eval_batches[split]
+    batches = self._eval_arrays[split]
     if self.steps_per_call > 1:
       sums, scores = self._call(self._eval, state, sums, batches, None)
       scores = local_columns(scores)

@@ -240,22 +240,33 @@ def epoch_order(builder, split: Split, *, local_size, global_batch_size, seed,
   return order.numpy().reshape(steps, local_batch)
 
 
+def _examples(builder, spec: DatasetSpec, split: Split, image_size):
+  """This process's share of `split` in stored order, preprocessed, each example with
+  its tfds id ("id") and mask 1."""
+  stored = _stored_shape(builder)
+  return _read(builder, split).map(
+      lambda ex: {**_preprocess(ex, spec, image_size, stored), "id": ex["tfds_id"],
+                  "mask": tf.constant(1.0)},
+      num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _no_examples(examples, builder, image_size) -> dict[str, np.ndarray]:
+  """A batch of none of `examples`, its images of the run's `image_shape`."""
+  shapes = {"image": image_shape(builder, image_size)}
+  return {key: np.zeros((0, *shapes.get(key, spec.shape)), spec.dtype.as_numpy_dtype)
+          for key, spec in examples.element_spec.items()}
+
+
 def decoded_split(builder, spec: DatasetSpec, split: Split, *, image_size) -> dict[str, np.ndarray]:
   """This process's share of `split`, in stored order, preprocessed as the model sees it.
 
-  {"image": float32 (N, H, W, C) in [0, 1], "label": int32 (N,), "id": bytes (N,)}:
-  what `eval_batches` yields, unbatched and unpadded, and what `train_batches`
-  yields before shuffling and augmentation.
+  {"image": float32 (N, H, W, C) in [0, 1], "label": int32 (N,), "id": bytes (N,),
+  "mask": ones (N,)}: what `eval_batches` yields, unbatched and unpadded, and what
+  `train_batches` yields before shuffling and augmentation.
   """
-  stored = _stored_shape(builder)
-  ds = _read(builder, split).map(
-      lambda ex: {**_preprocess(ex, spec, image_size, stored), "id": ex["tfds_id"]},
-      num_parallel_calls=tf.data.AUTOTUNE)
-  shape = image_shape(builder, image_size)
-  parts = list(read_checked(tfds.as_numpy(ds.batch(1024).prefetch(tf.data.AUTOTUNE)), builder))
-  if not parts:
-    return {"image": np.zeros((0, *shape), np.float32), "label": np.zeros((0,), np.int32),
-            "id": np.zeros((0,), object)}
+  examples = _examples(builder, spec, split, image_size)
+  batches = tfds.as_numpy(examples.batch(1024).prefetch(tf.data.AUTOTUNE))
+  parts = list(read_checked(batches, builder)) or [_no_examples(examples, builder, image_size)]
   return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
 
@@ -299,26 +310,21 @@ def eval_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size,
   `image_shape`) so that multi-host collectives stay in step.
   """
   local_batch = global_batch_size // jax.process_count()
-  stored = _stored_shape(builder)
-  ds = _read(builder, split).map(
-      lambda ex: {**_preprocess(ex, spec, image_size, stored), "id": ex["tfds_id"],
-                  "mask": tf.constant(1.0)},
-      num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE)
+  examples = _examples(builder, spec, split, image_size)
+  ds = examples.batch(local_batch).prefetch(tf.data.AUTOTUNE)
   steps = eval_steps(builder, split, global_batch_size)
   done = 0
   for batch in read_checked(tfds.as_numpy(ds), builder):
-    yield _pad(batch, local_batch)
+    yield pad_batch(batch, local_batch)
     done += 1
   if done < steps:
-    shapes = {"image": image_shape(builder, image_size)}
-    empty = {key: np.zeros((0, *shapes.get(key, spec_.shape[1:])), spec_.dtype.as_numpy_dtype)
-             for key, spec_ in ds.element_spec.items()}
+    padding = pad_batch(_no_examples(examples, builder, image_size), local_batch)
     for _ in range(done, steps):
-      yield _pad(empty, local_batch)
+      yield padding
 
 
-def _pad(batch, size):
+def pad_batch(batch, size):
+  """`batch` (arrays of N rows) padded to `size` rows of zeros (b"" for ids): mask 0."""
   n = batch["label"].shape[0]
   if n == size:
     return batch
