@@ -13,9 +13,9 @@ The predictions change only where b crosses an example's breakpoint
 t_i = max_{k != c} s_ik - s_ic, so the breakpoints (with 0) are every distinct
 operating point. Computed in float64.
 
-`choose_bias` is the report's rule for the `cross_entropy+bias` baseline: on
-validation predictions, the b of highest recall of c among those that keep
-the accuracy of b = 0 (minus a tolerance).
+`camri.results.selection.choose_bias` is the report's rule for the
+`cross_entropy+bias` baseline: on validation predictions, the b of highest
+recall of c among those that keep the accuracy of b = 0 (minus a tolerance).
 """
 
 import numpy as np
@@ -67,27 +67,6 @@ def accuracy_and_recall_over(scores, labels, important: int, biases) -> np.ndarr
   split, labels = _split_scores(scores, important), np.asarray(labels)
   return np.array([_accuracy_and_recall(_predict(split, important, b), labels, important)
                    for b in biases]).reshape(len(biases), 2)
-
-
-def choose_bias(scores, labels, important, tolerance=0.0):
-  """The bias b >= 0 on class `important` chosen on (scores, labels): camri.report's rule.
-
-  Among 0 and the breakpoints of (scores, labels), the b of highest recall of
-  `important` whose accuracy is >= the accuracy at b = 0 minus `tolerance`;
-  ties go to the higher accuracy, then to the smaller b.
-  """
-  scores, labels = np.asarray(scores), np.asarray(labels)
-  # Passing the breakpoint of an example of another class cannot raise recall and
-  # cannot raise accuracy, so the breakpoint below it wins the tie: the important
-  # class's own breakpoints are the only ones that can be chosen.
-  candidates = np.concatenate([[0.0], breakpoints(scores[labels == important], important)])
-  rates = accuracy_and_recall_over(scores, labels, important, candidates)
-  floor = rates[0, 0] - tolerance - ROUNDING  # Accuracy at b = 0.
-  best = None  # Candidates ascend: a later b must be strictly better.
-  for bias, (accuracy, recall) in zip(candidates, rates):
-    if accuracy >= floor and (best is None or (recall, accuracy) > best[:2]):
-      best = (recall, accuracy, float(bias))
-  return best[2]
 
 
 def rates_with_bias(scores, labels, classes, bias):

@@ -75,7 +75,6 @@ python -m camri.plots tradeoff RUNS_DIR/<dataset> --out RUNS_DIR/<dataset>/plots
 """
 
 import argparse
-import json
 import math
 import os
 import shlex
@@ -85,12 +84,14 @@ from typing import NamedTuple
 from camri import cli
 from camri import config_lib
 from camri import run_log
+from camri.results import runs as runs_lib
+from camri.results import selection
 from launch import grid
 from launch import hyper
 
 DATASETS = ("digits", "cifar10", "gtsrb", "awa2", "folder")
 PAPER_DATASETS = ("cifar10", "gtsrb", "awa2")  # Those of the paper's Table 1 (`--reference`).
-MEASURED_ROLES = ("worst1", "worst2", "median")
+MEASURED_ROLES = selection.MEASURED_ROLES
 # The swept weight of the important classes (config names of docs/losses.md):
 # WCE's class weight, and RWWCE's cost of missing an important class (C_FN);
 # RWWCE's false-positive cost is set to RWWCE_FP_WEIGHT, its default, explicitly.
@@ -164,51 +165,11 @@ def _warn(message):
 
 
 def mean_class_recall(workdirs, warn=_warn):
-  """Per class, the mean over finished cross-entropy runs of its recall at the last epoch.
-
-  On the validation split; on test when a run has none (`warn` says so).
-
-  Returns:
-    ([mean recall of each class], the split: "val" or "test").
-
-  Raises:
-    ValueError: the runs differ in their classes, or a class has no example
-      on the split (its recall is nan) and cannot be ranked.
-  """
-  rows = []
-  for workdir in workdirs:
-    config = run_log.read_config(workdir)
-    num_epochs = run_log.get_field(config, "num_epochs")
-    (row,) = [r for r in run_log.read_metrics(workdir) if r["epoch"] == num_epochs]
-    rows.append((workdir, row, run_log.get_field(config, "num_classes")))
-  if len({k for _, _, k in rows}) != 1:
-    raise ValueError("the cross-entropy runs have different numbers of classes")
-  without_val = [w for w, row, _ in rows if "val_recall_0" not in row]
-  split = "test" if without_val else "val"
-  if without_val:
-    warn(f"{len(without_val)} of {len(rows)} cross-entropy runs have no validation split "
-         "(validation_fraction=0): the important classes are measured on test recall, which "
-         "inflates every method's gain on them (regression to the mean)")
-  num_classes = rows[0][2]
-  for workdir, row, _ in rows:
-    for k in range(num_classes):
-      if math.isnan(row[f"{split}_recall_{k}"]):
-        name = "validation" if split == "val" else "test"
-        raise ValueError(f"class {k} has no {name} example in {workdir} ({split}_recall_{k} is "
-                         f"nan): the classes cannot be ranked; name the important ones with "
-                         "--classes NAME,...")
-  mean = [math.fsum(row[f"{split}_recall_{k}"] for _, row, _ in rows) / len(rows)
-          for k in range(num_classes)]
-  return mean, split
+  """`selection.mean_class_recall` of the cross-entropy runs in `workdirs`: (means, split)."""
+  return selection.mean_class_recall([runs_lib.load_run(w) for w in workdirs], warn)
 
 
-def pick_classes(mean_recall):
-  """{worst1, worst2, median: class index} from each class's mean recall (see the module doc)."""
-  num_classes = len(mean_recall)
-  if num_classes < 4:
-    raise ValueError(f"worst1, worst2 and median need at least 4 classes, got {num_classes}")
-  order = sorted(range(num_classes), key=lambda k: (mean_recall[k], k))
-  return {"worst1": order[0], "worst2": order[1], "median": order[num_classes // 2]}
+pick_classes = selection.pick_classes
 
 
 MEASURED_RULE = "classes sorted by (mean recall, index): worst1 = [0], worst2 = [1], median = [K // 2]"
@@ -216,36 +177,9 @@ PAPER_RULE = "the authors' released classes and CAMRI settings (--classes paper)
 NAMED_RULE = "the classes named on the command line (--classes)"
 
 
-def write_classes(path, roles, names, *, dataset, seeds, rule, chosen_on=None, mean_recall=None,
-                  dry_run=False):
-  """Records how the roles were chosen in `path` (the report's caption reads it).
-
-  Args:
-    path: the roles file.
-    roles: {role: class index}.
-    names: {role: class name}, or None.
-    dataset: the dataset's name in the report.
-    seeds: stage 1's seeds.
-    rule: how the roles follow from the recalls, or where they come from.
-    chosen_on: the split of `mean_recall`, "val" or "test" (None: not measured).
-    mean_recall: the mean recall of each class that decided (None: not measured).
-    dry_run: warn only.
-
-  Warns when the roles differ from those recorded before; writes nothing on a dry run.
-  """
-  previous = None
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    previous = saved.get("roles") or {r: saved[r] for r in MEASURED_ROLES if r in saved}
-  if previous and previous != roles:
-    _warn(f"the important classes changed from {previous} to {roles}")
-  if dry_run:
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  run_log.atomic_write(path, json.dumps(
-      {"dataset": dataset, "roles": roles, "class_names": names, "chosen_on": chosen_on,
-       "mean_recall": mean_recall, "seeds": seeds, "rule": rule}) + "\n")
+def write_classes(path, roles, names, **recorded):
+  """Records how the roles were chosen in `path` (`selection.write_roles_file`)."""
+  selection.write_roles_file(path, roles, names, warn=_warn, **recorded)
 
 
 def _dry(args):
@@ -299,9 +233,10 @@ def measured_stage2(protocol, stage1):
     print(f"stage 2 waits for stage 1: {len(unfinished)} of {len(stage1)} cross-entropy runs are "
           "not finished; run this command again once they are", file=sys.stderr)
     return None
-  mean_recall, split = mean_class_recall([run.workdir for run in stage1])
-  roles = pick_classes(mean_recall)
-  class_names = run_log.get_field(run_log.read_config(stage1[0].workdir), "class_names")
+  ce_runs = [runs_lib.load_run(run.workdir) for run in stage1]
+  mean_recall, split = selection.mean_class_recall(ce_runs, _warn)
+  roles = selection.pick_classes(mean_recall)
+  class_names = ce_runs[0].field("class_names")
   print(f"important classes (cross-entropy's mean {'validation' if split == 'val' else 'test'} "
         "recall): " + ", ".join(
             f"{role} = {k}" + (f" ({class_names[k]})" if class_names else "")

@@ -15,6 +15,7 @@ from camri import features
 from camri import plots
 from camri import report
 from camri import run_log
+from camri.results import figures
 from launch import grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +102,7 @@ def check_grid_and_angle_plots(root, loaded, camri_run, tfds_dir, out_dir):
   assert sorted(os.path.basename(p) for p in paths) == [
       "angle_stats_digits_class8.png", "class_recall_digits_class8.png",
       "curves_digits_class8.png", "margin_digits_class8.png", "tradeoff_digits_class8.png"]
-  paths.append(plots.plot_angle_histograms(
+  paths.append(figures.plot_angle_histograms(
       {os.path.basename(w): (f.angles, f.labels) for w, f in loaded.items()},
       str(out_dir / "histograms.png"), important=(8,)))
   # The CLI's path: restore, then plot.

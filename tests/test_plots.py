@@ -10,6 +10,8 @@ from camri import losses
 from camri import plots
 from camri import run_log
 from camri import stats
+from camri.results import figures
+from camri.results import series
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -28,22 +30,22 @@ def metrics_rows(epochs, offset):
 def test_training_curves(tmp_path):
   groups = {"cross_entropy": [metrics_rows([1, 2, 3], 0.0), metrics_rows([1, 2, 3], 0.02)],
             "camri": [metrics_rows([1, 2], 0.05)]}  # One shorter run: its epoch 3 is not drawn.
-  assert_png(plots.plot_training_curves(groups, str(tmp_path / "curves.png"), title="t"))
+  assert_png(figures.plot_training_curves(groups, str(tmp_path / "curves.png"), title="t"))
 
 
 def test_class_recall_and_angle_stats(tmp_path):
   rng = np.random.default_rng(0)
   recall = {"cross_entropy": rng.uniform(0.7, 1.0, (3, 4)), "camri": rng.uniform(0.7, 1.0, (3, 4))}
-  assert_png(plots.plot_class_recall(recall, str(tmp_path / "recall.png"), ["a", "b", "c", "d"], (1,)))
+  assert_png(figures.plot_class_recall(recall, str(tmp_path / "recall.png"), ["a", "b", "c", "d"], (1,)))
   angles = {label: (rng.uniform(20, 60, (3, 4)), rng.uniform(10, 90, (3, 4))) for label in recall}
-  assert_png(plots.plot_angle_stats(angles, str(tmp_path / "angles.png"), important=(2,)))
+  assert_png(figures.plot_angle_stats(angles, str(tmp_path / "angles.png"), important=(2,)))
 
 
 def test_margin_sweep(tmp_path):
   series = {"camri (scale=16)": [(4 * math.pi / 64, [0.9, 0.92], [0.8, 0.81]),
                                  (8 * math.pi / 64, [0.95, 0.93], [0.79, 0.8])],
             "arcface (scale=16)": [(4 * math.pi / 64, [0.88], [0.8])]}
-  assert_png(plots.plot_margin_sweep(series, str(tmp_path / "margin.png"),
+  assert_png(figures.plot_margin_sweep(series, str(tmp_path / "margin.png"),
                                      baseline=("cross_entropy", [0.85, 0.87], [0.8, 0.82])))
 
 
@@ -51,47 +53,47 @@ def test_angle_histograms_and_features_2d(tmp_path):
   rng = np.random.default_rng(1)
   labels = np.repeat(np.arange(3), 20)
   groups = {"ce": (rng.uniform(10, 70, 60), labels), "camri": (rng.uniform(5, 40, 60), labels)}
-  assert_png(plots.plot_angle_histograms(groups, str(tmp_path / "hist.png"), ("x", "y", "z"), (0,)))
-  weights = plots.contour_weights()
+  assert_png(figures.plot_angle_histograms(groups, str(tmp_path / "hist.png"), ("x", "y", "z"), (0,)))
+  weights = figures.contour_weights()
   features = weights[:, labels].T * 3.0 + rng.normal(0, 0.5, (60, 2))
   panels = {"ce": (features, labels, weights), "camri": (features * 2, labels, weights)}
-  assert_png(plots.plot_features_2d(panels, str(tmp_path / "f2d.png"), important=(0,)))
+  assert_png(figures.plot_features_2d(panels, str(tmp_path / "f2d.png"), important=(0,)))
   with pytest.raises(ValueError, match="feature_dim 2"):
-    plots.plot_features_2d({"3d": (np.ones((2, 3)), np.zeros(2, int), np.ones((3, 3)))},
+    figures.plot_features_2d({"3d": (np.ones((2, 3)), np.zeros(2, int), np.ones((3, 3)))},
                            str(tmp_path / "bad.png"))
 
 
 def test_loss_contours_png(tmp_path):
-  assert_png(plots.plot_loss_contours(str(tmp_path / "contours.png"), resolution=21))
+  assert_png(figures.plot_loss_contours(str(tmp_path / "contours.png"), resolution=21))
 
 
 def test_loss_surface_values_at_points():
-  weights = plots.contour_weights()  # W0 at 90 degrees, W1 at 210, W2 at 330; unit norms.
+  weights = figures.contour_weights()  # W0 at 90 degrees, W1 at 210, W2 at 330; unit norms.
   points = np.array([[0.0, 2.0], [2.0, 0.0], [-1.0, -1.0]], np.float32)
   margin, scale = 0.3, 8.0
   # Cross-entropy over z @ W, by hand: logits of (0, 2) are (2, -1, -1).
-  ce = plots.loss_surface("cross_entropy", points, weights, 0, margin, scale)
+  ce = figures.loss_surface("cross_entropy", points, weights, 0, margin, scale)
   assert ce[0] == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + 2 * math.exp(-1))), rel=1e-5)
   # The margin losses against camri.losses and NumPy.
   labels = np.zeros(3, np.int32)
-  normface = plots.loss_surface("normface", points, weights, 0, margin, scale)
+  normface = figures.loss_surface("normface", points, weights, 0, margin, scale)
   np.testing.assert_allclose(normface, losses.normface_loss(points, weights, labels, scale), rtol=1e-6)
-  arcface = plots.loss_surface("arcface", points, weights, 1, margin, scale)
+  arcface = figures.loss_surface("arcface", points, weights, 1, margin, scale)
   np.testing.assert_allclose(arcface, losses.arcface_loss(points, weights, labels + 1, margin, scale),
                              rtol=1e-6)
-  camri_important = plots.loss_surface("camri", points, weights, 0, margin, scale, important=0)
-  camri_other = plots.loss_surface("camri", points, weights, 1, margin, scale, important=0)
+  camri_important = figures.loss_surface("camri", points, weights, 0, margin, scale, important=0)
+  camri_other = figures.loss_surface("camri", points, weights, 1, margin, scale, important=0)
   # CAMRI is ArcFace for the important class's samples and NormFace for the others'.
   np.testing.assert_allclose(camri_important,
-                             plots.loss_surface("arcface", points, weights, 0, margin, scale), rtol=1e-6)
+                             figures.loss_surface("arcface", points, weights, 0, margin, scale), rtol=1e-6)
   np.testing.assert_allclose(camri_other,
-                             plots.loss_surface("normface", points, weights, 1, margin, scale), rtol=1e-6)
+                             figures.loss_surface("normface", points, weights, 1, margin, scale), rtol=1e-6)
   # Point (2, 0) is at 0 degrees: 90 degrees from W0, 150 from W1 and 30 from W2.
   cos = np.cos(np.radians([90.0 + 180 * margin / math.pi, 150.0, 30.0]))
   expected = -(scale * cos[0]) + np.log(np.sum(np.exp(scale * cos)))
   assert camri_important[1] == pytest.approx(expected, rel=1e-5)
   with pytest.raises(ValueError, match="loss must be one of"):
-    plots.loss_surface("cosface", points, weights, 0, margin, scale)
+    figures.loss_surface("cosface", points, weights, 0, margin, scale)
 
 
 def test_grid_without_runs_is_an_error(tmp_path, capsys):
@@ -109,15 +111,15 @@ def test_tradeoff_png(tmp_path):
             ("camri", "camri", stats.summarize([0.81, 0.82]), stats.summarize([0.7, 0.8]), "setting"),
             ("camri", "camri (m=0.2)", stats.summarize([0.83]), stats.summarize([0.9]), "chosen")]
   curve = (np.linspace(0.82, 0.5, 20), np.linspace(0.55, 1.0, 20))
-  assert_png(plots.plot_tradeoff(points, str(tmp_path / "tradeoff.png"), curve, title="t"))
+  assert_png(figures.plot_tradeoff(points, str(tmp_path / "tradeoff.png"), curve, title="t"))
 
 
 def test_tradeoff_bars_are_clipped_to_rates_and_the_axes_frame_the_data(tmp_path, monkeypatch):
   # Two seeds: t(0.975, 1) = 12.7 stretches the intervals far past [0, 1].
   camri_accuracy = stats.summarize([0.78, 0.86])
   half = stats.t_quantile(0.975, 1) * camri_accuracy.std / math.sqrt(2)
-  assert plots._bar(camri_accuracy) == (pytest.approx(0.82 - half), 1.0)  # pylint: disable=protected-access
-  assert plots._bar(stats.summarize([0.7])) == (0.7, 0.7)  # pylint: disable=protected-access
+  assert figures._bar(camri_accuracy) == (pytest.approx(0.82 - half), 1.0)  # pylint: disable=protected-access
+  assert figures._bar(stats.summarize([0.7])) == (0.7, 0.7)  # pylint: disable=protected-access
   points = [("cross_entropy", "cross_entropy (b = 0)", stats.summarize([0.80, 0.84]),
              stats.summarize([0.5, 0.7]), "baseline"),
             ("camri", "camri", camri_accuracy, stats.summarize([0.8, 0.95]), "chosen")]
@@ -125,10 +127,10 @@ def test_tradeoff_bars_are_clipped_to_rates_and_the_axes_frame_the_data(tmp_path
 
   def save(fig, path):
     frames.append((fig.axes[0].get_xlim(), fig.axes[0].get_ylim()))
-    plots.plt.close(fig)
+    figures.plt.close(fig)
     return path
-  monkeypatch.setattr(plots, "_save", save)
-  plots.plot_tradeoff(points, str(tmp_path / "t.png"))
+  monkeypatch.setattr(figures, "_save", save)
+  figures.plot_tradeoff(points, str(tmp_path / "t.png"))
   ((left, right), (bottom, top)), = frames
   low = 0.82 - half  # The lowest clipped bar; the highest is 1.
   assert (left, right) == (pytest.approx(low - 0.15 * (1 - low)), 1.01)
@@ -136,15 +138,15 @@ def test_tradeoff_bars_are_clipped_to_rates_and_the_axes_frame_the_data(tmp_path
 
 
 def test_file_names_hold_no_colon_or_space():
-  assert plots.file_name("tradeoff", "folder:signs", "stop sign") == "tradeoff_folder-signs_stop-sign.png"
-  assert plots.file_name("curves", "cifar10", "worst1") == "curves_cifar10_worst1.png"
+  assert series.file_name("tradeoff", "folder:signs", "stop sign") == "tradeoff_folder-signs_stop-sign.png"
+  assert series.file_name("curves", "cifar10", "worst1") == "curves_cifar10_worst1.png"
 
 
 def test_bias_sweep_is_the_mean_over_runs_on_one_grid():
   # Class 0: run a's example of class 0 needs b >= 0.5, run b's b >= 0.25 (eighths: exact).
   a = {"scores": np.array([[0.25, 0.75], [0.0, 1.0]], np.float32), "labels": np.array([0, 1])}
   b = {"scores": np.array([[0.5, 0.75], [0.875, 0.0]], np.float32), "labels": np.array([0, 0])}
-  biases, accuracy, recall = plots.bias_sweep([a, b], 0, num=3)
+  biases, accuracy, recall = series.bias_sweep([a, b], 0, num=3)
   np.testing.assert_allclose(biases, [0.0, 0.25, 0.375, 0.5])
   np.testing.assert_allclose(recall, [0.25, 0.5, 0.5, 1.0])  # run b: 1/2 then 1; run a: 0 then 1
   np.testing.assert_allclose(accuracy, [0.5, 0.75, 0.75, 1.0])
@@ -194,12 +196,12 @@ def test_grid_draws_every_method_of_a_protocol_grid(tmp_path, monkeypatch):
   drawn = {}
 
   def recording(name):
-    original = getattr(plots, name)
+    original = getattr(figures, name)
 
     def plot(groups_or_points, path, *args, **kwargs):
       drawn[name] = groups_or_points
       return original(groups_or_points, path, *args, **kwargs)
-    monkeypatch.setattr(plots, name, plot)
+    monkeypatch.setattr(figures, name, plot)
 
   for name in ("plot_class_recall", "plot_training_curves", "plot_margin_sweep", "plot_tradeoff"):
     recording(name)

@@ -14,6 +14,7 @@ from camri import posthoc
 from camri import report
 from camri import run_log
 from camri import stats
+from camri.results import selection
 
 CLASS_NAMES = ["a", "b", "c"]
 T_975 = {1: 12.706204736174698, 2: 4.302652729749464, 3: 3.182446305284263}  # Student t tables.
@@ -527,10 +528,10 @@ def _predictions(scores, labels):
 
 
 def test_choose_bias_by_hand_ties_included():
-  assert posthoc.choose_bias(VAL_SCORES, VAL_LABELS, 0) == 0.25  # recall 2/3 at the accuracy of b = 0
+  assert selection.choose_bias(VAL_SCORES, VAL_LABELS, 0) == 0.25  # recall 2/3 at the accuracy of b = 0
   # Accuracy may drop by 1/7: recall 1 at b = 4/8 and 5/8, same accuracy: the smaller b.
-  assert posthoc.choose_bias(VAL_SCORES, VAL_LABELS, 0, tolerance=0.15) == 0.5
-  assert posthoc.choose_bias(VAL_SCORES, VAL_LABELS, 0, tolerance=0.14) == 0.25  # 1/7 = 0.1429
+  assert selection.choose_bias(VAL_SCORES, VAL_LABELS, 0, tolerance=0.15) == 0.5
+  assert selection.choose_bias(VAL_SCORES, VAL_LABELS, 0, tolerance=0.14) == 0.25  # 1/7 = 0.1429
 
 
 def test_choose_bias_equals_a_search_over_every_breakpoint():
@@ -543,7 +544,7 @@ def test_choose_bias_equals_a_search_over_every_breakpoint():
       values = [posthoc.accuracy_and_recall(scores, labels, important, b) for b in candidates]
       floor = values[0][0] - tolerance - 1e-9
       best = max((recall, accuracy, -b) for (accuracy, recall), b in zip(values, candidates) if accuracy >= floor)
-      assert posthoc.choose_bias(scores, labels, important, tolerance) == -best[2]
+      assert selection.choose_bias(scores, labels, important, tolerance) == -best[2]
 
 
 def _bias_runs(root, with_val=True):
