@@ -1,10 +1,12 @@
 """camri.report on hand-written run directories with known numbers."""
 
+import collections
 import csv
 import io
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -651,3 +653,44 @@ def test_reference_on_a_dataset_the_paper_does_not_cover(runs):
   warnings = []
   report.report(runs, "last", "csv", with_reference=True, warn=warnings.append)
   assert "the paper's Table 1 does not cover toy" in warnings
+
+
+# Reading runs.
+
+_OPENED = []  # While a list is in it, the audit hook appends every opened path to it.
+
+
+def _record_opens(event, args):
+  if event == "open" and _OPENED and isinstance(args[0], (str, bytes, os.PathLike)):
+    _OPENED[0].append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_record_opens)
+
+
+def test_the_report_on_200_runs_reads_each_file_once(tmp_path):
+  root = str(tmp_path)
+  for seed in range(40):
+    workdir = write_run(root, f"ce{seed}", "cross_entropy", seed,
+                        [(1, 0.5, (0.5,) * 3, 0.5, (0.5,) * 3), (2, 0.6, (0.0, 1.0, 1.0), 4 / 7, (1 / 3, 1.0, 0.5))])
+    run_log.write_predictions(workdir, "val", _predictions(VAL_SCORES, VAL_LABELS))
+    run_log.write_predictions(workdir, "test", _predictions(TEST_SCORES, TEST_LABELS))
+    for margin in (0.1, 0.2, 0.3, 0.4):
+      workdir = write_run(root, f"camri{margin}_{seed}", "camri", seed,
+                          [(1, 0.5, (0.5,) * 3, 0.5, (0.5,) * 3), (2, 0.6, (0.5, 0.5, 1.0), 0.6, (0.5,) * 3)],
+                          tag="worst1", margin=[margin])
+      run_log.write_predictions(workdir, "test", _predictions(TEST_SCORES, TEST_LABELS))
+  _roles_file(root, roles={"worst1": 0}, chosen_on="val", mean_recall=[0.5, 0.6, 0.7])
+  opened = []
+  _OPENED.append(opened)
+  try:
+    text = report.report(root, "best", warn=quiet, post_hoc_bias=True)
+  finally:
+    _OPENED.clear()
+  assert "| camri+bias |" in text and "Roles of toy" in text
+  inside = [os.path.relpath(p, root) for p in opened if os.path.abspath(p).startswith(root + os.sep)]
+  counts = collections.Counter(inside)
+  assert max(counts.values()) == 1, counts.most_common(3)
+  # config and metrics; cross-entropy's two predictions; the reported camri setting's test predictions;
+  # the roles file.
+  assert len(inside) == 200 * 2 + 40 * 2 + 40 + 1
