@@ -92,7 +92,7 @@ def plot_grid(root, out_dir, policy="last", warn=None, **chosen):
                                                 title=f"{where}; mean ± std over seeds"))
     written.append(figures.plot_class_recall(series.class_recalls(groups), path("class_recall"),
                                              names, classes, title=f"{where}; {epoch}"))
-    angles = series.angle_stats(groups, policy, row.selected_on)
+    angles = series.angle_stats(groups)
     if angles:
       written.append(figures.plot_angle_stats(angles, path("angle_stats"), names, classes,
                                               title=where))

@@ -231,3 +231,53 @@ def test_tradeoff_without_saved_predictions_has_no_curve_and_says_so(tmp_path):
   (path,) = plots.plot_tradeoffs(results, rows, str(tmp_path / "out"), warn=warnings.append)
   assert_png(path)
   assert warnings[-1] == "no cross_entropy run of toy saved test predictions: the trade-off plot of worst1 has no bias curve"
+
+
+def write_epochs(root, name, method, seed, epochs, with_val=True, **loss):
+  """A 3-class run of len(epochs) epochs: epochs[e] = (val accuracy, test accuracy, angle mean).
+
+  Every class's recall is 0.5 + the test accuracy / 10; angle variances are the means squared.
+  """
+  workdir = os.path.join(root, name)
+  os.makedirs(workdir)
+  run_log.write_config(workdir, {
+      "dataset": "toy", "num_epochs": len(epochs), "seed": seed, "tag": "" if method == "cross_entropy" else "worst1",
+      "num_classes": 3, "class_names": CLASSES, "validation_fraction": 0.1 if with_val else 0.0,
+      "loss": {"name": method, "important_classes": [0], **NULL_LOSS, **loss}})
+  splits = ("val", "test") if with_val else ("test",)
+  columns = ["epoch", "train_loss"] + [f"{s}_{c}" for s in splits for c in ("accuracy", "recall_0", "recall_1", "recall_2")]
+  columns += [f"test_angle_{c}_{k}" for c in ("mean", "var") for k in range(3)]
+  with open(os.path.join(workdir, "metrics.csv"), "w") as f:
+    f.write(",".join(columns) + "\n")
+    for epoch, (val, test, angle) in enumerate(epochs, 1):
+      values = [epoch, 1.0 / epoch] + ([val] + [0.5 + val / 10] * 3 if with_val else [])
+      values += [test] + [0.5 + test / 10] * 3 + [angle] * 3 + [angle ** 2] * 3
+      f.write(",".join(map(str, values)) + "\n")
+  return workdir
+
+
+def test_angle_statistics_come_from_the_epoch_of_the_runs_table_row(tmp_path, monkeypatch):
+  # --epoch best: ce0 and camri0 have validation, whose accuracy peaks at epoch 2, while test
+  # accuracy peaks at epoch 1; ce1 has no validation split, so the dataset selects on test.
+  root = str(tmp_path / "runs")
+  write_epochs(root, "ce0", "cross_entropy", 0, [(0.5, 0.9, 10.0), (0.9, 0.5, 20.0), (0.6, 0.6, 30.0)])
+  write_epochs(root, "ce1", "cross_entropy", 1, [(0, 0.5, 40.0), (0, 0.9, 50.0), (0, 0.6, 60.0)], with_val=False)
+  write_epochs(root, "camri0", "camri", 0, [(0.5, 0.9, 11.0), (0.9, 0.5, 21.0), (0.6, 0.6, 31.0)],
+               margin=[0.1], scale=16.0)
+  drawn = {}
+  original = figures.plot_angle_stats
+
+  def plot_angle_stats(groups, path, *args, **kwargs):
+    drawn.update(groups)
+    return original(groups, path, *args, **kwargs)
+  monkeypatch.setattr(figures, "plot_angle_stats", plot_angle_stats)
+  warnings = []
+  plots.plot_grid(root, str(tmp_path / "out"), "best", warn=warnings.append)
+  results, _ = plots._load(root, "best", warnings.append)  # pylint: disable=protected-access
+  epoch = {os.path.basename(r.workdir): r.row["epoch"] for r in results}
+  assert epoch == {"ce0": 2, "ce1": 2, "camri0": 2}  # Each run's own split: validation, test for ce1.
+  means, variances = drawn["cross_entropy"]
+  np.testing.assert_allclose(means, [[20.0] * 3, [50.0] * 3])  # The table's epochs: 2 and 2.
+  np.testing.assert_allclose(variances, [[400.0] * 3, [2500.0] * 3])
+  (camri_label,) = [label for label in drawn if label.startswith("camri")]
+  np.testing.assert_allclose(drawn[camri_label][0], [[21.0] * 3])

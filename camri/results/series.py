@@ -11,7 +11,6 @@ import re
 import numpy as np
 
 from camri import posthoc
-from camri.results import selection
 from camri.results import table
 
 
@@ -74,11 +73,14 @@ def class_recalls(groups):
   return {label: [r.class_recall for r in runs] for label, runs in groups.items()}
 
 
-def angle_stats(groups, policy, split):
-  """`figures.plot_angle_stats`'s groups, for the groups whose runs logged angle statistics."""
+def angle_stats(groups):
+  """`figures.plot_angle_stats`'s groups, for the groups whose runs logged angle statistics.
+
+  Each run's at the epoch of its table numbers (`RunResult.row`).
+  """
   angles = {}
   for label, runs in groups.items():
-    at = [selection.epoch_row(r.run.metrics, r.run.field("num_epochs"), policy, split) for r in runs]
+    at = [r.row for r in runs]
     k = len(runs[0].class_recall)
     if all(f"test_angle_mean_{j}" in a for a in at for j in range(k)):
       angles[label] = (np.array([[a[f"test_angle_mean_{j}"] for j in range(k)] for a in at]),
