@@ -30,7 +30,18 @@ def metrics_rows(epochs, offset):
 def test_training_curves(tmp_path):
   groups = {"cross_entropy": [metrics_rows([1, 2, 3], 0.0), metrics_rows([1, 2, 3], 0.02)],
             "camri": [metrics_rows([1, 2], 0.05)]}  # One shorter run: its epoch 3 is not drawn.
-  assert_png(figures.plot_training_curves(groups, str(tmp_path / "curves.png"), title="t"))
+  epochs, mean, std, runs = series.epoch_curve(groups["cross_entropy"], "test_loss")
+  assert epochs == [1, 2, 3] and runs == 2
+  np.testing.assert_allclose(mean, [1.21, 0.61, 0.41])
+  np.testing.assert_allclose(std, [0.02 / math.sqrt(2)] * 3)  # ddof=1
+  epochs, mean, std, runs = series.epoch_curve([metrics_rows([1, 2, 3], 0.0), metrics_rows([1, 2], 0.02)],
+                                               "test_recall")
+  np.testing.assert_allclose(mean, [0.51, 0.61, 0.7])  # Epoch 3: the one run that reached it.
+  assert np.isnan(std[2])
+  assert series.epoch_curve(groups["camri"], "val_accuracy") is None
+  curves = {label: {c: series.epoch_curve(runs, c) for c in series.TRAINING_COLUMNS}
+            for label, runs in groups.items()}
+  assert_png(figures.plot_training_curves(curves, str(tmp_path / "curves.png"), title="t"))
 
 
 def test_class_recall_and_angle_stats(tmp_path):
@@ -281,3 +292,44 @@ def test_angle_statistics_come_from_the_epoch_of_the_runs_table_row(tmp_path, mo
   np.testing.assert_allclose(variances, [[400.0] * 3, [2500.0] * 3])
   (camri_label,) = [label for label in drawn if label.startswith("camri")]
   np.testing.assert_allclose(drawn[camri_label][0], [[21.0] * 3])
+
+
+def _curve_runs(root):
+  """Two cross-entropy and two camri runs; test accuracy per epoch differs by 0.1 between seeds."""
+  for seed in range(2):
+    epochs = [(0.5, 0.6 + 0.1 * seed + 0.05 * e, 10.0) for e in range(3)]
+    write_epochs(root, f"ce{seed}", "cross_entropy", seed, epochs)
+    write_epochs(root, f"camri{seed}", "camri", seed, [(v, t + 0.02, a) for v, t, a in epochs],
+                 margin=[0.1], scale=16.0)
+  return root
+
+
+def _drawn_curves(root, out, monkeypatch):
+  """The curves figure of plot_grid: {panel title: {line label: (x, y)}}, and its bands."""
+  figs, bands = [], []
+  original = figures.plt.Axes.fill_between
+
+  def fill_between(ax, x, low, high, **kwargs):
+    bands.append((ax.get_title() or len(bands), np.asarray(low), np.asarray(high)))
+    return original(ax, x, low, high, **kwargs)
+
+  def save(fig, path):
+    if os.path.basename(path).startswith("curves"):
+      figs.append(fig)
+    figures.plt.close(fig)
+    return path
+  monkeypatch.setattr(figures.plt.Axes, "fill_between", fill_between)
+  monkeypatch.setattr(figures, "_save", save)
+  plots.plot_grid(root, out, warn=lambda message: None)
+  (fig,) = figs
+  lines = {ax.get_title(): {line.get_label(): (line.get_xdata(), line.get_ydata()) for line in ax.get_lines()}
+           for ax in fig.axes}
+  return lines, bands
+
+
+def test_training_curve_bands_are_one_sample_std(tmp_path, monkeypatch):
+  _, bands = _drawn_curves(_curve_runs(str(tmp_path / "runs")), str(tmp_path / "out"), monkeypatch)
+  # Bands 0 and 1: the loss panel's train loss of each group; 2: cross-entropy's test accuracy,
+  # 0.6 and 0.7 at epoch 1, 0.65 and 0.75 at epoch 2, ...
+  low, high = bands[2][1], bands[2][2]
+  np.testing.assert_allclose((high - low) / 2, [0.1 / math.sqrt(2)] * 3)  # ddof=1, not 0.05.

@@ -6,7 +6,6 @@ from the runs and the table) and writes one PNG (Agg backend).
 
 import math
 import os
-import warnings
 
 import matplotlib
 
@@ -42,33 +41,31 @@ def _class_ticks(ax, num_classes, class_names, important):
 
 # Plots from numbers (metrics.csv rows, per-class arrays).
 
-def plot_training_curves(groups, path, title=""):
+TRAINING_PANELS = (("loss", ("train_loss", "test_loss")), ("test accuracy", ("test_accuracy",)),
+                   ("test recall of the important class", ("test_recall",)))
+
+
+def plot_training_curves(curves, path, title=""):
   """Per-epoch curves, mean over each group's runs with a +-std band.
 
   Args:
-    groups: {label: [metrics.csv rows of one run (dicts with epoch, train_loss,
-      test_loss, test_accuracy, test_recall)], one list per run}.
+    curves: {label: {column: (epochs, means, stds, number of runs)}} for the
+      columns of TRAINING_PANELS (`series.training_curves`); a column a group
+      lacks is not drawn, nor is a band of one run.
     path: the PNG to write.
     title: the figure's title.
   """
-  panels = [("loss", ("train_loss", "test_loss")), ("test accuracy", ("test_accuracy",)),
-            ("test recall of the important class", ("test_recall",))]
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-  for (name, columns), ax in zip(panels, axes):
-    for (label, runs), color in zip(groups.items(), _colors(len(groups))):
+  for (name, columns), ax in zip(TRAINING_PANELS, axes):
+    for (label, by_column), color in zip(curves.items(), _colors(len(curves))):
       for column in columns:
-        epochs = sorted({row["epoch"] for rows in runs for row in rows})
-        values = np.array([[next((r.get(column, np.nan) for r in rows if r["epoch"] == e), np.nan)
-                            for e in epochs] for rows in runs], float)
-        if not np.isfinite(values).any():
+        if column not in by_column:
           continue
-        with warnings.catch_warnings():  # An epoch no run reached is NaN, not drawn.
-          warnings.simplefilter("ignore", RuntimeWarning)
-          mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+        epochs, mean, std, runs = by_column[column]
         style = "--" if column.startswith("test") and len(columns) > 1 else "-"
         text = f"{label} ({column.split('_')[0]})" if len(columns) > 1 else label
         ax.plot(epochs, mean, style, color=color, label=text)
-        if len(runs) > 1:
+        if runs > 1:
           high = mean + std if name == "loss" else np.minimum(mean + std, 1.0)  # A rate is <= 1.
           ax.fill_between(epochs, np.maximum(mean - std, 0.0), high, color=color, alpha=0.2,
                           linewidth=0)

@@ -7,6 +7,7 @@ reports, at the epoch the selection took.
 import collections
 import math
 import re
+import warnings
 
 import numpy as np
 
@@ -63,9 +64,33 @@ def selected_groups(results, rows):
   return selected
 
 
-def curves(groups):
-  """`figures.plot_training_curves`'s groups: every run's metrics.csv rows."""
-  return {label: [r.run.metrics for r in runs] for label, runs in groups.items()}
+TRAINING_COLUMNS = ("train_loss", "test_loss", "test_accuracy", "test_recall")
+
+
+def epoch_curve(runs, column):
+  """(epochs, means, sample stds (ddof=1), number of runs) of a column over runs' metrics rows.
+
+  An epoch is in the curve when any run reached it; a run without it, or with an
+  empty cell, is left out of that epoch's mean and std (nan with fewer than 2).
+  None when no run has a number in the column.
+  """
+  epochs = sorted({row["epoch"] for rows in runs for row in rows})
+  values = np.array([[next((r.get(column, np.nan) for r in rows if r["epoch"] == e), np.nan)
+                      for e in epochs] for rows in runs], float)
+  if not np.isfinite(values).any():
+    return None
+  with warnings.catch_warnings():  # An epoch fewer than 2 runs reached: nan, not drawn.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return epochs, np.nanmean(values, 0), np.nanstd(values, 0, ddof=1), len(runs)
+
+
+def training_curves(groups):
+  """`figures.plot_training_curves`'s curves: each group's `epoch_curve` of each column."""
+  curves = {}
+  for label, runs in groups.items():
+    rows = [r.run.metrics for r in runs]
+    curves[label] = {c: curve for c in TRAINING_COLUMNS if (curve := epoch_curve(rows, c)) is not None}
+  return curves
 
 
 def class_recalls(groups):
