@@ -88,7 +88,7 @@ def plot_grid(root, out_dir, policy="last", warn=None, **chosen):
     where = series.where(row)
     path = lambda kind, d=dataset, r=role: os.path.join(out_dir, series.file_name(kind, d, r))
     epoch = selection.describe_epoch_policy(policy, row.selected_on)
-    written.append(figures.plot_training_curves(series.training_curves(groups), path("curves"),
+    written.append(figures.plot_training_curves(series.training_curves(groups, classes), path("curves"),
                                                 title=f"{where}; mean ± std over seeds"))
     written.append(figures.plot_class_recall(series.class_recalls(groups), path("class_recall"),
                                              names, classes, title=f"{where}; {epoch}"))

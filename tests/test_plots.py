@@ -333,3 +333,13 @@ def test_training_curve_bands_are_one_sample_std(tmp_path, monkeypatch):
   # 0.6 and 0.7 at epoch 1, 0.65 and 0.75 at epoch 2, ...
   low, high = bands[2][1], bands[2][2]
   np.testing.assert_allclose((high - low) / 2, [0.1 / math.sqrt(2)] * 3)  # ddof=1, not 0.05.
+
+
+def test_cross_entropy_has_a_recall_curve_from_its_per_class_columns(tmp_path, monkeypatch):
+  lines, _ = _drawn_curves(_curve_runs(str(tmp_path / "runs")), str(tmp_path / "out"), monkeypatch)
+  recall = lines["test recall of the important class"]
+  assert [label.split(" ")[0] for label in recall] == ["cross_entropy", "camri"]
+  epochs, ce = recall["cross_entropy"]
+  # Class 0's recall is 0.5 + test accuracy / 10; accuracies 0.6 + 0.05 e and 0.7 + 0.05 e.
+  assert list(epochs) == [1, 2, 3]
+  np.testing.assert_allclose(ce, [0.5 + (0.65 + 0.05 * e) / 10 for e in range(3)])

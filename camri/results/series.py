@@ -84,13 +84,22 @@ def epoch_curve(runs, column):
     return epochs, np.nanmean(values, 0), np.nanstd(values, 0, ddof=1), len(runs)
 
 
-def training_curves(groups):
-  """`figures.plot_training_curves`'s curves: each group's `epoch_curve` of each column."""
+def training_curves(groups, classes):
+  """`figures.plot_training_curves`'s curves: each group's `epoch_curve` of each column.
+
+  test_recall is the mean of the test_recall_<k> columns of `classes`, as the
+  table computes it: cross-entropy, which logs no recall of an important
+  class, gets a curve too.
+  """
   curves = {}
   for label, runs in groups.items():
-    rows = [r.run.metrics for r in runs]
+    rows = [[{**row, "test_recall": _class_mean(row, classes)} for row in r.run.metrics] for r in runs]
     curves[label] = {c: curve for c in TRAINING_COLUMNS if (curve := epoch_curve(rows, c)) is not None}
   return curves
+
+
+def _class_mean(row, classes):
+  return math.fsum(row.get(f"test_recall_{k}", math.nan) for k in classes) / len(classes)
 
 
 def class_recalls(groups):
