@@ -20,9 +20,6 @@ recall of c among those that keep the accuracy of b = 0 (minus a tolerance).
 
 import numpy as np
 
-# Accuracies closer than this are equal (float rounding of means).
-ROUNDING = 1e-9
-
 
 def _split_scores(scores, important: int):
   """(s_c, max_{k != c} s_k, argmax_{k != c} s_k), in float64."""

@@ -694,3 +694,24 @@ def test_the_report_on_200_runs_reads_each_file_once(tmp_path):
   # config and metrics; cross-entropy's two predictions; the reported camri setting's test predictions;
   # the roles file.
   assert len(inside) == 200 * 2 + 40 * 2 + 40 + 1
+
+
+def test_settings_and_biases_keep_accuracy_by_one_rule(monkeypatch):
+  # One slack for rounding serves both choices: widened to 0.15, it keeps a setting 0.14 below
+  # cross-entropy's accuracy and a bias 1/7 below the accuracy at b = 0, as a tolerance would.
+  monkeypatch.setattr(selection, "ROUNDING", 0.15)
+  summaries = [selection.SettingSummary(("m", m), (), stats.summarize([recall]), stats.summarize([accuracy]))
+               for m, recall, accuracy in [(0.1, 0.5, 0.80), (0.2, 0.9, 0.66)]]
+  best, kept = selection.choose_setting(summaries, bound=0.80)
+  assert best.setting == ("m", 0.2) and kept == 2
+  assert selection.choose_bias(VAL_SCORES, VAL_LABELS, 0) == 0.5
+  monkeypatch.setattr(selection, "ROUNDING", 1e-9)
+  assert selection.choose_setting(summaries, bound=0.80) == (summaries[0], 1)
+  assert selection.choose_bias(VAL_SCORES, VAL_LABELS, 0) == 0.25
+
+
+def test_the_floor_rule_ties_to_accuracy_then_to_the_first():
+  items = [("a", 0.5, 0.8), ("b", 0.7, 0.8), ("c", 0.7, 0.9), ("d", 0.7, 0.9), ("e", 0.99, 0.7)]
+  best = selection.best_kept(items, floor=0.8, rates=lambda item: (item[2], item[1]))
+  assert best == ("c", 0.7, 0.9)
+  assert selection.best_kept(items, floor=0.95, rates=lambda item: (item[2], item[1])) is None

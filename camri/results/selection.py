@@ -26,7 +26,9 @@ from camri import stats as stats_lib
 
 SPLITS = ("val", "test")
 SPLIT_NAMES = {"val": "validation", "test": "test"}
-ACCURACY_TOLERANCE = 1e-9  # Slack for rounding, on top of --accuracy-tolerance.
+# Accuracies closer than this are equal (float rounding of means): slack on top of
+# --accuracy-tolerance, for settings and biases alike.
+ROUNDING = 1e-9
 
 
 # Epoch policy.
@@ -115,6 +117,23 @@ def selection_split(dataset, runs, select_on, warn):
   return select_on
 
 
+# Keeping accuracy: the rule of the settings and of the post-hoc bias.
+
+def keeps(accuracy, floor):
+  """Whether `accuracy` is at least `floor`, up to ROUNDING."""
+  return accuracy >= floor - ROUNDING
+
+
+def best_kept(items, floor, rates):
+  """The item of highest recall among those whose accuracy is at least `floor`; None when none.
+
+  `rates(item)` is (accuracy, recall). "At least" allows ROUNDING below the
+  floor. Ties go to the higher accuracy, then to the first item.
+  """
+  kept = [item for item in items if keeps(rates(item)[0], floor)]
+  return max(kept, key=lambda item: rates(item)[::-1]) if kept else None
+
+
 # Settings.
 
 @dataclasses.dataclass(frozen=True)
@@ -134,14 +153,14 @@ def summarize_setting(setting, runs, split):
 def choose_setting(summaries, bound):
   """(the reported `SettingSummary`, how many keep accuracy).
 
-  The best mean recall among those of mean accuracy >= bound (minus the
-  rounding slack); ties: higher accuracy, then the first. When none keeps
-  accuracy, the one of highest mean accuracy.
+  `best_kept` of the mean accuracies and recalls with floor `bound`. When
+  none keeps accuracy, the one of highest mean accuracy.
   """
-  kept = [s for s in summaries if s.accuracy.mean >= bound - ACCURACY_TOLERANCE]
-  if kept:
-    return max(kept, key=lambda s: (s.recall.mean, s.accuracy.mean)), len(kept)
-  return max(summaries, key=lambda s: (s.accuracy.mean, s.recall.mean)), 0
+  rates = lambda s: (s.accuracy.mean, s.recall.mean)
+  best = best_kept(summaries, bound, rates)
+  if best is not None:
+    return best, sum(keeps(s.accuracy.mean, bound) for s in summaries)
+  return max(summaries, key=rates), 0
 
 
 # The post-hoc bias.
@@ -149,9 +168,9 @@ def choose_setting(summaries, bound):
 def choose_bias(scores, labels, important, tolerance=0.0):
   """The bias b >= 0 on class `important` chosen on (scores, labels) (`camri.posthoc`).
 
-  Among 0 and the breakpoints of (scores, labels), the b of highest recall of
-  `important` whose accuracy is >= the accuracy at b = 0 minus `tolerance`;
-  ties go to the higher accuracy, then to the smaller b.
+  Among 0 and the breakpoints of (scores, labels) in ascending order, `best_kept`
+  with the floor the accuracy at b = 0 minus `tolerance`: ties go to the higher
+  accuracy, then to the smaller b.
   """
   scores, labels = np.asarray(scores), np.asarray(labels)
   # Passing the breakpoint of an example of another class cannot raise recall and
@@ -159,12 +178,8 @@ def choose_bias(scores, labels, important, tolerance=0.0):
   # class's own breakpoints are the only ones that can be chosen.
   candidates = np.concatenate([[0.0], posthoc.breakpoints(scores[labels == important], important)])
   rates = posthoc.accuracy_and_recall_over(scores, labels, important, candidates)
-  floor = rates[0, 0] - tolerance - posthoc.ROUNDING  # Accuracy at b = 0.
-  best = None  # Candidates ascend: a later b must be strictly better.
-  for bias, (accuracy, recall) in zip(candidates, rates):
-    if accuracy >= floor and (best is None or (recall, accuracy) > best[:2]):
-      best = (recall, accuracy, float(bias))
-  return best[2]
+  best = best_kept(range(len(candidates)), rates[0, 0] - tolerance, lambda i: tuple(rates[i]))
+  return float(candidates[best])
 
 
 def run_bias(run, important, split, tolerance):
