@@ -54,6 +54,7 @@ from camri.results import table
 def _load(root, policy, warn, **chosen):
   """The results and table rows of the runs under root (`camri.report`'s)."""
   results = runs_lib.load_results(root, policy, warn=warn, select_on=chosen.get("select_on", "val"))
+  selection.warn_not_launched(run_log.find_roles(root), results, warn or runs_lib.stderr_warning)
   return results, table.build_table(results, warn=warn, **chosen)
 
 

@@ -103,6 +103,8 @@ def report(root, policy="last", fmt="markdown", with_reference=False, warn=None,
     raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
   warn = warn or runs_lib.stderr_warning
   results = load_results(root, policy, warn=warn, select_on=select_on)
+  roles_files = run_log.find_roles(root)
+  selection.warn_not_launched(roles_files, results, warn)
   reference = load_reference() if with_reference else None
   rows = build_table(results, reference, warn=warn, select_on=select_on, tolerance=tolerance,
                      post_hoc_bias=post_hoc_bias)
@@ -113,7 +115,7 @@ def report(root, policy="last", fmt="markdown", with_reference=False, warn=None,
     with_reference = len(uncovered) < len({r.dataset for r in rows})
     if uncovered and fmt == "csv":
       warn(f"the paper's Table 1 does not cover {', '.join(uncovered)}")
-  roles = formats.how_roles_were_chosen(run_log.find_roles(root), results)
+  roles = formats.how_roles_were_chosen(roles_files, results)
   return formats.WRITERS[fmt](rows, policy, with_reference, select_on=select_on, tolerance=tolerance,
                               uncovered=tuple(uncovered), roles=roles)
 

@@ -715,3 +715,28 @@ def test_the_floor_rule_ties_to_accuracy_then_to_the_first():
   best = selection.best_kept(items, floor=0.8, rates=lambda item: (item[2], item[1]))
   assert best == ("c", 0.7, 0.9)
   assert selection.best_kept(items, floor=0.95, rates=lambda item: (item[2], item[1])) is None
+
+
+def test_runs_a_protocol_did_not_launch_are_named(tmp_path):
+  # The README's quickstart trains a camri run in runs/signs; the protocol then puts its own
+  # runs (seeds 0 and 1, role worst1 = class 0) in runs/signs/<run>. A later run of seed 5
+  # and a run of another role land there too.
+  rows = [(2, 0.8, (0.5,) * 3, 0.8, (0.5,) * 3)]
+  quickstart = write_run(str(tmp_path), "signs", "camri", 0, rows, margin=[0.3])
+  root = os.path.join(str(tmp_path), "signs")
+  for seed in range(2):
+    write_run(root, f"ce{seed}", "cross_entropy", seed, rows)
+    write_run(root, f"camri{seed}", "camri", seed, rows, tag="worst1", margin=[0.1])
+  later = write_run(root, "ce5", "cross_entropy", 5, rows)
+  other = write_run(root, "other", "camri", 0, rows, classes=(1,), tag="worst1", margin=[0.1])
+  _roles_file(root, roles={"worst1": 0}, chosen_on="val", mean_recall=[0.5, 0.6, 0.7], seeds=2)
+  warnings = []
+  with pytest.raises(ValueError, match="role 'worst1'"):  # Class 1 in role worst1.
+    report.report(root, warn=warnings.append)
+  assert warnings[-1] == (f"3 runs under {root} were not launched by launch.protocol (a role, class or "
+                          f"seed not in its {run_log.ROLES_FILE}, or not a run directory of it) and "
+                          f"are pooled with its runs: {quickstart}, {later}, {other}")
+  os.remove(os.path.join(other, "config.json"))
+  warnings = []
+  assert "| class0 |" in report.report(root, warn=warnings.append)
+  assert sum(w.endswith(f"are pooled with its runs: {quickstart}, {later}") for w in warnings) == 1

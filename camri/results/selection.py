@@ -286,6 +286,33 @@ def write_roles_file(path, roles, names, *, dataset, seeds, rule, chosen_on=None
        "mean_recall": mean_recall, "seeds": seeds, "rule": rule}) + "\n")
 
 
+def _launched(result, directory, saved):
+  """Whether the protocol of the roles file `saved`, in `directory`, launched `result`'s run."""
+  roles, seeds = saved["roles"], saved.get("seeds")
+  if os.path.dirname(os.path.abspath(result.workdir)) != directory:  # Not a run directory of it.
+    return False
+  if seeds is not None and result.seed not in range(seeds):
+    return False
+  return result.role is None or (result.role in roles and result.classes == (roles[result.role],))
+
+
+def warn_not_launched(roles_files, results, warn):
+  """Warns, naming them, about the runs under a roles file's directory its protocol did not launch.
+
+  Those runs (a quickstart run in the protocol's root, another role's or seed's)
+  are pooled with the protocol's: the report cannot tell them apart by their numbers.
+  """
+  for directory, saved in sorted(roles_files.items()):
+    directory, saved = os.path.abspath(directory), read_roles_file(saved)
+    inside = [r for r in results if os.path.abspath(r.workdir).startswith(os.path.join(directory, ""))
+              or os.path.abspath(r.workdir) == directory]
+    strays = sorted(r.workdir for r in inside if not _launched(r, directory, saved))
+    if strays:
+      warn(f"{len(strays)} runs under {directory} were not launched by launch.protocol (a role, "
+           f"class or seed not in its {run_log.ROLES_FILE}, or not a run directory of it) and are "
+           f"pooled with its runs: {', '.join(strays)}")
+
+
 # The command-line flags of every selection.
 
 def add_selection_args(parser):
