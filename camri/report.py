@@ -41,12 +41,20 @@ Columns (test split; mean ± sample std, ddof=1, over seeds):
   accuracy         overall.
   recall gain,     mean over the seeds shared with cross-entropy of the paired
   accuracy gain    difference (run - the cross-entropy run of the same seed),
-                   [its 95% interval mean ± t(0.975, n-1) sd / sqrt(n),
+                   [its 95% interval mean ± t(0.975, n-1) sqrt(sd^2/n + v),
                    clipped to [-1, 1], the values a difference of two rates
-                   can take]; no interval for n < 2. † marks a recall
-                   interval that holds 0: the gain may be seed noise.
+                   can take]; no interval for n < 2. v is the test set's
+                   share: the variance of the mean difference over 2000
+                   resamples (seeded) of the test examples, one resample for
+                   every run, from the runs' saved test predictions
+                   (`camri.stats.test_set_variance`); 0, and the caption says
+                   so, where a run saved none at the reported epoch (the
+                   predictions are the last epoch's). † marks a recall
+                   interval that holds 0: the gain may be noise of the seeds
+                   or of the test set.
 The csv has every number: recall_gain_mean, recall_gain_ci_low, ...,
-selected_on (val or test), pairs (n of the gains).
+selected_on (val or test), pairs (n of the gains), interval (seeds+test, or
+seeds where v is 0 for want of predictions).
 
 The baseline row `cross_entropy+bias`, per dataset x role: each cross-entropy
 run's saved predictions with a bias b >= 0 added to the important class's

@@ -740,3 +740,53 @@ def test_runs_a_protocol_did_not_launch_are_named(tmp_path):
   warnings = []
   assert "| class0 |" in report.report(root, warn=warnings.append)
   assert sum(w.endswith(f"are pooled with its runs: {quickstart}, {later}") for w in warnings) == 1
+
+
+def _twelve_images(root, ce_right, camri_right):
+  """Two seeds on a test set of 12 images, 4 of class 0; each run's metrics agree with its predictions.
+
+  ce_right and camri_right: how many of class 0's 4 images each run gets right (the others all right).
+  """
+  labels = np.array([0] * 4 + [1] * 4 + [2] * 4)
+  for seed in range(2):
+    for name, method, right in (("ce", "cross_entropy", ce_right), ("camri", "camri", camri_right)):
+      scores = np.eye(3, dtype=np.float32)[labels]
+      scores[right:4] = np.eye(3, dtype=np.float32)[1]  # Class 0's misses go to class 1.
+      predicted = scores.argmax(1)
+      recall = tuple(float(np.mean(predicted[labels == k] == k)) for k in range(3))
+      accuracy = float(np.mean(predicted == labels))
+      workdir = write_run(root, f"{name}{seed}", method, seed, [(2, accuracy, recall, accuracy, recall)],
+                          tag="" if method == "cross_entropy" else "worst1")
+      run_log.write_predictions(workdir, "test", _predictions(scores, labels))
+  return root
+
+
+def test_two_seeds_with_equal_gains_do_not_look_certain(tmp_path):
+  # Both seeds: camri gets 3 of class 0's 4 test images right, cross-entropy 2: +0.25 twice.
+  root = _twelve_images(str(tmp_path), ce_right=2, camri_right=3)
+  camri = _csv_rows(root)["worst1", "camri"]
+  assert float(camri["recall_gain_mean"]) == pytest.approx(0.25) and camri["pairs"] == "2"
+  # The seeds agree, the test set does not: resampling its 12 images moves the gain.
+  low, high = float(camri["recall_gain_ci_low"]), float(camri["recall_gain_ci_high"])
+  assert low < 0 < high and camri["interval"] == "seeds+test"
+  lines = report.report(root, warn=quiet).splitlines()
+  assert any("| camri |" in line and "+0.2500 [" in line and "]† |" in line for line in lines)
+  assert "resamples of the test examples" in lines[0]
+
+
+def test_test_set_variance_is_the_binomial_variance_of_a_mean_difference():
+  # One pair, 100 examples, the runs differ on 30: the mean difference of accuracy over resamples
+  # of the examples has variance p (1 - p) / N = 0.3 * 0.7 / 100.
+  hits_a = np.zeros((1, 1, 100), bool)
+  hits_a[0, 0, :30] = True
+  hits_b = np.zeros_like(hits_a)
+  totals = np.ones((1, 100), bool)
+  v = stats.test_set_variance(hits_a, hits_b, totals)
+  assert v == pytest.approx(0.0021, rel=0.1)
+  assert stats.test_set_variance(hits_a, hits_b, totals) == v  # Seeded: the same on every call.
+  assert stats.test_set_variance(hits_a, hits_a, totals) == 0.0  # Equal runs: no difference to move.
+  # Two seeds of equal differences: the t-interval alone has zero width; the test set widens it.
+  interval = stats.two_source_interval([0.3, 0.3], v, bounds=stats.RATE_DIFFERENCE)
+  half = T_975[1] * math.sqrt(v)
+  assert (interval.low, interval.high) == (pytest.approx(0.3 - half), pytest.approx(min(0.3 + half, 1.0)))
+  assert interval.with_test_set and not stats.t_interval([0.3, 0.3]).with_test_set

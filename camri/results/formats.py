@@ -91,8 +91,15 @@ def caption(rows, policy, select_on, tolerance=0.0, uncovered=(), roles=()):
     parts.append(f"Dataset {', '.join(fallback)} has no validation split (validation_fraction=0): "
                  "selected on the test split, optimistic.")
   parts.append("Gains: mean paired difference from the cross-entropy run of the same seed, over "
-               "the seeds both have, [95% t-interval, clipped to [-1, 1]]; † the recall interval "
-               "includes 0.")
+               "the n seeds both have, [95% interval mean ± t(0.975, n-1) sqrt(sd²/n + v), clipped "
+               "to [-1, 1], v the variance of the mean difference over 2000 resamples of the test "
+               "examples (one for every run, seeded) from the runs' saved test predictions: seeds "
+               "and the test set both]; † the recall interval includes 0.")
+  seeds_only = sum(1 for r in rows if r.recall_gain and r.recall_gain.n > 1
+                   and not r.recall_gain.with_test_set)
+  if seeds_only:
+    parts.append(f"{seeds_only} rows have v = 0, their runs having saved no test predictions at "
+                 "the reported epoch: their intervals leave out the test set's sampling error.")
   if any(r.method.endswith(table.BIAS) for r in rows):
     parts.append(f"+bias: the run's last-epoch predictions with a bias b >= 0 on the important "
                  f"class's score, per run the b of best {split} recall among 0 and the breakpoints "
@@ -140,7 +147,7 @@ CSV_HEADER = ["epoch", "dataset", "role", "classes", "class_names", "method", "s
               "settings_kept", "settings_total", "recall_mean", "recall_std", "accuracy_mean",
               "accuracy_std", "selected_on", "precision_mean", "precision_std", "pairs",
               "recall_gain_mean", "recall_gain_ci_low", "recall_gain_ci_high", "accuracy_gain_mean",
-              "accuracy_gain_ci_low", "accuracy_gain_ci_high"]
+              "accuracy_gain_ci_low", "accuracy_gain_ci_high", "interval"]
 
 
 def to_csv(rows, policy, with_reference=False, **unused_caption_args):
@@ -160,6 +167,8 @@ def to_csv(rows, policy, with_reference=False, **unused_caption_args):
     line += [r.recall_gain.n if r.recall_gain else ""]
     for g in (r.recall_gain, r.accuracy_gain):
       line += [number(g.mean), number(g.low), number(g.high)] if g else ["", "", ""]
+    gain = r.recall_gain
+    line += ["" if gain is None or gain.n < 2 else "seeds+test" if gain.with_test_set else "seeds"]
     if with_reference:
       line += [number(r.paper_recall), number(r.paper_accuracy)]
     writer.writerow(line)

@@ -114,6 +114,7 @@ class RunResult:
   folder: str | None = None  # An image-folder dataset's tree.
   run: Run | None = dataclasses.field(default=None, compare=False, repr=False)
   row: dict | None = dataclasses.field(default=None, compare=False, repr=False)  # At the epoch.
+  at_last_epoch: bool = False  # Whether `row` is the last epoch's, that of the saved predictions.
 
   def on(self, split) -> SplitNumbers:
     return self.val if split == "val" else self.test
@@ -141,10 +142,11 @@ def read_result(run: Run, policy, select_on="val"):
     if run.field(field) is None:
       raise ValueError(f"{run.workdir}/{run_log.CONFIG_FILE} has no field {field}")
   has_val = any("val_accuracy" in r for r in run.metrics)
-  row = selection.epoch_row(run.metrics, run.field("num_epochs"), policy,
-                            select_on if has_val else "test")
-  if row is None:
+  num_epochs = run.field("num_epochs")
+  rows = selection.select_rows(run.metrics, num_epochs, policy, select_on if has_val else "test")
+  if rows is None:
     return None
+  row = selection.mean_row(rows)
   num_classes = run.field("num_classes")
   if num_classes is None:
     num_classes = sum(1 for k in row if k.startswith("test_recall_") and k[12:].isdigit())
@@ -162,7 +164,7 @@ def read_result(run: Run, policy, select_on="val"):
                    val=split_numbers(row, "val", num_classes) if has_val else None,
                    class_names=tuple(run.field("class_names") or ()),
                    folder=run.field("folder") if dataset.startswith("folder:") else None,
-                   run=run, row=row)
+                   run=run, row=row, at_last_epoch=[r["epoch"] for r in rows] == [num_epochs])
 
 
 def drop_duplicate_seeds(results, warn):

@@ -11,6 +11,8 @@ import dataclasses
 import importlib.resources
 import math
 
+import numpy as np
+
 from camri import posthoc
 from camri import stats as stats_lib
 from camri.results import runs as runs_lib
@@ -57,6 +59,8 @@ class Outcome:
   precision: float
   accuracy: float
   bias: float | None = None  # The chosen b of a bias row.
+  # (ids, labels, predicted classes) of the test examples in id order, where saved for these numbers.
+  examples: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +94,17 @@ class Row:
     return self.recall_gain is not None and self.recall_gain.contains(0.0)
 
 
+def _examples(test, predicted):
+  order = np.argsort(test["ids"], kind="stable")
+  return test["ids"][order], test["labels"][order], predicted[order]
+
+
 def outcome(run, classes):
-  return Outcome(run.seed, run.test.recall(classes), run.test.precision(classes), run.test.accuracy)
+  """`run`'s test Outcome at the epoch policy, with its examples when its predictions are of that epoch."""
+  test = run.run.predictions("test") if run.at_last_epoch else None
+  examples = None if test is None else _examples(test, np.argmax(test["scores"], axis=1))
+  return Outcome(run.seed, run.test.recall(classes), run.test.precision(classes), run.test.accuracy,
+                 examples=examples)
 
 
 def predictions_outcome(run, classes, bias=0.0):
@@ -100,14 +113,38 @@ def predictions_outcome(run, classes, bias=0.0):
   if test is None:
     return None
   accuracy, recall, precision = posthoc.rates_with_bias(test["scores"], test["labels"], classes, bias)
-  return Outcome(run.seed, recall, precision, accuracy, bias)
+  predicted = posthoc.predict_with_bias(test["scores"], classes[0], bias)
+  return Outcome(run.seed, recall, precision, accuracy, bias, examples=_examples(test, predicted))
 
 
-def paired_gain(outcomes, baseline, field) -> stats_lib.Interval | None:
-  """Mean and t-interval of `field`'s difference from `baseline` (seed -> Outcome), by seed."""
-  diffs = [getattr(o, field) - getattr(baseline[o.seed], field)
-           for o in sorted(outcomes, key=lambda o: o.seed) if o.seed in baseline]
-  return stats_lib.t_interval(diffs, bounds=stats_lib.RATE_DIFFERENCE) if diffs else None
+def _hits(pairs, field, classes):
+  """`stats.test_set_variance`'s (hits_a, hits_b, totals) of the pairs' examples; None without them."""
+  examples = [e for pair in pairs for e in (o.examples for o in pair)]
+  if any(e is None for e in examples) or any(
+      not (np.array_equal(e[0], examples[0][0]) and np.array_equal(e[1], examples[0][1])) for e in examples):
+    return None  # A run without saved predictions of these numbers, or another test set.
+  labels = examples[0][1]
+  groups = [labels == k for k in classes] if field == "recall" else [np.ones_like(labels, bool)]
+  hits = lambda predicted: np.stack([(predicted == labels) & g for g in groups])
+  return (np.stack([hits(a.examples[2]) for a, _ in pairs]),
+          np.stack([hits(b.examples[2]) for _, b in pairs]), np.stack(groups))
+
+
+def paired_gain(outcomes, baseline, field, classes) -> stats_lib.Interval | None:
+  """Mean and interval of `field`'s difference from `baseline` (seed -> Outcome), by seed.
+
+  The interval holds the test set's variance where every run of a pair has its
+  test examples (`stats.two_source_interval`); else it is the t-interval over seeds.
+  """
+  pairs = [(o, baseline[o.seed]) for o in sorted(outcomes, key=lambda o: o.seed) if o.seed in baseline]
+  if not pairs:
+    return None
+  diffs = [getattr(a, field) - getattr(b, field) for a, b in pairs]
+  hits = _hits(pairs, field, classes) if len(pairs) > 1 else None
+  if hits is None:
+    return stats_lib.t_interval(diffs, bounds=stats_lib.RATE_DIFFERENCE)
+  return stats_lib.two_source_interval(diffs, stats_lib.test_set_variance(*hits),
+                                       bounds=stats_lib.RATE_DIFFERENCE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +164,8 @@ class _Block:
     precisions = [o.precision for o in outcomes if not math.isnan(o.precision)]
     baseline = self.baseline if baseline is None else baseline
     gains = {} if method == BASELINE else {
-        f"{field}_gain": paired_gain(outcomes, baseline, field) for field in ("recall", "accuracy")}
+        f"{field}_gain": paired_gain(outcomes, baseline, field, self.classes)
+        for field in ("recall", "accuracy")}
     paper = self.reference.get((self.dataset, self.role, method), (None, None))
     return Row(self.dataset, self.role, self.classes, self.class_names, method, setting, kept, total,
                recall=stats(o.recall for o in outcomes), accuracy=stats(o.accuracy for o in outcomes),
