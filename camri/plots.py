@@ -12,10 +12,13 @@ role (as `camri.report` groups and selects them, with its options), writes for
 cross-entropy and every method's reported setting (marked "not kept" when no
 setting of the method kept accuracy):
   curves_<dataset>_<role>.png        loss, test accuracy and test recall of the
-                                     important class per epoch (mean +- std over seeds),
+                                     important class per epoch (mean +- sample std
+                                     over seeds; recall from the per-class columns,
+                                     as the table takes it: cross-entropy too),
   class_recall_<dataset>_<role>.png  test recall of every class (mean +- std),
   angle_stats_<dataset>_<role>.png   mean and variance of the angle between each
                                      class's test features and its class weight,
+                                     at each run's epoch of the table,
   margin_<dataset>_<role>.png        recall and accuracy against the margin, for
                                      every setting of the losses with a margin
                                      (CAMRI, ArcFace, ...; when any),
@@ -104,48 +107,44 @@ def plot_grid(root, out_dir, policy="last", warn=None, **chosen):
   return written + plot_tradeoffs(results, rows, out_dir, policy, warn)
 
 
-def _run_labels(workdirs):
-  """Short labels for runs: the method and the loss fields that differ between them."""
-  configs = [run_log.read_config(w) or {} for w in workdirs]
-  settings = [runs_lib.setting_of(c.get("loss")) for c in configs]
+def _run_labels(runs):
+  """Short labels for runs (`runs.Run`): the method and the loss fields that differ between them."""
+  settings = [runs_lib.setting_of(run.field("loss")) for run in runs]
   varying = table.varying_fields(set(settings))
-  seeds = {c.get("seed") for c in configs}
+  seeds = {run.field("seed") for run in runs}
   labels = []
-  for config, setting in zip(configs, settings):
-    label = series.setting_label(run_log.get_field(config, "loss.name", "?"), setting, varying)
-    labels.append(label + (f" seed {config.get('seed')}" if len(seeds) > 1 else ""))
+  for run, setting in zip(runs, settings):
+    label = series.setting_label(run.field("loss.name", "?"), setting, varying)
+    labels.append(label + (f" seed {run.field('seed')}" if len(seeds) > 1 else ""))
   return labels
-
-
-def _important(config):
-  classes = run_log.get_field(config, "loss.important_classes") or ()
-  return tuple(int(k) for k in (classes if isinstance(classes, (list, tuple)) else (classes,)))
 
 
 def plot_run_angles(workdirs, path, data_dir=None):
   """Angle histograms of runs, from their newest checkpoints (see `camri.features`)."""
   from camri import features as features_lib  # pylint: disable=g-import-not-at-top  # JAX, TF.
+  runs = [runs_lib.load_run(w) for w in workdirs]
   loaded = [features_lib.load_test_features(w, data_dir) for w in workdirs]
-  groups = {label: (f.angles, f.labels) for label, f in zip(_run_labels(workdirs), loaded)}
-  important = sorted({k for f in loaded for k in _important(f.config)})
-  return figures.plot_angle_histograms(groups, path, loaded[0].class_names, important,
-                               title=f"{loaded[0].config.get('dataset')}: test set, checkpoint of the "
-                                     "last saved epoch")
+  groups = {label: (f.angles, f.labels) for label, f in zip(_run_labels(runs), loaded)}
+  important = sorted({k for run in runs for k in runs_lib.important_classes(run)})
+  return figures.plot_angle_histograms(
+      groups, path, loaded[0].class_names, important,
+      title=f"{loaded[0].config.get('dataset')}: test set, checkpoint of the last saved epoch")
 
 
 def plot_run_features_2d(workdirs, path, data_dir=None):
   """The 2-D feature plot of runs with feature_dim 2, from their newest checkpoints."""
   from camri import features as features_lib  # pylint: disable=g-import-not-at-top
+  runs = [runs_lib.load_run(w) for w in workdirs]
   loaded = [features_lib.load_test_features(w, data_dir) for w in workdirs]
   panels = {}
-  for label, workdir, f in zip(_run_labels(workdirs), workdirs, loaded):
-    last = run_log.read_metrics(workdir)[-1]
+  for label, run, f in zip(_run_labels(runs), runs, loaded):
+    last = run.metrics[-1]  # The newest checkpoint's epoch, that of the features.
     label += f"\naccuracy {last['test_accuracy']:.3f}, important recall {last['test_recall']:.3f}"
     panels[label] = (f.features, f.labels, f.class_weights)
-  important = sorted({k for f in loaded for k in _important(f.config)})
+  important = sorted({k for run in runs for k in runs_lib.important_classes(run)})
   return figures.plot_features_2d(panels, path, loaded[0].class_names, important,
-                          title="normalised test features z/|z| (radius jittered) and class weight "
-                                "directions, last saved epoch")
+                                  title="normalised test features z/|z| (radius jittered) and class "
+                                        "weight directions, last saved epoch")
 
 
 def main(argv=None):

@@ -71,10 +71,12 @@ def setting_of(loss):
   return tuple(sorted((k, hashable(v)) for k, v in (loss or {}).items() if k not in NOT_SETTING))
 
 
-def _as_tuple(value):
+def important_classes(run: Run) -> tuple:
+  """The run's loss.important_classes as a tuple of ints (a bare index, a list or none)."""
+  value = run.field("loss.important_classes")
   if value is None:
     return ()
-  return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+  return tuple(int(k) for k in (value if isinstance(value, (list, tuple)) else (value,)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +153,7 @@ def read_result(run: Run, policy, select_on="val"):
   if num_classes is None:
     num_classes = sum(1 for k in row if k.startswith("test_recall_") and k[12:].isdigit())
   method = run.field("loss.name")
-  classes = tuple(int(k) for k in _as_tuple(run.field("loss.important_classes")))
+  classes = important_classes(run)
   role = None
   if method != BASELINE:
     if not classes:
