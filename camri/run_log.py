@@ -194,12 +194,13 @@ def get_field(config: dict, path: str, default=None):
 
 
 def is_finished(workdir) -> bool:
-  """Whether metrics.csv has a row with epoch == num_epochs of config.json."""
+  """Whether metrics.csv has the row of the `last` epoch policy (epoch == num_epochs of config.json)."""
+  from camri.results import selection  # pylint: disable=g-import-not-at-top  # It imports run_log.
   config = read_config(workdir)
   num_epochs = None if config is None else get_field(config, "num_epochs")
   if num_epochs is None:
     return False
-  return any(row["epoch"] == int(num_epochs) for row in read_metrics(workdir))
+  return selection.select_rows(read_metrics(workdir), int(num_epochs), "last") is not None
 
 
 def find_runs(root) -> list[str]:
