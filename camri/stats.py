@@ -8,7 +8,10 @@ d_i = a_i - b_i of two runs with the same seed):
     CI   = mean +- t(1 - alpha/2, n - 1) * sd / sqrt(n)           (95%: alpha = 0.05)
 
 The interval assumes the x_i are independent draws from a normal
-distribution; with n < 2 there is none.
+distribution; with n < 2 there is none. With few seeds it can run past the
+values the mean can take (t(0.975, 1) = 12.7): it is clipped to them, e.g.
+[0, 1] for a rate and [-1, 1] for a difference of two rates (`RATE`,
+`RATE_DIFFERENCE`).
 
 Seeds are not the only noise: every run is scored on one test set, and a
 different draw of it would move every run's rate together, which the spread
@@ -19,10 +22,7 @@ test examples (one resample for every run, as they share the test set), and
     CI = mean +- t(1 - alpha/2, n - 1) * sqrt(sd^2 / n + v)
 
 v: the variance, over resamples, of the mean over seeds of the paired
-difference. With few seeds it can run past the
-values the mean can take (t(0.975, 1) = 12.7): it is clipped to them, e.g.
-[0, 1] for a rate and [-1, 1] for a difference of two rates (`RATE`,
-`RATE_DIFFERENCE`).
+difference.
 """
 
 import dataclasses
