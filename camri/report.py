@@ -44,8 +44,8 @@ Columns (test split; mean ± sample std, ddof=1, over seeds):
                    [its 95% interval mean ± t(0.975, n-1) sqrt(sd^2/n + v),
                    clipped to [-1, 1], the values a difference of two rates
                    can take]; no interval for n < 2. v is the test set's
-                   share: the variance of the mean difference over 2000
-                   resamples (seeded) of the test examples, one resample for
+                   share: the variance of the mean difference that a
+                   bootstrap over the test examples finds, one resample for
                    every run, from the runs' saved test predictions
                    (`camri.stats.test_set_variance`); 0, and the caption says
                    so, where a run saved none at the reported epoch (the

@@ -15,14 +15,14 @@ values the mean can take (t(0.975, 1) = 12.7): it is clipped to them, e.g.
 
 Seeds are not the only noise: every run is scored on one test set, and a
 different draw of it would move every run's rate together, which the spread
-over seeds does not show. `test_set_variance` measures it by resampling the
-test examples (one resample for every run, as they share the test set), and
-`two_source_interval` adds it to the seeds' variance of the mean:
+over seeds does not show. `test_set_variance` measures it as a bootstrap over
+the test examples would (one resample for every run, as they share the test
+set), and `two_source_interval` adds it to the seeds' variance of the mean:
 
     CI = mean +- t(1 - alpha/2, n - 1) * sqrt(sd^2 / n + v)
 
-v: the variance, over resamples, of the mean over seeds of the paired
-difference.
+v: the variance of the mean over seeds of the paired difference as the test
+examples are resampled.
 """
 
 import dataclasses
@@ -92,38 +92,33 @@ def t_interval(values, confidence: float = 0.95, bounds=UNBOUNDED) -> Interval:
   return Interval(s.n, s.mean, *interval(s, confidence, bounds))
 
 
-def test_set_variance(hits_a, hits_b, totals, *, num: int = 2000, seed: int = 0) -> float:
-  """Variance of the mean paired difference of rates as the test examples are resampled.
+def test_set_variance(hits_a, hits_b, totals) -> float:
+  """Variance of the mean paired difference of rates that resampling the test examples finds.
 
-  A run's rate is the mean over groups g of sum_j hits[g, j] / sum_j totals[g, j]
+  A run's rate is the mean over groups g of its hits among the examples of g
   (accuracy: one group, every example; recall of classes: one group per class,
-  its examples). Each of `num` resamples draws N examples with replacement,
-  one draw for every run; resamples where a group has no example are left out.
+  its examples). With d_j the mean over the pairs of (hit of a - hit of b) on
+  example j, the rate difference is mean_g mean_{j in g} d_j, and a bootstrap
+  over the test examples (one resample for every run, as they share the test
+  set) finds its variance
+
+      v = (1/G^2) sum_g var_{j in g}(d_j) / N_g        (var with ddof=0),
+
+  exactly for one group (a mean) and to first order for a class's recall (a
+  ratio): the bootstrap's limit of infinitely many resamples, without drawing any.
 
   Args:
     hits_a: (n, G, N) 0/1, run i of a counts example j as a hit of group g.
     hits_b: (n, G, N), the runs paired with a's (same seed, same test examples).
-    totals: (G, N) 0/1, example j belongs to group g.
-    num: resamples.
-    seed: of the resampling: the variance is the same on every call.
+    totals: (G, N) 0/1, example j belongs to group g; every group has an example.
 
   Returns:
     v of the module docstring.
   """
-  diff = np.asarray(hits_a, np.float64) - np.asarray(hits_b, np.float64)
-  totals = np.asarray(totals, np.float64)
-  n, groups, size = diff.shape
-  rng = np.random.default_rng(seed)
-  means = []
-  for start in range(0, num, 250):
-    weights = rng.multinomial(size, np.full(size, 1.0 / size), size=min(250, num - start))
-    counts = weights @ totals.T  # (b, G)
-    with np.errstate(divide="ignore", invalid="ignore"):
-      rates = (weights @ diff.reshape(n * groups, size).T).reshape(-1, n, groups) / counts[:, None, :]
-    rates[np.broadcast_to((counts == 0)[:, None, :], rates.shape)] = np.nan
-    means.append(rates.mean(2).mean(1))
-  means = np.concatenate(means)
-  return float(np.var(means[np.isfinite(means)], ddof=1))
+  d = (np.asarray(hits_a, np.float64) - np.asarray(hits_b, np.float64)).mean(0)  # (G, N)
+  totals = np.asarray(totals, bool)
+  return math.fsum(float(np.var(d[g][totals[g]])) / int(totals[g].sum())
+                   for g in range(len(totals))) / len(totals) ** 2
 
 
 def two_source_interval(values, test_variance: float, confidence: float = 0.95,

@@ -771,7 +771,7 @@ def test_two_seeds_with_equal_gains_do_not_look_certain(tmp_path):
   assert low < 0 < high and camri["interval"] == "seeds+test"
   lines = report.report(root, warn=quiet).splitlines()
   assert any("| camri |" in line and "+0.2500 [" in line and "]† |" in line for line in lines)
-  assert "resamples of the test examples" in lines[0]
+  assert "a bootstrap over the test examples finds" in lines[0]
 
 
 def test_test_set_variance_is_the_binomial_variance_of_a_mean_difference():
@@ -782,9 +782,18 @@ def test_test_set_variance_is_the_binomial_variance_of_a_mean_difference():
   hits_b = np.zeros_like(hits_a)
   totals = np.ones((1, 100), bool)
   v = stats.test_set_variance(hits_a, hits_b, totals)
-  assert v == pytest.approx(0.0021, rel=0.1)
-  assert stats.test_set_variance(hits_a, hits_b, totals) == v  # Seeded: the same on every call.
+  assert v == pytest.approx(0.0021)
   assert stats.test_set_variance(hits_a, hits_a, totals) == 0.0  # Equal runs: no difference to move.
+  # It is what resampling the examples finds: 20000 bootstrap means of the difference.
+  rng = np.random.default_rng(0)
+  means = hits_a[0, 0][rng.integers(0, 100, (20000, 100))].mean(1)
+  assert np.var(means) == pytest.approx(v, rel=0.05)
+  # Recall of two classes, 4 and 2 examples: per class var / N, averaged over G^2 = 4.
+  labels = np.array([0, 0, 0, 0, 1, 1])
+  totals = np.stack([labels == 0, labels == 1])
+  a = np.array([[[1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0]]], bool)  # Seed 0: differs on 2 of class 0, 1 of 1.
+  b = np.zeros_like(a)
+  assert stats.test_set_variance(a, b, totals) == pytest.approx((0.25 / 4 + 0.25 / 2) / 4)
   # Two seeds of equal differences: the t-interval alone has zero width; the test set widens it.
   interval = stats.two_source_interval([0.3, 0.3], v, bounds=stats.RATE_DIFFERENCE)
   half = T_975[1] * math.sqrt(v)

@@ -92,9 +92,11 @@ def caption(rows, policy, select_on, tolerance=0.0, uncovered=(), roles=()):
                  "selected on the test split, optimistic.")
   parts.append("Gains: mean paired difference from the cross-entropy run of the same seed, over "
                "the n seeds both have, [95% interval mean ± t(0.975, n-1) sqrt(sd²/n + v), clipped "
-               "to [-1, 1], v the variance of the mean difference over 2000 resamples of the test "
-               "examples (one for every run, seeded) from the runs' saved test predictions: seeds "
-               "and the test set both]; † the recall interval includes 0.")
+               "to [-1, 1], v the variance of the mean difference that a bootstrap over the test "
+               "examples finds (one resample for every run; per class of the role, the variance "
+               "over its examples of the seeds' mean hit difference over their number), from the "
+               "runs' saved test predictions: seeds and the test set both]; † the recall interval "
+               "includes 0.")
   seeds_only = sum(1 for r in rows if r.recall_gain and r.recall_gain.n > 1
                    and not r.recall_gain.with_test_set)
   if seeds_only:
