@@ -107,14 +107,24 @@ def epoch_row(rows, num_epochs, policy, split="test"):
 
 # The selection split.
 
-def selection_split(dataset, runs, select_on, warn):
-  """`select_on`, or test when some of the dataset's runs have no validation split."""
-  without = [r for r in runs if r.val is None]
+def validation_or_test(select_on, without, total, runs_of, consequence, warn):
+  """`select_on`, or test when `without` of `total` runs have no validation split, with a warning.
+
+  The one fallback of the setting choice and of the protocol's roles: `runs_of`
+  names the runs, `consequence` says what choosing on test does to the result.
+  """
   if select_on == "val" and without:
-    warn(f"{len(without)} of {len(runs)} runs of dataset {dataset} have no validation split "
-         "(validation_fraction=0): selecting on the test split, which is optimistic")
+    warn(f"{without} of {total} {runs_of} have no validation split (validation_fraction=0): "
+         f"{consequence}")
     return "test"
   return select_on
+
+
+def selection_split(dataset, runs, select_on, warn):
+  """`select_on`, or test when some of the dataset's runs (`RunResult`s) have no validation split."""
+  return validation_or_test(select_on, sum(r.val is None for r in runs), len(runs),
+                            f"runs of dataset {dataset}",
+                            "selecting on the test split, which is optimistic", warn)
 
 
 # Keeping accuracy: the rule of the settings and of the post-hoc bias.
@@ -224,12 +234,10 @@ def mean_class_recall(runs, warn):
     rows.append((run.workdir, row, run.field("num_classes")))
   if len({k for _, _, k in rows}) != 1:
     raise ValueError("the cross-entropy runs have different numbers of classes")
-  without_val = [w for w, row, _ in rows if "val_recall_0" not in row]
-  split = "test" if without_val else "val"
-  if without_val:
-    warn(f"{len(without_val)} of {len(rows)} cross-entropy runs have no validation split "
-         "(validation_fraction=0): the important classes are measured on test recall, which "
-         "inflates every method's gain on them (regression to the mean)")
+  split = validation_or_test(
+      "val", sum("val_recall_0" not in row for _, row, _ in rows), len(rows), "cross-entropy runs",
+      "the important classes are measured on test recall, which inflates every method's gain on "
+      "them (regression to the mean)", warn)
   num_classes = rows[0][2]
   for workdir, row, _ in rows:
     for k in range(num_classes):
