@@ -12,7 +12,9 @@ method x setting:
 - setting: the loss hyperparameters, every `loss.*` field but `name` and
   `important_classes` (margin, scale, weights, ...). Runs of one setting differ
   only in seed; two with the same seed (a quickstart workdir inside a grid's
-  root) count once, with a warning naming both. The table shows the fields that
+  root) count once, with a warning naming both. Runs under a directory holding
+  `launch.protocol`'s roles file that the protocol did not launch (not its
+  run directories, roles, classes or seeds) are pooled, and a warning names them. The table shows the fields that
   vary across the method's runs or differ from the cross-entropy runs' (and
   always margin and scale of the angular-margin losses).
 - role: config `tag` (worst1, worst2, median from `launch.protocol`) or, with
