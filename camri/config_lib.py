@@ -76,6 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Train steps per jitted call with the data on the devices; 0: 1 on CPU, 50
   # elsewhere (camri.feeds.steps_per_call). A stop signal waits for the call.
   c.steps_per_call = 0
+  # How a population's members (runs trained in one program, camri/members.py)
+  # run: "vmap", "unroll" (a loop unrolled in the program), or "auto" (unroll
+  # on CPU, vmap elsewhere). A single run has no member axis.
+  c.member_axis = "auto"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "camri"
@@ -137,7 +141,7 @@ ADDED_FIELDS: dict[str, object] = {
     "input_normalization": "none", "freeze_backbone": False, "backbone_learning_rate": None,
     "resnet_padding": lambda record: ("same" if str(record.get("model")).startswith("resnet")
                                       else "torchvision"),
-    "data_on_device": "false", "steps_per_call": 1,
+    "data_on_device": "false", "steps_per_call": 1, "member_axis": "auto",
 }
 
 
@@ -163,7 +167,25 @@ RESNET_PADDINGS = ("torchvision", "same")
 # Fields that may change between the runs of one workdir: they don't change
 # what an epoch computes (a resumed run keeps its data_on_device, camri.train).
 RESUMABLE_CHANGES = ("num_epochs", "progress_bar", "keep_checkpoints", "data_dir",
-                     "data_on_device", "steps_per_call")
+                     "data_on_device", "steps_per_call", "member_axis", "population")
+
+MEMBER_AXES = ("auto", "vmap", "unroll")
+
+# What the runs of a population (camri/members.py) may differ in; everything
+# else of their configs is one program's. The loss's fields are those it takes
+# as arrays (`objectives.Objective.hparams`): per-class vectors and the scale.
+MEMBER_FIELDS = ("seed", "tag", "learning_rate", "loss.important_classes")
+LOSS_MEMBER_FIELDS = {
+    "wce": ("important_weight",), "rwwce": ("fn_weight", "fp_weight"),
+    "camri": ("margin", "scale"), "arcface": ("margin", "scale"),
+    "cosface": ("margin", "scale"), "class_sensitive_cosface": ("margin", "scale"),
+    "normface": ("scale",),
+}
+
+
+def member_fields(loss_name: str) -> tuple[str, ...]:
+  """The config fields in which runs of loss `loss_name` may differ and share a program."""
+  return MEMBER_FIELDS + tuple(f"loss.{f}" for f in LOSS_MEMBER_FIELDS.get(loss_name, ()))
 
 
 def _fail(field, value, allowed):
@@ -267,6 +289,8 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % device_count:
       _fail(field, config[field], f"must be divisible by the device count ({device_count})")
+  if config.member_axis not in MEMBER_AXES:
+    _fail("member_axis", config.member_axis, f"choose one of {list(MEMBER_AXES)}")
   if not isinstance(config.steps_per_call, numbers.Integral) or config.steps_per_call < 0:
     _fail("steps_per_call", config.steps_per_call, "must be an integer >= 0 (0: auto)")
   if not isinstance(config.image_size, numbers.Integral) or config.image_size < 0:

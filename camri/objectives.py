@@ -11,6 +11,11 @@ margin is applied at inference):
     -||z - c_k||^2 (nearest simplex centre)   nirvana
     -1/2 ||z - mu_k||^2 (nearest Gaussian mean)   lgm
     mean_v softmax(z W^v) (ensemble average)   em_softmax
+
+A loss's per-class vectors and scale (`HPARAM_FIELDS`) reach it as arrays,
+`Objective.hparams`, an argument of the compiled step rather than constants in
+it: the runs of a population (`camri.population`) differ in them and share one
+program. Its other hyperparameters shape the program and are constants.
 """
 
 from collections.abc import Callable
@@ -19,11 +24,13 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from camri import losses
 from camri.models import heads
 
 Outputs = dict[str, jax.Array]
+Hparams = dict[str, jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,15 +44,27 @@ class Objective:
       marks the rows that are examples, for a batch-level term (CC-Loss's) to
       leave an evaluation batch's padding out. Per-example losses ignore it.
     scores: outputs -> (N, K) scores; their argmax is the prediction.
+    hparams: the loss's numbers that runs of one program may differ in
+      (`HPARAM_FIELDS`), as float32 arrays: per-class vectors (K,) and
+      scalars.
   """
   head: nn.Module
-  loss: Callable[[Outputs, jax.Array, jax.Array | None], jax.Array]
+  _loss: Callable[[Outputs, jax.Array, jax.Array | None, Hparams], jax.Array]
   scores: Callable[[Outputs], jax.Array]
+  hparams: Hparams = dataclasses.field(default_factory=dict)
+
+  def loss(self, outputs, labels, where=None, hparams: Hparams | None = None) -> jax.Array:
+    """(N,) per-example losses, with `hparams` (default: the objective's own)."""
+    return self._loss(outputs, labels, where, self.hparams if hparams is None else hparams)
 
 
 def _per_example(loss):
-  """`loss(outputs, labels)` as an `Objective.loss`: each example's loss is its own."""
-  return lambda outputs, labels, where=None: loss(outputs, labels)
+  """`loss(outputs, labels, hparams)` as an `Objective` loss: each example's loss is its own."""
+  return lambda outputs, labels, where, hparams: loss(outputs, labels, hparams)
+
+
+def _f32(**values) -> Hparams:
+  return {name: np.asarray(value, np.float32) for name, value in values.items()}
 
 
 def _logits(outputs):
@@ -56,10 +75,11 @@ def _cosine(outputs):
   return outputs["cosine"]
 
 
-def _linear(num_classes, loss):
-  """A linear head, `loss(logits, labels)`, argmax-logits prediction."""
+def _linear(num_classes, loss, hparams=None):
+  """A linear head, `loss(logits, labels, hparams)`, argmax-logits prediction."""
   return Objective(heads.LinearHead(num_classes),
-                   _per_example(lambda o, labels: loss(o["logits"], labels)), _logits)
+                   _per_example(lambda o, labels, h: loss(o["logits"], labels, h)), _logits,
+                   hparams or {})
 
 
 def _angular(num_classes, margins, scale, kind="additive_angular"):
@@ -69,38 +89,40 @@ def _angular(num_classes, margins, scale, kind="additive_angular"):
   as functions of (features, weights); the objective applies the core to the
   cosines the head computed for prediction, rather than computing them again.
   """
-  margins = jnp.asarray(margins, jnp.float32)
   return Objective(heads.AngularHead(num_classes),
-                   _per_example(lambda o, labels: losses.margin_cross_entropy(
-                       o["cosine"], labels, margins, scale, kind)), _cosine)
+                   _per_example(lambda o, labels, h: losses.margin_cross_entropy(
+                       o["cosine"], labels, h["margins"], h["scale"], kind)), _cosine,
+                   _f32(margins=margins, scale=scale))
 
 
 def cross_entropy(cfg, num_classes):
   del cfg
-  return _linear(num_classes, losses.cross_entropy)
+  return _linear(num_classes, lambda logits, labels, h: losses.cross_entropy(logits, labels))
 
 
 def wce(cfg, num_classes):
   weights = losses.class_weights(num_classes, cfg.important_classes, cfg.important_weight)
-  return _linear(num_classes,
-                 lambda logits, labels: losses.weighted_cross_entropy(logits, labels, weights))
+  return _linear(num_classes, lambda logits, labels, h: losses.weighted_cross_entropy(
+      logits, labels, h["class_weights"]), _f32(class_weights=weights))
 
 
 def rwwce(cfg, num_classes):
   fn_weights, fp_weights = losses.rwwce_weights(
       num_classes, cfg.important_classes, cfg.fn_weight, cfg.fp_weight)
-  return _linear(num_classes, lambda logits, labels: losses.rwwce_loss(
-      logits, labels, fn_weights, fp_weights))
+  return _linear(num_classes, lambda logits, labels, h: losses.rwwce_loss(
+      logits, labels, h["fn_weights"], h["fp_weights"]),
+                 _f32(fn_weights=fn_weights, fp_weights=fp_weights))
 
 
 def competing_ratio(cfg, num_classes):
-  return _linear(num_classes, lambda logits, labels: losses.competing_ratio_loss(
+  return _linear(num_classes, lambda logits, labels, h: losses.competing_ratio_loss(
       logits, labels, cfg.alpha, cfg.beta))
 
 
 def cc_loss(cfg, num_classes):
 
-  def loss(outputs, labels, where=None):
+  def loss(outputs, labels, where, hparams):
+    del hparams
     return losses.cc_loss(outputs["logits"], outputs["attention"], labels, cfg.cc_weight,
                           where=where)
 
@@ -134,17 +156,18 @@ def nirvana(cfg, num_classes):
   if cfg.hinge:
     margin = (cfg.hinge_margin if cfg.hinge_margin is not None
               else losses.default_hinge_margin(num_classes, cfg.radius))
-    loss = lambda o, labels: losses.nirvana_hinge_loss(
+    loss = lambda o, labels, h: losses.nirvana_hinge_loss(
         o["features"], o["centers"], labels, margin)
   else:
-    loss = lambda o, labels: losses.nirvana_loss(o["features"], o["centers"], labels)
+    loss = lambda o, labels, h: losses.nirvana_loss(o["features"], o["centers"], labels)
   return Objective(heads.SimplexHead(num_classes, cfg.radius), _per_example(loss),
                    lambda o: losses.nearest_center_scores(o["features"], o["centers"]))
 
 
 def lgm(cfg, num_classes):
 
-  def loss(outputs, labels):
+  def loss(outputs, labels, hparams):
+    del hparams
     return losses.lgm_loss(outputs["features"], outputs["means"], labels, cfg.alpha,
                            cfg.likelihood_weight)
 
@@ -154,7 +177,8 @@ def lgm(cfg, num_classes):
 
 def em_softmax(cfg, num_classes):
 
-  def loss(outputs, labels):
+  def loss(outputs, labels, hparams):
+    del hparams
     return losses.em_softmax_loss(outputs["features"], outputs["weights"], labels,
                                   cfg.margin[0], cfg.hsic_weight)
 
