@@ -134,8 +134,10 @@ def _without_abandoned_read_reports():
     sys.unraisablehook = default_hook
 
 
-def restore_latest(mngr: ocp.CheckpointManager, state, train_sums, delete_unreadable=False):
-  """The newest checkpoint that restores intact: (step, state, train_sums).
+def restore_latest(mngr: ocp.CheckpointManager, state, train_sums, delete_unreadable=False,
+                   up_to: int | None = None):
+  """The newest checkpoint (of a step <= `up_to`, if given) that restores intact:
+  (step, state, train_sums).
 
   Newer checkpoints that do not restore are reported and, with
   `delete_unreadable` (the trainer's; never with a read-only manager), deleted:
@@ -150,13 +152,23 @@ def restore_latest(mngr: ocp.CheckpointManager, state, train_sums, delete_unread
   Returns:
     None when there is no checkpoint.
 
+  Steps after `up_to` (a population's member that saved a step the others
+  did not, camri/members.py) are passed over, and deleted with
+  `delete_unreadable`: the resumed run writes them again, the same.
+
   Raises:
     UnreadableCheckpointError: there are checkpoints but none restores (the
       code or the environment changed, or every file was damaged).
   """
   unreadable = []
+  for step in sorted(mngr.all_steps()):
+    if up_to is not None and step > up_to and delete_unreadable:
+      logging.warning("deleting the checkpoint at step %d: the population resumes from step %d",
+                      step, up_to)
+      mngr.delete(step)
   with _without_abandoned_read_reports():
-    for step in sorted(mngr.all_steps(), reverse=True):
+    for step in sorted((s for s in mngr.all_steps() if up_to is None or s <= up_to),
+                       reverse=True):
       try:
         restored = _restore(mngr, step, state, train_sums)
       except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)

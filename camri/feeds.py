@@ -18,12 +18,17 @@ without augmentation their metrics agree to float32 round-off. Augmentation
 follows the same definitions (crop: pad by 1/8 of the side with zeros and take
 a random window; flip: horizontal, p = 1/2), seeded by (seed, epoch, example)
 on the device rather than by TensorFlow's ops, so its pixels differ.
+
+A population (camri/members.py) is fed by a `DeviceFeed`: its members share
+the evaluation splits on the devices, and each member's epoch (its own
+order, stacked on a leading member axis) is copied in the same one transfer.
 """
 
 from collections.abc import Callable, Iterator
 import concurrent.futures
 import dataclasses
 import functools
+import math
 import os
 
 from absl import logging
@@ -32,6 +37,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from camri import members
 from camri import metrics
 from camri.data import pipeline
 from camri.data.dataset import Dataset
@@ -45,43 +51,75 @@ Call = tuple[int, Callable]
 
 @dataclasses.dataclass
 class Sharding:
-  """The device mesh and how arrays are laid out on it."""
+  """The device mesh, ("members", "data"), and how arrays are laid out on it.
+
+  A single run (`members` 0) has one member group: its state is replicated and
+  its batch split over every device. A population of K runs stacks their
+  states on a leading axis, split over gcd(K, devices) groups of devices
+  ("members"), and splits each member's batch over its group's devices
+  ("data"): 64 members on 8 devices are 8 per device; 2 on 8 are 2 x 4-way
+  data parallel.
+  """
   mesh: jax.sharding.Mesh
-  replicated: jax.sharding.NamedSharding
-  batch: jax.sharding.NamedSharding
+  members: int = 0  # K of a population; 0: a single run, its state not stacked.
 
   @classmethod
-  def over_all_devices(cls):
-    mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
-    return cls(mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-               jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  def over_all_devices(cls, members: int = 0):
+    groups = math.gcd(members, jax.device_count()) if members else 1
+    mesh = jax.make_mesh((groups, jax.device_count() // groups), ("members", "data"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    return cls(mesh, members)
+
+  def _named(self, *spec) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec))
+
+  @property
+  def replicated(self) -> jax.sharding.NamedSharding:
+    return self._named()
+
+  @property
+  def batch(self) -> jax.sharding.NamedSharding:
+    """A global batch, shared by every member: split over "data"."""
+    return self._named("data")
 
   @property
   def batches(self) -> jax.sharding.NamedSharding:
     """(steps, global batch, ...) arrays: each batch sharded like `batch`."""
-    return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, "data"))
+    return self._named(None, "data")
+
+  @property
+  def state(self) -> jax.sharding.NamedSharding:
+    """The train state and anything else per run: stacked over "members" in a population."""
+    return self._named("members") if self.members else self.replicated
+
+  @property
+  def run_batches(self) -> jax.sharding.NamedSharding:
+    """Each run's training batches: `batches`, stacked over "members" in a population."""
+    return self._named("members", None, "data") if self.members else self.batches
 
   def put_batch(self, local_batch, keep_on_host=("id",)):
     """A global array from this process's slice of the batch; `keep_on_host` keys are left out."""
     return {key: jax.make_array_from_process_local_data(self.batch, x)
             for key, x in local_batch.items() if key not in keep_on_host}
 
-  def put_batches(self, local_batches):
+  def put_batches(self, local_batches, sharding=None):
     """`put_batch` for (steps, local batch, ...) arrays: every step's batch at once."""
-    return {key: jax.make_array_from_process_local_data(self.batches, x)
+    return {key: jax.make_array_from_process_local_data(sharding or self.batches, x)
             for key, x in local_batches.items()}
 
 
 def local_rows(x: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded global array, in its local batch's order."""
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  """This process's rows of a batch-sharded global array, in its local batch's order (each
+  row once, where devices of other member groups hold copies)."""
+  shards = sorted((s for s in x.addressable_shards if s.replica_id == 0),
+                  key=lambda s: s.index[0].start or 0)
   return np.concatenate([np.asarray(s.data) for s in shards])
 
 
 def local_columns(x: jax.Array) -> np.ndarray:
   """`local_rows` of each step of a (steps, global batch, ...) array: (steps, local batch, ...)."""
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[1].start or 0)
+  shards = sorted((s for s in x.addressable_shards if s.replica_id == 0),
+                  key=lambda s: s.index[1].start or 0)
   return np.concatenate([np.asarray(s.data) for s in shards], axis=1)
 
 
@@ -90,24 +128,34 @@ class Predictions:
   """This process's examples of a split through the model."""
   ids: np.ndarray  # (N,) str: tfds ids.
   labels: np.ndarray  # (N,) int64.
-  scores: np.ndarray  # (N, K) float32: the prediction rule's scores (argmax = prediction).
+  # (N, K) float32: the prediction rule's scores (argmax = prediction); a
+  # population's have a leading member axis, (members, N, K).
+  scores: np.ndarray
 
   @classmethod
   def of_real(cls, ids, labels, scores, mask):
     real = mask > 0
     return cls(ids[real].astype(str), labels[real].astype(np.int64),
-               scores[real].astype(np.float32))
+               np.compress(real, scores, axis=-2).astype(np.float32))
+
+  def of_member(self, member: int) -> "Predictions":
+    """A population member's predictions."""
+    return dataclasses.replace(self, scores=self.scores[member])
 
 
 class HostFeed:
-  """tf.data on the host; one step per call."""
+  """tf.data on the host; one step per call; a single run only."""
 
-  def __init__(self, config, dataset: Dataset, sharding: Sharding, train_step, eval_step):
+  def __init__(self, config, dataset: Dataset, sharding: Sharding, train_step, eval_step,
+               runs):
+    if sharding.members:
+      raise ValueError("a population's data must be on the devices")
     self.config, self.dataset, self.sharding = config, dataset, sharding
+    self._runs = jax.device_put(runs, sharding.replicated)
     self._train_step = jax.jit(train_step, donate_argnums=(0, 1),
-                               out_shardings=(sharding.replicated, sharding.replicated))
+                               out_shardings=(sharding.state, sharding.state))
     self._eval_step = jax.jit(eval_step, donate_argnums=1,
-                              out_shardings=(sharding.replicated, sharding.batch))
+                              out_shardings=(sharding.state, sharding.batch))
 
   def describe(self) -> str:
     return "data from tf.data on the host, 1 step per call"
@@ -120,14 +168,14 @@ class HostFeed:
       yield 1, functools.partial(self._step, batch=batch)
 
   def _step(self, state, sums, batch):
-    return self._train_step(state, sums, self.sharding.put_batch(batch))
+    return self._train_step(state, sums, self.sharding.put_batch(batch), self._runs)
 
   def evaluate(self, state, split: str, keep_predictions: bool):
-    sums = jax.device_put(metrics.empty(self.dataset.num_classes), self.sharding.replicated)
+    sums = jax.device_put(metrics.empty(self.dataset.num_classes), self.sharding.state)
     kept = []
     for batch in self.dataset.eval_batches(split,
                                            global_batch_size=self.config.eval_batch_size):
-      sums, scores = self._eval_step(state, sums, self.sharding.put_batch(batch))
+      sums, scores = self._eval_step(state, sums, self.sharding.put_batch(batch), self._runs)
       if keep_predictions:
         kept.append(Predictions.of_real(batch["id"], batch["label"], local_rows(scores),
                                         batch["mask"]))
@@ -168,28 +216,37 @@ def augment(images, keys, augmentations):
   return jax.vmap(one)(images, keys)
 
 
-def _train_steps(train_step, seed: int, augmentations, steps_per_call: int, state, sums,
-                 batches):
+def _train_steps(train_step, augmentations, steps_per_call: int, member_axis, state, sums,
+                 batches, runs):
   """The next `steps_per_call` steps (fewer where the epoch ends) of the epoch whose
   `batches` are on the devices; with 1, the step is outside any loop.
 
   Where in which epoch the run is follows from `state.step`, so a call takes no
-  scalar from the host.
+  scalar from the host. A population (`member_axis` "vmap" or "unroll",
+  `members.map_members`) steps every member at once: its states, sums,
+  batches and `runs` arrays have a leading member axis, and its members share
+  a step count.
   """
-  steps_per_epoch = batches["label"].shape[0]
-  epoch, start = jnp.divmod(state.step, steps_per_epoch)
-  epoch_key = jax.random.fold_in(jax.random.key(seed), epoch)
+  stacked = member_axis is not None
+  steps_per_epoch = batches["label"].shape[int(stacked)]
+  start = jnp.ravel(state.step)[0] % steps_per_epoch
 
-  def body(i, carry):
-    batch = jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, start + i, keepdims=False),
-                         batches)
+  def run_step(state, sums, batch, run):
     image = to_float(batch.pop("image"))
     if augmentations:
+      epoch_key = jax.random.fold_in(jax.random.key(run["seed"]), state.step // steps_per_epoch)
       keys = jax.vmap(functools.partial(jax.random.fold_in, epoch_key))(batch["example"])
       image = augment(image, keys, augmentations)
     batch = {"image": image, "label": batch["label"],
              "mask": jnp.ones(batch["label"].shape, jnp.float32)}
-    return train_step(*carry, batch)
+    return train_step(state, sums, batch, run)
+
+  step = members.map_members(run_step, member_axis, (0, 0, 0, 0)) if stacked else run_step
+
+  def body(i, carry):
+    batch = jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, start + i, int(stacked),
+                                                            keepdims=False), batches)
+    return step(*carry, batch, runs)
 
   if steps_per_call == 1:
     return body(0, (state, sums))
@@ -197,18 +254,27 @@ def _train_steps(train_step, seed: int, augmentations, steps_per_call: int, stat
   return lax.fori_loop(0, count, body, (state, sums))
 
 
-def _eval_batches(eval_step, looped: bool, state, sums, batches, start):
+def _eval_batches(eval_step, looped: bool, member_axis, state, sums, batches, start, runs):
   """Metric sums and scores of an evaluation split on the devices: of every batch in one
-  loop ((steps, batch, K) scores), or without `looped`, of batch `start` ((batch, K))."""
+  loop ((steps, batch, K) scores), or without `looped`, of batch `start` ((batch, K)).
 
-  def body(sums, batch):
-    new_sums, scores = eval_step(state, sums, {**batch, "image": to_float(batch["image"])})
+  A population's members (`member_axis`) see the same batches; their sums and
+  scores have a leading member axis (scores (members, ...) of the above).
+  """
+  stacked = member_axis is not None
+
+  def run_eval(state, sums, batch, run):
+    new_sums, scores = eval_step(state, sums, {**batch, "image": to_float(batch["image"])}, run)
     return jax.tree.map(lambda new, old: new.astype(old.dtype), new_sums, sums), scores
 
+  evaluate = (members.map_members(run_eval, member_axis, (0, 0, None, 0)) if stacked
+              else run_eval)
+  body = lambda sums, batch: evaluate(state, sums, batch, runs)
   if not looped:
     return body(sums, jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, start, keepdims=False),
                                    batches))
-  return lax.scan(body, sums, batches)
+  sums, scores = lax.scan(body, sums, batches)
+  return sums, jnp.moveaxis(scores, 0, 1) if stacked else scores
 
 
 def steps_per_call(config) -> int:
@@ -223,12 +289,22 @@ def steps_per_call(config) -> int:
 
 
 class DeviceFeed:
-  """The splits in device memory; `steps_per_call` steps per call."""
+  """The splits in device memory; `steps_per_call` steps per call; one run or a population.
 
-  def __init__(self, config, dataset: Dataset, sharding: Sharding, train_step, eval_step):
+  A population's members share the evaluation splits; each trains on its own
+  epoch order (its seed's), stacked into (members, steps, batch, ...) arrays.
+  """
+
+  def __init__(self, config, dataset: Dataset, sharding: Sharding, train_step, eval_step,
+               runs):
     self.config, self.dataset, self.sharding = config, dataset, sharding
     self.steps_per_call = steps_per_call(config)
+    stacked = bool(sharding.members)
+    steps = dataset.steps_per_epoch(config.batch_size) * config.num_epochs
+    axis = members.member_axis(config, steps) if stacked else None
     looped = self.steps_per_call > 1
+    self._seeds = [int(seed) for seed in np.ravel(runs["seed"])]
+    self._runs = jax.device_put(runs, sharding.state)
     self._train = _decoded(dataset, "train")
     self._preparer = concurrent.futures.ThreadPoolExecutor(1, "camri-next-epoch")
     self._upcoming = None  # (epoch, future of its batches)
@@ -238,12 +314,13 @@ class DeviceFeed:
     for split in dataset.eval_splits:
       self._eval_arrays[split], self._eval_ids[split] = self._put_eval_split(split)
     self._run = jax.jit(
-        functools.partial(_train_steps, train_step, config.seed, tuple(config.augment),
-                          self.steps_per_call),
-        donate_argnums=(0, 1), out_shardings=(sharding.replicated, sharding.replicated))
+        functools.partial(_train_steps, train_step, tuple(config.augment), self.steps_per_call,
+                          axis),
+        donate_argnums=(0, 1), out_shardings=(sharding.state, sharding.state))
+    scores_sharding = sharding.batches if looped else sharding.batch
     self._eval = jax.jit(
-        functools.partial(_eval_batches, eval_step, looped), donate_argnums=1,
-        out_shardings=(sharding.replicated, sharding.batches if looped else sharding.batch))
+        functools.partial(_eval_batches, eval_step, looped, axis), donate_argnums=1,
+        out_shardings=(sharding.state, None if stacked else scores_sharding))
     # XLA:CPU's simulated devices share one thread pool: with several calls in
     # flight, one device's collective can hold the threads the others need to
     # join it, until XLA aborts. So there, each call is waited for.
@@ -267,13 +344,18 @@ class DeviceFeed:
     return self.sharding.put_batches(padded), ids
 
   def _epoch_batches(self, epoch: int):
-    """The training batches of `epoch`, in order, on the devices."""
-    order = pipeline.epoch_order(
+    """The training batches of `epoch`, in order, on the devices: each run's, stacked in a
+    population."""
+    orders = np.stack([pipeline.epoch_order(
         self.dataset.builder, self.dataset.splits["train"], local_size=len(self._train["label"]),
-        global_batch_size=self.config.batch_size, seed=self.config.seed, epoch=epoch)
+        global_batch_size=self.config.batch_size, seed=seed, epoch=epoch)
+                       for seed in self._seeds])
+    if not self.sharding.members:
+      orders = orders[0]
     return self.sharding.put_batches({
-        "image": self._train["image"][order], "label": self._train["label"][order],
-        "example": (order + self._first_example).astype(np.int32)})
+        "image": self._train["image"][orders], "label": self._train["label"][orders],
+        "example": (orders + self._first_example).astype(np.int32)},
+                                     self.sharding.run_batches)
 
   def train_calls(self, epoch: int, start_step: int) -> Iterator[Call]:
     """The calls of `epoch` from `start_step` on; the next epoch's batches are prepared
@@ -285,31 +367,40 @@ class DeviceFeed:
       batches = self._epoch_batches(epoch)
     if epoch + 1 < self.config.num_epochs:
       self._upcoming = (epoch + 1, self._preparer.submit(self._epoch_batches, epoch + 1))
-    steps = len(batches["label"])
+    steps = batches["label"].shape[int(bool(self.sharding.members))]
     for start in range(start_step, steps, self.steps_per_call):
       count = min(self.steps_per_call, steps - start)
-      yield count, functools.partial(self._call, self._run, batches=batches)
+      yield count, functools.partial(self._call, self._run, batches=batches, runs=self._runs)
 
   def _call(self, function, *args, **kwargs):
     result = function(*args, **kwargs)
     return jax.block_until_ready(result) if self._wait else result
 
   def evaluate(self, state, split: str, keep_predictions: bool):
-    sums = jax.device_put(metrics.empty(self.dataset.num_classes), self.sharding.replicated)
+    """(metric sums, `Predictions` or None) of `split`; a population's with a member axis."""
+    stacked = bool(self.sharding.members)
+    empty = metrics.empty(self.dataset.num_classes)
+    if stacked:
+      empty = jax.tree.map(lambda x: np.broadcast_to(x, (self.sharding.members, *x.shape)), empty)
+    sums = jax.device_put(empty, self.sharding.state)
     batches = self._eval_arrays[split]
     if self.steps_per_call > 1:
-      sums, scores = self._call(self._eval, state, sums, batches, None)
-      scores = local_columns(scores)
+      sums, scores = self._call(self._eval, state, sums, batches, None, self._runs)
+      scores = np.asarray(scores) if stacked else local_columns(scores)
     else:
       scores = []
+      rows_of = np.asarray if stacked else local_rows
       for start in range(len(self._eval_ids[split])):
-        sums, batch_scores = self._call(self._eval, state, sums, batches, np.int32(start))
-        scores.append(local_rows(batch_scores) if keep_predictions else None)
+        sums, batch_scores = self._call(self._eval, state, sums, batches, np.int32(start),
+                                        self._runs)
+        scores.append(rows_of(batch_scores) if keep_predictions else None)
+      scores = np.stack(scores, axis=int(stacked)) if keep_predictions else None
     if not keep_predictions:
       return sums, None
-    columns = (self._eval_ids[split], local_columns(batches["label"]), scores,
-               local_columns(batches["mask"]))
-    return sums, Predictions.of_real(*(np.reshape(x, (-1, *np.shape(x)[2:])) for x in columns))
+    ids, labels, mask = (np.reshape(x, (-1,)) for x in (
+        self._eval_ids[split], local_columns(batches["label"]), local_columns(batches["mask"])))
+    scores = np.reshape(scores, (*scores.shape[:-3], -1, scores.shape[-1]))  # Steps x batch.
+    return sums, Predictions.of_real(ids, labels, scores, mask)
 
 
 def _decoded(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
@@ -318,14 +409,14 @@ def _decoded(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
   return {**arrays, "image": compact(arrays["image"])}
 
 
-def fits_on_devices(dataset: Dataset) -> bool:
+def fits_on_devices(dataset: Dataset, runs: int = 1) -> bool:
   """Whether this process's share of every split, plus two epochs' copies of the training
-  split (the current one and the next, prepared meanwhile), takes at most
+  split for each of `runs` (the current one and the next, prepared meanwhile), takes at most
   `DEVICE_MEMORY_FRACTION` of its devices' memory and of the host's (as uint8, or
   float32 where the images are resized).
   """
   values = (sum(split.size for split in dataset.splits.values())
-            + 2 * dataset.splits["train"].size) * int(np.prod(dataset.image_shape))
+            + 2 * runs * dataset.splits["train"].size) * int(np.prod(dataset.image_shape))
   bytes_per_value = 1 if pipeline.keeps_stored_pixels(dataset.builder, dataset.image_size) else 4
   needed = values * bytes_per_value // jax.process_count()
   return all(needed <= DEVICE_MEMORY_FRACTION * limit for limit in _memory_limits())
@@ -342,7 +433,8 @@ def _memory_limits() -> list[int]:
 
 
 def make_feed(config, dataset: Dataset, sharding: Sharding, train_step, eval_step,
-              on_device: bool) -> HostFeed | DeviceFeed:
-  """A `DeviceFeed` if `on_device`, else a `HostFeed`."""
+              on_device: bool, runs) -> HostFeed | DeviceFeed:
+  """A `DeviceFeed` if `on_device`, else a `HostFeed`; `runs` is `train.run_arrays`
+  (stacked for a population), what the steps take besides the state."""
   feed = DeviceFeed if on_device else HostFeed
-  return feed(config, dataset, sharding, train_step, eval_step)
+  return feed(config, dataset, sharding, train_step, eval_step, runs)

@@ -130,9 +130,11 @@ def _differences(old: dict, new: dict, prefix="") -> list[str]:
   for key in sorted(set(old) | set(new)):
     name = f"{prefix}{key}"
     a, b = old.get(key), new.get(key)
+    if name in config_lib.RESUMABLE_CHANGES:
+      continue
     if isinstance(a, dict) and isinstance(b, dict):
       diffs += _differences(a, b, prefix=f"{name}.")
-    elif a != b and name not in config_lib.RESUMABLE_CHANGES:
+    elif a != b:
       diffs.append(f"{name}: {a!r} -> {b!r}")
   return diffs
 
@@ -169,8 +171,11 @@ def check_workdir(workdir: str, record: dict):
         f"already holds {done} trained epochs; use num_epochs >= {done}, or {fresh}")
 
 
-def prepare_run(config, workdir: str):
+def prepare_run(config, workdir: str, population: dict | None = None):
   """Validates `config` for `workdir`, prepares the data, writes config.json.
+
+  `population`: the record of the population the run trains in
+  (`camri.population`), written to config.json as "population".
 
   Raises:
     ConfigError: with a one-line message, before anything is written.
@@ -182,6 +187,8 @@ def prepare_run(config, workdir: str):
   """
   resolved, class_names, builder = _validated(config, workdir)
   record = _run_record(resolved, class_names, builder)
+  if population is not None:
+    record["population"] = population
   check_workdir(workdir, record)
   if resolved.init_checkpoint:
     _check_init_checkpoint(resolved, len(class_names), record["image_shape"])

@@ -100,6 +100,31 @@ def write_failure(error: BaseException) -> str | None:
   return None
 
 
+class WriteFailedError(RuntimeError):
+  """A write of a run failed (`write_failure` words it)."""
+
+
+FAILURE_FILE = "failed.json"
+
+
+def record_failure(workdir, error: str, status: int):
+  """Records in the workdir why a population's member stopped: `error`'s one line and the
+  exit status a single run would have had (`camri.main`'s)."""
+  atomic_write(Path(workdir) / FAILURE_FILE,
+               json.dumps({"error": error, "status": status}) + "\n")
+
+
+def read_failure(workdir) -> dict | None:
+  """`record_failure`'s record ({"error", "status"}), or None."""
+  path = Path(workdir) / FAILURE_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def clear_failure(workdir):
+  """Forgets a recorded failure: the run is being trained again."""
+  (Path(workdir) / FAILURE_FILE).unlink(missing_ok=True)
+
+
 def read_config(workdir) -> dict | None:
   """The run's config.json as a dict, or None when the file is absent.
 

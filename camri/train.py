@@ -18,6 +18,7 @@ orbax or tensorstore's error; `run_log.write_failure` reads it).
 
 import contextlib
 import dataclasses
+import functools
 from typing import Any
 
 from absl import logging
@@ -41,6 +42,7 @@ from camri.data import dataset as dataset_lib
 from camri.data.dataset import Dataset
 from camri.feeds import Predictions
 from camri.feeds import Sharding
+from camri.members import Members
 from camri.objectives import Objective
 from camri.preemption import StopRequest
 
@@ -59,6 +61,10 @@ def make_optimizer(config) -> optax.GradientTransformation:
   With config.freeze_backbone or config.backbone_learning_rate, the trunk's
   parameters ("trunk" of `models.param_groups`) get no update or their own
   optimiser; the feature layer and the head keep config.learning_rate.
+
+  The learning rates are `optax.inject_hyperparams` state, arrays of the
+  train state rather than constants of the step, so that the runs of a
+  population, whose rates differ, share one compiled step.
   """
   new_layers = _optimizer(config, config.learning_rate)
   if config.get("freeze_backbone"):
@@ -72,8 +78,12 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 def _optimizer(config, learning_rate) -> optax.GradientTransformation:
   if config.optimizer == "adam":
-    return optax.adam(learning_rate, eps=config.adam_eps)
-  return optax.sgd(learning_rate, momentum=0.9, nesterov=True)
+    # Only the rate is an array: Adam's other constants stay in the program, as
+    # without injection (as arrays, b1 and b2 change the update's round-off).
+    return optax.inject_hyperparams(optax.adam, static_args=("b1", "b2", "eps", "eps_root"))(
+        learning_rate, eps=config.adam_eps)
+  return optax.inject_hyperparams(optax.sgd, static_args=("momentum", "nesterov"))(
+      learning_rate, momentum=0.9, nesterov=True)
 
 
 def make_model(config, num_classes: int) -> tuple[nn.Module, Objective]:
@@ -93,15 +103,20 @@ def create_train_state(config, model, image_shape, load_init_checkpoint=True) ->
   The step is an int32 array, not a weakly typed 0, so that a new run and one
   restored from a checkpoint compile the same train step.
   """
-  variables = jax.jit(model.init, static_argnames="train")(
-      jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32),
-      train=False)
+  variables = _init(model, jax.random.key(config.seed),
+                    jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
   if load_init_checkpoint and config.get("init_checkpoint"):
     variables = models.load_backbone(variables, config.init_checkpoint, config.model)
   state = TrainState.create(
       apply_fn=model.apply, params=variables["params"],
       batch_stats=variables.get("batch_stats", {}), tx=make_optimizer(config))
   return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init(model, key, image: jax.ShapeDtypeStruct):
+  """model.init, compiled once per model and shape: a population's runs share it."""
+  return model.init(key, jnp.zeros(image.shape, image.dtype), train=False)
 
 
 def abstract_train_state(config, model, image_shape,
@@ -117,18 +132,31 @@ def abstract_train_state(config, model, image_shape,
                                                 load_init_checkpoint=False)))
 
 
-def make_train_step(objective: Objective, seed: int):
-  """(state, sums, batch) -> (state, sums): one optimiser step on the global batch."""
+def run_arrays(config, num_classes: int) -> dict:
+  """What a run's step takes besides its state: its seed and its loss's `hparams`, as arrays.
 
-  def train_step(state: TrainState, sums, batch):
-    dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
+  A population stacks its members' (camri/members.py).
+  """
+  objective = objectives.make_objective(config.loss, num_classes)
+  return {"seed": np.int32(config.seed), "loss": objective.hparams}
+
+
+def make_train_step(objective: Objective, seed: int):
+  """(state, sums, batch, run) -> (state, sums): one optimiser step on the global batch.
+
+  `run` is `run_arrays`; without it, `seed` and the objective's own hparams.
+  """
+
+  def train_step(state: TrainState, sums, batch, run=None):
+    run = run if run is not None else {"seed": seed, "loss": objective.hparams}
+    dropout_key = jax.random.fold_in(jax.random.key(run["seed"]), state.step)
     mask = batch["mask"]
 
     def loss_fn(params):
       outputs, updates = state.apply_fn(
           {"params": params, "batch_stats": state.batch_stats}, batch["image"],
           train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-      per_example = objective.loss(outputs, batch["label"], batch["mask"])
+      per_example = objective.loss(outputs, batch["label"], batch["mask"], run["loss"])
       return jnp.sum(per_example * mask) / jnp.sum(mask), (outputs, per_example, updates)
 
     grads, (outputs, per_example, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -150,13 +178,15 @@ def _all_finite(tree) -> jax.Array:
 
 
 def make_eval_step(objective: Objective):
-  """(state, sums, batch) -> (sums, scores): the batch's metric sums and (N, K) prediction scores."""
+  """(state, sums, batch, run) -> (sums, scores): the batch's metric sums and (N, K)
+  prediction scores; `run` as `make_train_step`'s."""
 
-  def eval_step(state: TrainState, sums, batch):
+  def eval_step(state: TrainState, sums, batch, run=None):
     outputs = state.apply_fn(
         {"params": state.params, "batch_stats": state.batch_stats},
         batch["image"], train=False)
-    per_example = objective.loss(outputs, batch["label"], batch["mask"])
+    per_example = objective.loss(outputs, batch["label"], batch["mask"],
+                                 None if run is None else run["loss"])
     scores = objective.scores(outputs)
     return metrics.add(sums, metrics.batch_sums(
         per_example, scores, batch["label"], batch["mask"], outputs.get("cosine"))), scores
@@ -169,7 +199,7 @@ def empty_train_sums(num_classes):
 
 
 def restore_or_init(config, model, dataset: Dataset, sharding: Sharding,
-                    manager) -> tuple[int, TrainState, Any]:
+                    manager, up_to: int | None = None) -> tuple[int, TrainState, Any]:
   """(step, state, the epoch's train metric sums) of the newest intact checkpoint, or a new run's.
 
   Parameters are only initialised (a compile of their own) for a new run.
@@ -180,7 +210,7 @@ def restore_or_init(config, model, dataset: Dataset, sharding: Sharding,
   sums = jax.device_put(empty_train_sums(dataset.num_classes), sharding.replicated)
   restored = checkpoint.restore_latest(
       manager, abstract_train_state(config, model, dataset.image_shape, sharding.replicated),
-      sums, delete_unreadable=True)
+      sums, delete_unreadable=True, up_to=up_to)
   if restored is not None:
     return restored
   state = create_train_state(config, model, dataset.image_shape)
@@ -203,32 +233,47 @@ def save_predictions(workdir, split: str, predictions: Predictions, step: int):
       run_log.merge_prediction_parts(workdir, split, jax.process_count())
 
 
-def evaluate_splits(feed, state, step, config, workdir, save: bool) -> dict[str, float]:
-  """The metrics of every split in `dataset.eval_splits`; with `save`, their predictions saved too.
+def evaluate_splits(feed, state, step, members: Members, save: bool,
+                    splits=None) -> list[dict[str, float]]:
+  """Each run's metrics of every split in `dataset.eval_splits` (or `splits`); with `save`,
+  their predictions saved too.
 
   The one evaluation of a run, for every split: the per-epoch metrics and the
   saved predictions come from the same pass.
   """
-  row = {}
-  for split in feed.dataset.eval_splits:
+  rows = [{} for _ in range(members.count)]
+  for split in feed.dataset.eval_splits if splits is None else splits:
     sums, predictions = feed.evaluate(state, split, keep_predictions=save)
-    row |= metrics.summarize(sums, config.loss.important_classes, split, per_class=True)
-    if save:
-      save_predictions(workdir, split, predictions, step)
-  return row
+    for member in members.live:
+      rows[member] |= metrics.summarize(members.of(sums, member),
+                                        members.configs[member].loss.important_classes, split,
+                                        per_class=True)
+      if save:
+        with members.guard(member):
+          save_predictions(members.workdirs[member], split,
+                           predictions.of_member(member) if members.stacked else predictions,
+                           step)
+  return rows
 
 
-def save_missing_predictions(feed, state, step, workdir):
+def save_missing_predictions(feed, state, step, members: Members):
   """Saves the predictions of every evaluated split whose file is missing or not from `step`.
 
   For a rerun of a finished run only: the files it reads are not being
   written, so every process decides alike whether to evaluate (a collective).
   """
   for split in feed.dataset.eval_splits:
-    saved = run_log.read_predictions(workdir, split)
-    if saved is None or int(saved["step"]) != step:
-      _, predictions = feed.evaluate(state, split, keep_predictions=True)
-      save_predictions(workdir, split, predictions, step)
+    saved = [run_log.read_predictions(members.workdirs[member], split) for member in members.live]
+    if any(s is None or int(s["step"]) != step for s in saved):
+      evaluate_splits(feed, state, step, members, save=True, splits=[split])
+
+
+def save_checkpoints(members: Members, step: int, state, train_sums):
+  """Starts writing every live run's checkpoint of `step`."""
+  for member in members.live:
+    with members.guard(member):
+      checkpoint.save(members.managers[member], step, members.of(state, member),
+                      members.of(train_sums, member))
 
 
 def _stop_now(stop: StopRequest, due: bool = True) -> bool:
@@ -250,14 +295,15 @@ def _stop_now(stop: StopRequest, due: bool = True) -> bool:
   return bool(stop)
 
 
-def _check_finite(train_sums, step, last_saved):
-  bad_steps = int(jax.device_get(train_sums["nonfinite"]))
-  if bad_steps:
+def _check_finite(train_sums, step, last_saved, members: Members):
+  """Fails each run whose loss or state became NaN or Inf (a single run raises)."""
+  for member, bad_steps in members.nonfinite(train_sums):
     kept = (f"the last good checkpoint (step {last_saved}) is kept" if last_saved
             else "no checkpoint was saved")
-    raise NonFiniteLossError(
+    members.fail(member, NonFiniteLossError(
         f"the training loss or state became NaN or Inf at step {step - bad_steps + 1}; "
-        f"stopped without saving it, {kept}: lower config.learning_rate or check the data")
+        f"stopped without saving it, {kept}: lower config.learning_rate or check the data"),
+                 status=3)
 
 
 def train_epoch(state, sums, step, calls, hooks):
@@ -271,8 +317,10 @@ def train_epoch(state, sums, step, calls, hooks):
   return state, sums, step
 
 
-def call_hooks(stop: StopRequest, every: int, last_saved: int, bar: tqdm.tqdm):
-  """After each call: the progress bar; the finite check and the stop poll every `every` steps."""
+def call_hooks(stop: StopRequest, every: int, last_saved: int, bar: tqdm.tqdm,
+               members: Members):
+  """After each call: the progress bar; the finite check and the stop poll every `every` steps;
+  a stop once no run is left."""
 
   def due(step, steps):
     return step // every != (step - steps) // every
@@ -280,58 +328,33 @@ def call_hooks(stop: StopRequest, every: int, last_saved: int, bar: tqdm.tqdm):
   def progress(step, steps, sums):
     bar.update(steps)
     if due(step, steps):
-      _check_finite(sums, step, last_saved)
-      bar.set_postfix(loss=f"{float(sums['loss_sum'] / sums['count']):.4f}")
+      _check_finite(sums, step, last_saved, members)
+    if due(step, steps) and members.live:
+      loss = np.ravel(jax.device_get(sums["loss_sum"] / sums["count"]))[members.live]
+      bar.set_postfix(loss=f"{float(np.mean(loss)):.4f}")
+    return not members.live
 
   return [progress, lambda step, steps, sums: _stop_now(stop, due(step, steps))]
 
 
-def describe_run(config, dataset: Dataset, steps_per_epoch: int, feed) -> str:
-  """The run's first line: devices, processes, batch, split sizes, steps per epoch, the feed."""
+def describe_run(config, dataset: Dataset, steps_per_epoch: int, feed, members: Members) -> str:
+  """The run's first line: devices, processes, batch, split sizes, steps per epoch, the feed,
+  and a population's size."""
   devices = jax.devices()
   per_device = config.batch_size // len(devices)
+  population = f"; a population of {members.count} runs" if members.stacked else ""
   return (f"{len(devices)} x {devices[0].device_kind}, {jax.process_count()} process"
           f"{'es' if jax.process_count() > 1 else ''}; batch {config.batch_size} "
           f"({per_device} per device); {config.dataset}: {dataset.describe()}; "
-          f"{steps_per_epoch} steps per epoch; {feed.describe()}")
+          f"{steps_per_epoch} steps per epoch; {feed.describe()}{population}")
 
 
-@contextlib.contextmanager
-def run_resources(config, workdir, steps_per_epoch: int):
-  """A run's checkpoint manager and metrics log, closed on every way out.
+class _MembersApart(Exception):
+  """A population's members restored different steps: they train apart, in these groups."""
 
-  Closing the manager waits for the checkpoint being written; a write that
-  failed in the background raises there (or at the next save), with an error
-  raised meanwhile as its context, for `run_log.write_failure` to read. A run
-  ending in an error keeps only the metrics.csv rows its complete checkpoints
-  hold (as its resume would): a failed save of the last epoch's checkpoint
-  does not leave the run looking finished.
-  """
-  manager = checkpoint.manager(workdir, config.keep_checkpoints)
-  log = run_log.MetricsLog(workdir, enabled=jax.process_index() == 0,
-                           num_epochs=config.num_epochs)
-  failed = True
-  try:
-    yield manager, log
-    failed = False
-  finally:
-    try:
-      manager.close()
-    except BaseException:
-      failed = True
-      raise
-    finally:
-      if failed:
-        _forget_unsaved_epochs(log, workdir, steps_per_epoch)
-      log.close()
-
-
-def _forget_unsaved_epochs(log: run_log.MetricsLog, workdir, steps_per_epoch: int):
-  saved = max(checkpoint.complete_steps(workdir), default=0)
-  try:
-    log.truncate(saved // steps_per_epoch)
-  except OSError:  # The disk is full: the next run drops those rows when it resumes.
-    pass
+  def __init__(self, groups: list[list[int]]):
+    super().__init__(groups)
+    self.groups = groups
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -358,76 +381,160 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       restores.
     pipeline.DamagedDataError: a file of the prepared dataset cannot be read.
   """
+  return train_runs([config], [workdir], stop)[0]
+
+
+def train_runs(configs, workdirs, stop: StopRequest | None = None,
+               population: bool = False) -> list[list[dict]]:
+  """`train_and_evaluate` of one run, or of a `population`: runs whose configs differ only
+  in `config_lib.member_fields`, trained together in one program (camri/members.py).
+
+  A population's finished members are left be while the others train; members
+  that restore different steps train apart, a group per step, one after the
+  other. Returns each run's metrics.csv rows.
+  """
   stop = stop if stop is not None else StopRequest()
-  dataset = dataset_lib.open_dataset(config, workdir=workdir)
+  rows = [run_log.read_metrics(w) for w in workdirs]
+  groups = [list(range(len(configs)))]
+  if population:
+    unfinished = [i for i, w in enumerate(workdirs) if not run_log.is_finished(w)]
+    groups = [unfinished] if unfinished else groups
+  while groups:
+    group = groups.pop(0)
+    try:
+      trained = _train([configs[i] for i in group], [workdirs[i] for i in group], stop,
+                       population)
+    except _MembersApart as apart:
+      groups = [[group[i] for i in part] for part in apart.groups] + groups
+      continue
+    for i, member_rows in zip(group, trained):
+      rows[i] = member_rows
+  return rows
+
+
+def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[dict]]:
+  config = configs[0]
+  dataset = dataset_lib.open_dataset(config, workdir=workdirs[0])
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   total_steps = steps_per_epoch * config.num_epochs
-  sharding = Sharding.over_all_devices()
+  members = Members(configs, workdirs, steps_per_epoch, population)
+  sharding = Sharding.over_all_devices(members.count if members.stacked else 0)
   model, objective = make_model(config, dataset.num_classes)
   main_process = jax.process_index() == 0
-  with run_resources(config, workdir, steps_per_epoch) as (manager, log):
-    step, state, train_sums = restore_or_init(config, model, dataset, sharding, manager)
+  with members.opened():
+    step, state, train_sums = _restore_or_init(members, model, dataset, sharding)
     restored_step = step
     feed = feeds.make_feed(config, dataset, sharding, make_train_step(objective, config.seed),
                            make_eval_step(objective),
-                           on_device=data_on_device(config, dataset, workdir, step))
-    _say(describe_run(config, dataset, steps_per_epoch, feed), main_process)
+                           on_device=data_on_device(members, dataset, step),
+                           runs=members.stack([run_arrays(c, dataset.num_classes)
+                                               for c in configs]))
+    _say(describe_run(config, dataset, steps_per_epoch, feed, members), main_process)
     if step:
       _say(f"resuming from the checkpoint at step {step} (epoch {step // steps_per_epoch} "
            f"of {config.num_epochs} done)", main_process)
-    log.truncate(step // steps_per_epoch)
+    for log in members.logs:
+      log.truncate(step // steps_per_epoch)
     last_saved = step
     check_every = max(1, min(50, steps_per_epoch // 4))
     for epoch in range(step // steps_per_epoch, config.num_epochs):
-      if _stop_now(stop):
+      if _stop_now(stop) or not members.live:
         break
       if step == epoch * steps_per_epoch:
-        train_sums = jax.device_put(empty_train_sums(dataset.num_classes), sharding.replicated)
+        train_sums = _empty_sums(members, dataset.num_classes, sharding)
       done_in_epoch = step - epoch * steps_per_epoch
       with _progress_bar(config, epoch, done_in_epoch, steps_per_epoch, main_process) as bar:
         state, train_sums, step = train_epoch(
             state, train_sums, step, feed.train_calls(epoch, done_in_epoch),
-            call_hooks(stop, check_every, last_saved, bar))
-      _check_finite(train_sums, step, last_saved)
+            call_hooks(stop, check_every, last_saved, bar, members))
+      _check_finite(train_sums, step, last_saved, members)
       if step == (epoch + 1) * steps_per_epoch:
-        row = metrics.summarize(train_sums, config.loss.important_classes, "train")
-        row |= evaluate_splits(feed, state, step, config, workdir, save=step == total_steps)
-        log.write(epoch + 1, row, step)
+        rows = evaluate_splits(feed, state, step, members, save=step == total_steps)
+        for member in members.live:
+          with members.guard(member):
+            members.logs[member].write(epoch + 1, metrics.summarize(
+                members.of(train_sums, member), configs[member].loss.important_classes,
+                "train") | rows[member], step)
       if step != last_saved:
-        checkpoint.save(manager, step, state, train_sums)
+        save_checkpoints(members, step, state, train_sums)
         last_saved = step
     if restored_step == total_steps:  # A rerun of a finished run: remake lost predictions.
-      save_missing_predictions(feed, state, step, workdir)
+      save_missing_predictions(feed, state, step, members)
   if stop and step < total_steps:
     logging.warning("%s received: stopped at step %d of %d; %s", stop.signal, step,
                     total_steps, f"checkpoint saved at step {last_saved}" if last_saved
                     else "nothing trained yet, no checkpoint")
-  return log.rows
+  return [log.rows for log in members.logs]
 
 
-def data_on_device(config, dataset: Dataset, workdir, step: int) -> bool:
-  """Whether the run's data is fed from device memory (`config.data_on_device`).
+def _restore_or_init(members: Members, model, dataset: Dataset, sharding: Sharding):
+  """`restore_or_init` of every run, stacked in a population.
+
+  Raises:
+    _MembersApart: a population's members restored different steps.
+  """
+  # A population resumes from the newest step every member saved (a member may have
+  # saved a step the others did not when the process was killed), but for members
+  # that failed before: they stopped apart, and train apart.
+  failed = [run_log.read_failure(w) is not None for w in members.workdirs]
+  saved = [set(checkpoint.complete_steps(w)) for w, f in zip(members.workdirs, failed) if not f]
+  common = max(set.intersection(*saved), default=0) if members.stacked and saved else None
+  restored = [restore_or_init(config, model, dataset, sharding, manager,
+                              up_to=None if gone else common)
+              for config, manager, gone in zip(members.configs, members.managers, failed)]
+  steps = [step for step, _, _ in restored]
+  if len(set(steps)) > 1:
+    raise _MembersApart([[i for i, s in enumerate(steps) if s == step]
+                         for step in sorted(set(steps))])
+  for workdir in members.workdirs if jax.process_index() == 0 else ():
+    run_log.clear_failure(workdir)
+  # One optimiser for all: each run's learning rate is in its state (`make_optimizer`).
+  states = [state.replace(tx=restored[0][1].tx) for _, state, _ in restored]
+  return (steps[0], jax.device_put(members.stack(states), sharding.state),
+          jax.device_put(members.stack([sums for *_, sums in restored]), sharding.state))
+
+
+def _empty_sums(members: Members, num_classes: int, sharding: Sharding):
+  return jax.device_put(members.stack([empty_train_sums(num_classes)] * members.count),
+                        sharding.state)
+
+
+def data_on_device(members: Members, dataset: Dataset, step: int) -> bool:
+  """Whether the runs' data is fed from device memory (`config.data_on_device`).
 
   A resumed run keeps the choice it started with ("auto" may decide otherwise
   on another machine, and the two feeds augment differently); runs from
-  before the device feed used tf.data.
+  before the device feed used tf.data. A population's data is on the devices.
 
   Raises:
     ConfigError: `config.data_on_device` asks for the other feed than the
-      resumed run's, and the run augments.
+      resumed run's, and the run augments; or a population's data cannot be
+      on the devices.
   """
-  recorded = (run_log.read_data_on_device(workdir) or False) if step else None
-  if config.data_on_device == "auto":
-    chosen = recorded if recorded is not None else feeds.fits_on_devices(dataset)
+  config = members.configs[0]
+  recorded = ([run_log.read_data_on_device(w) or False for w in members.workdirs] if step
+              else [None] * members.count)
+  if members.stacked:
+    if config.data_on_device == "false" or (
+        config.data_on_device == "auto" and step == 0
+        and not feeds.fits_on_devices(dataset, runs=members.count)):
+      raise config_lib.ConfigError(
+          f"config.data_on_device={config.data_on_device!r} is invalid for a population of "
+          f"{members.count} runs: its data must fit on the devices (a quarter of their memory); "
+          "use a smaller population, or train the runs alone")
+    chosen = True
+  elif config.data_on_device == "auto":
+    chosen = recorded[0] if recorded[0] is not None else feeds.fits_on_devices(dataset)
   else:
     chosen = config.data_on_device == "true"
-    if recorded is not None and chosen != recorded and config.augment:
-      raise config_lib.ConfigError(
-          f"config.data_on_device={config.data_on_device!r} is invalid: this run started "
-          f"with data_on_device={str(recorded).lower()} and augments, which the two feeds do "
-          "differently; resume with that value (or 'auto'), or use a new --workdir")
+  if config.augment and any(r is not None and r != chosen for r in recorded):
+    raise config_lib.ConfigError(
+        f"config.data_on_device={config.data_on_device!r} is invalid: this run started "
+        f"with data_on_device={str(not chosen).lower()} and augments, which the two feeds do "
+        "differently; resume with that value (or 'auto'), or use a new --workdir")
   if not step and jax.process_index() == 0:
-    run_log.write_data_on_device(workdir, chosen)
+    for workdir in members.workdirs:
+      run_log.write_data_on_device(workdir, chosen)
   return chosen
 
 

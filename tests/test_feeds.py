@@ -12,6 +12,7 @@ from camri import run_log
 from camri import train
 from camri.data import dataset as dataset_lib
 from camri.data import pipeline
+from camri.members import Members
 from configs import folder as folder_config
 from tests.data import test_folder_runs as folder_runs
 
@@ -76,7 +77,8 @@ def _epoch(config, dataset, on_device, steps_per_call=0):
   sharding = feeds.Sharding.over_all_devices()
   model, objective = train.make_model(config, dataset.num_classes)
   feed = feeds.make_feed(config, dataset, sharding, train.make_train_step(objective, config.seed),
-                         train.make_eval_step(objective), on_device=on_device)
+                         train.make_eval_step(objective), on_device=on_device,
+                         runs=train.run_arrays(config, dataset.num_classes))
   state = train.create_train_state(config, model, dataset.image_shape)
   state = jax.device_put(_in_float64(state), sharding.replicated)
   sums = jax.device_put(_in_float64(train.empty_train_sums(dataset.num_classes)),
@@ -155,17 +157,18 @@ def test_a_resumed_run_keeps_its_feed(digits, tmp_path):
   workdir = str(tmp_path)
   config = config.copy_and_resolve_references()
   config.data_on_device = "false"
-  assert not train.data_on_device(config, dataset, workdir, step=0)
+  run = Members([config], [workdir], steps_per_epoch=1)
+  assert not train.data_on_device(run, dataset, step=0)
   assert run_log.read_data_on_device(workdir) is False
   config.data_on_device = "auto"  # Would choose the devices for digits; the run keeps tf.data.
   assert feeds.fits_on_devices(dataset)
-  assert not train.data_on_device(config, dataset, workdir, step=10)
+  assert not train.data_on_device(run, dataset, step=10)
   config.data_on_device = "true"  # Without augmentation the feeds agree: allowed.
-  assert train.data_on_device(config, dataset, workdir, step=10)
+  assert train.data_on_device(run, dataset, step=10)
   config.augment = ("crop",)
   with pytest.raises(config_lib.ConfigError, match=r"^config.data_on_device='true' is invalid: "
                      "this run started with data_on_device=false and augments"):
-    train.data_on_device(config, dataset, workdir, step=10)
+    train.data_on_device(run, dataset, step=10)
   (tmp_path / run_log.FEED_FILE).unlink()  # A run from before the device feed: tf.data.
   config.data_on_device = "auto"
-  assert not train.data_on_device(config, dataset, workdir, step=10)
+  assert not train.data_on_device(run, dataset, step=10)
