@@ -41,7 +41,11 @@ from absl import logging
 from ml_collections import config_flags
 
 from camri import cli
-from camri.config_lib import ConfigError
+from camri.entry import exit_status
+from camri.entry import fail
+from camri.entry import holding_workdir
+from camri.entry import quiet_failed_saves
+from camri.entry import show_traceback
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
                                           lock_config=True)
@@ -50,78 +54,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Call jax.distributed.initialize() (several hosts; auto-detects TPU pods, Slurm, ...).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _show_traceback() -> bool:
-  return os.environ.get("CAMRI_TRACEBACK", "") not in ("", "0") or (
-      flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1)
-
-
-def _fail(error, status: int):
-  if _show_traceback() and sys.exc_info()[0] is not None:
-    traceback.print_exc()
-  print(f"error: {error}", file=sys.stderr)
-  sys.exit(status)
-
-
-class _NoLibraryTracebacks(std_logging.Filter):
-  """Drops the logged errors of a failed background save (the main thread re-raises it).
-
-  Orbax logs its save thread's error; asyncio logs each of the save's write
-  tasks whose error nobody retrieved ("Task exception was never retrieved";
-  only orbax and tensorstore run event loops in camri.main).
-  """
-
-  def filter(self, record):
-    return not (record.exc_info and (f"{os.sep}orbax{os.sep}" in record.pathname
-                                     or record.name == "asyncio"))
-
-
-def _quiet_failed_saves():
-  """No tracebacks from a checkpoint save that failed: `_fail` reports it in one line.
-
-  Orbax and asyncio log the errors of the save's threads and tasks, and
-  tensorstore, finishing the save's other writes after orbax closed their
-  event loop, reports each as an unraisable "Event loop is closed". All stay
-  with --verbosity=1.
-  """
-  from camri import checkpoint  # pylint: disable=g-import-not-at-top
-  logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
-  default_hook = sys.unraisablehook
-
-  def hook(unraisable):
-    if not checkpoint.is_closed_loop_report(unraisable):
-      default_hook(unraisable)
-
-  sys.unraisablehook = hook
-
-
-@contextlib.contextmanager
-def _holding_workdir(workdir: str):
-  """Process 0 holds the workdir's lock for the run's life; every process exits 2 if it can't."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from camri import run_log  # pylint: disable=g-import-not-at-top
-  from camri import workdir_lock  # pylint: disable=g-import-not-at-top
-  lock = workdir_lock.WorkdirLock(workdir)
-  error, status = None, 0
-  if jax.process_index() == 0:
-    try:
-      lock.acquire()
-    except workdir_lock.WorkdirBusyError as e:
-      error, status = e, 2
-    except OSError as e:  # E.g. a read-only workdir.
-      error, status = run_log.write_failure(e) or e, 6
-  if jax.process_count() > 1:  # The others would wait for process 0 forever.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    status = int(multihost_utils.broadcast_one_to_all(np.int32(status)))
-    error = error or f"process 0 could not lock --workdir {workdir} (see its error)"
-  if status:
-    _fail(error, status)
-  try:
-    yield
-  finally:
-    lock.release()
 
 
 def _parse_flags(argv):
@@ -134,14 +66,14 @@ def _parse_flags(argv):
   except (flags.Error, AttributeError, KeyError) as e:
     message = cli.config_error(e, argv)
     if message is not None:
-      _fail(message, 2)
+      fail(message, 2)
     if not isinstance(e, flags.Error):
       raise
-    _fail(f"{e} (flags: --helpshort)", 2)
+    fail(f"{e} (flags: --helpshort)", 2)
   try:
     _CONFIG.value.get("dataset")  # A config file that failed to load raises here.
   except IOError as e:
-    _fail(cli.config_file_error(e), 2)
+    fail(cli.config_file_error(e), 2)
   return argv
 
 
@@ -160,29 +92,12 @@ def _train():
     stop.install()
     return config, train.train_and_evaluate(config, _WORKDIR.value, stop), stop
   except Exception as e:  # pylint: disable=broad-except
-    status, message = _exit_status(e)
+    status, message = exit_status(e)
     if status is None:
       raise
-    _fail(message, status)
+    fail(message, status)
   finally:
     stop.uninstall()
-
-
-def _exit_status(error: Exception) -> tuple[int | None, Any]:
-  """(the documented exit status, the one line) of an error a run stops with; None: a bug."""
-  from camri import prepare  # pylint: disable=g-import-not-at-top
-  if isinstance(error, (prepare.ConfigError, prepare.MissingArchiveError, prepare.DownloadError)):
-    return 2, error  # Before TensorFlow loads, for a bad config.
-  from camri import checkpoint  # pylint: disable=g-import-not-at-top
-  from camri import run_log  # pylint: disable=g-import-not-at-top
-  from camri import train  # pylint: disable=g-import-not-at-top
-  from camri.data import pipeline  # pylint: disable=g-import-not-at-top
-  for status, kind in ((3, train.NonFiniteLossError), (4, checkpoint.UnreadableCheckpointError),
-                       (5, pipeline.DamagedDataError)):
-    if isinstance(error, kind):
-      return status, error
-  failure = run_log.write_failure(error)  # Orbax and TensorFlow wrap the OSError.
-  return (6, failure) if failure else (None, None)
 
 
 def main(argv):
@@ -193,13 +108,13 @@ def main(argv):
   from camri import prepare  # pylint: disable=g-import-not-at-top
 
   prepare.setup_runtime()
-  if not _show_traceback():
-    _quiet_failed_saves()
+  if not show_traceback():
+    quiet_failed_saves()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  with _holding_workdir(_WORKDIR.value):  # Before anything in the workdir is read or written.
+  with holding_workdir(_WORKDIR.value):  # Before anything in the workdir is read or written.
     config, rows, stop = _train()
   finished = bool(rows) and rows[-1]["epoch"] == config.num_epochs
   if stop and not finished:

@@ -27,24 +27,24 @@ def env(compile_cache=None) -> dict[str, str]:
   return out
 
 
-def command(*args) -> list[str]:
-  return [sys.executable, "-m", "camri.main", *map(str, args)]
+def command(*args, module="camri.main") -> list[str]:
+  return [sys.executable, "-m", module, *map(str, args)]
 
 
 def run(*args, compile_cache=None, timeout=300, main=None, extra_env=None,
-        preexec_fn=None) -> subprocess.CompletedProcess:
+        preexec_fn=None, module="camri.main") -> subprocess.CompletedProcess:
   """Runs camri.main with `args` (or the script `main`, taking the same flags).
 
   `extra_env` adds environment variables; `preexec_fn` runs in the child
   before it starts (e.g. to set a resource limit).
   """
-  cmd = [sys.executable, main, *map(str, args)] if main else command(*args)
+  cmd = [sys.executable, main, *map(str, args)] if main else command(*args, module=module)
   return subprocess.run(cmd, cwd=ROOT, env={**env(compile_cache), **(extra_env or {})},
                         capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn)
 
 
-def start(*args, compile_cache=None) -> subprocess.Popen:
-  return subprocess.Popen(command(*args), cwd=ROOT, env=env(compile_cache),
+def start(*args, compile_cache=None, module="camri.main") -> subprocess.Popen:
+  return subprocess.Popen(command(*args, module=module), cwd=ROOT, env=env(compile_cache),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,6 +1,8 @@
-"""`python -m camri.main` that sends itself SIGTERM once training reaches a step.
+"""`python -m camri.main` (or camri.population) that sends itself SIGTERM once training
+reaches a step.
 
     python tests/signal_at_step_main.py STEP <camri.main flags>
+    python tests/signal_at_step_main.py STEP --population POPULATION.json
 
 The signal is sent after the call that reaches step STEP (or passes it), as a
 scheduler's would land between two calls; the rest is the real command line.
@@ -33,4 +35,8 @@ def _signal_at(signal_step: int):
 
 if __name__ == "__main__":
   train.call_hooks = _signal_at(int(sys.argv[1]))
-  app.run(main.main, argv=[sys.argv[0], *sys.argv[2:]], flags_parser=main._parse_flags)  # pylint: disable=protected-access
+  if sys.argv[2] == "--population":
+    from camri import population  # pylint: disable=g-import-not-at-top
+    app.run(population.main, argv=[sys.argv[0], *sys.argv[3:]])
+  else:
+    app.run(main.main, argv=[sys.argv[0], *sys.argv[2:]], flags_parser=main._parse_flags)  # pylint: disable=protected-access
