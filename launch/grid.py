@@ -48,6 +48,7 @@ from camri import run_log
 from camri import workdir_lock
 from launch import executors
 from launch import hyper
+from launch import populations
 
 LAUNCH_FILE = "launch.json"
 MAX_NAME_LENGTH = 128
@@ -260,6 +261,10 @@ def add_launch_args(parser):
   parser.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm",
                       help="slurm: submitit cluster; local/debug run the submitit path here")
   parser.add_argument("--wait", action="store_true", help="slurm: wait for the jobs to end")
+  parser.add_argument("--population", type=int, default=1, metavar="K",
+                      help="train runs that can share a program in populations of at most K "
+                      "(`python -m camri.population`, one process each; see README, \"Many runs "
+                      "at once\"); 1: every run alone")
 
 
 def slurm_options(args):
@@ -316,6 +321,8 @@ def launch(runs, args, out=None, log=None):
     return []
   for run in todo:
     write_launch_file(run)
+  members = todo
+  todo = populations.pack(todo, args.population, root, log) if args.population > 1 else todo
   if args.executor == "local":
     parallel, devices = local_slots(args)
     print(f"{parallel} at a time" + (f" on GPUs {','.join(devices)}" if devices else ""), file=log)
@@ -323,6 +330,8 @@ def launch(runs, args, out=None, log=None):
     failed = [run for run in todo if statuses[run.name] != 0]
     for run in failed:
       print(f"failed: {run.name} (log: {os.path.join(run.workdir, executors.LOG_FILE)})", file=log)
+    if todo is not members:
+      return [run.name for run in members if not run_log.is_finished(run.workdir)]
     return [run.name for run in failed]
   jobs = executors.submit_submitit(todo, os.path.join(root, "_submitit"), slurm_options(args),
                                    cluster=args.cluster)
