@@ -113,10 +113,10 @@ def load_run(workdir, data_dir=None, prepare_data=True) -> Run:
     class_names = tuple(record.get("class_names") or data_lib.class_names(spec, builder))
   model, objective = train.make_model(config, len(class_names))
   sharding = train.Sharding.over_all_devices()
-  abstract = train.abstract_train_state(config, model, image_shape, sharding.replicated)
   manager = checkpoint.manager(workdir, read_only=True)
   try:
-    restored = checkpoint.restore_latest(manager, abstract,
+    restored = train.restore_train_state(manager, config, model, image_shape,
+                                         sharding.replicated,
                                          train.empty_train_sums(len(class_names)),
                                          delete_unreadable=False)
   except checkpoint.UnreadableCheckpointError as e:

@@ -27,13 +27,9 @@ Errors are one line `error: ...` on stderr, without a traceback; --verbosity=1
 (or CAMRI_TRACEBACK=1 in the environment) prints the traceback too.
 """
 
-import contextlib
-import logging as std_logging
 import os
 import shlex
 import sys
-import traceback
-from typing import Any
 
 from absl import app
 from absl import flags

@@ -269,3 +269,30 @@ def test_the_trunk_has_its_own_learning_rate_or_none(digits_config, fields, trun
   np.testing.assert_allclose(updates["backbone"]["Conv_0"]["kernel"], -trunk_step, rtol=1e-4)
   for new in (updates["backbone"]["FeatureLayer_0"]["bias"], updates["head"]["kernel"]):
     np.testing.assert_allclose(new, -1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backbone_learning_rate", [None, 1e-4])
+def test_a_checkpoint_from_before_the_learning_rate_was_state_restores(
+    digits_config, tmp_path, backbone_learning_rate):
+  """A train state saved with the optimiser of old (no `inject_hyperparams`) restores as the
+  state today's optimiser has after the same update, bit for bit."""
+  from camri import checkpoint  # pylint: disable=g-import-not-at-top
+  digits_config.backbone_learning_rate = backbone_learning_rate
+  config, _ = prepare.validated_config(digits_config)
+  model, _ = train.make_model(config, 10)
+  grads = lambda state: jax.tree.map(lambda x: jnp.full_like(x, 0.5), state.params)
+  old = train.create_train_state(config, model, (8, 8, 1), inject=False)
+  old = old.apply_gradients(grads=grads(old))
+  manager = checkpoint.manager(tmp_path, 2)
+  checkpoint.save(manager, 1, old, train.empty_train_sums(10))
+  manager.wait_until_finished()
+  sharding = train.Sharding.over_all_devices()
+  step, state, _ = train.restore_train_state(manager, config, model, (8, 8, 1),
+                                             sharding.replicated, train.empty_train_sums(10))
+  manager.close()
+  new = train.create_train_state(config, model, (8, 8, 1))
+  new = new.apply_gradients(grads=grads(new))
+  assert step == 1
+  assert jax.tree.structure(state.opt_state) == jax.tree.structure(new.opt_state)
+  jax.tree.map(np.testing.assert_array_equal, (state.params, state.opt_state, state.step),
+               (new.params, new.opt_state, new.step))
