@@ -14,11 +14,9 @@ import sys
 
 from absl import app
 
-from camri import main  # Sets the environment before TensorFlow loads.
-from camri import train  # pylint: disable=g-bad-import-order
-
 
 def _signal_at(signal_step: int):
+  from camri import train  # pylint: disable=g-import-not-at-top
   real_call_hooks = train.call_hooks
 
   def call_hooks(*args, **kwargs):
@@ -34,9 +32,14 @@ def _signal_at(signal_step: int):
 
 
 if __name__ == "__main__":
-  train.call_hooks = _signal_at(int(sys.argv[1]))
+  # The entry point first: it sets the environment before TensorFlow loads.
   if sys.argv[2] == "--population":
     from camri import population  # pylint: disable=g-import-not-at-top
+    from camri import train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+    train.call_hooks = _signal_at(int(sys.argv[1]))
     app.run(population.main, argv=[sys.argv[0], *sys.argv[3:]])
   else:
+    from camri import main  # pylint: disable=g-import-not-at-top
+    from camri import train  # pylint: disable=g-import-not-at-top,g-bad-import-order
+    train.call_hooks = _signal_at(int(sys.argv[1]))
     app.run(main.main, argv=[sys.argv[0], *sys.argv[2:]], flags_parser=main._parse_flags)  # pylint: disable=protected-access

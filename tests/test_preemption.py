@@ -11,6 +11,7 @@ from it is the one a fresh compile of the same program gives).
 """
 
 import gc
+import json
 import os
 import shutil
 import signal
@@ -252,3 +253,44 @@ def test_restore_latest_refuses_when_no_checkpoint_restores(tmp_path):
     checkpoint.restore_latest(manager, {"w": jnp.ones(4)}, {"count": jnp.zeros(())})
   assert manager.all_steps() == [1]  # Kept: the code may be what changed.
   manager.close()
+
+
+def _population(tmp_path, name, digits_args, extra=()):
+  """A POPULATION.json of two digits members (other seeds and learning rates), 2 epochs."""
+  members = [[*digits_args, "--config.num_epochs=2", *extra, f"--config.seed={seed}",
+              f"--config.learning_rate={rate}", "--workdir", str(tmp_path / name / f"m{seed}")]
+             for seed, rate in ((0, 1e-3), (1, 3e-3))]
+  spec = tmp_path / f"{name}.json"
+  spec.write_text(json.dumps({"members": members}))
+  return spec, [tmp_path / name / f"m{seed}" for seed in (0, 1)]
+
+
+def test_a_killed_or_stopped_population_resumes_every_member_exactly(digits_args, compile_cache,
+                                                                     tmp_path):
+  """kill -9 mid-epoch, and a SIGTERM between calls: each member's metrics.csv is then the
+  uninterrupted population's, byte for byte."""
+  spec, uninterrupted = _population(tmp_path, "uninterrupted", digits_args)
+  result = run_main.run(spec, module="camri.population", compile_cache=compile_cache)
+  assert result.returncode == 0, result.stderr
+  assert "a population of 2 runs" in result.stdout
+
+  spec, killed = _population(tmp_path, "killed", digits_args)
+  process = run_main.start(spec, module="camri.population", compile_cache=compile_cache)
+  assert run_main.wait_for_checkpoint(killed[0], process) == STEPS_PER_EPOCH
+  process.kill()  # SIGKILL, somewhere in epoch 2 (member 1 may not have saved step 323).
+  process.communicate()
+  result = run_main.run(spec, module="camri.population", compile_cache=compile_cache)
+  assert result.returncode == 0, result.stderr
+
+  spec, stopped = _population(tmp_path, "stopped", digits_args)
+  result = run_main.run("400", "--population", spec, main="tests/signal_at_step_main.py",
+                        compile_cache=compile_cache)
+  assert result.returncode == 143, result.stderr
+  assert "Resume with the same command:" in result.stderr and "-m camri.population" in result.stderr
+  assert [run_main.checkpoint_steps(w)[-1] for w in stopped] == [400, 400]
+  result = run_main.run(spec, module="camri.population", compile_cache=compile_cache)
+  assert result.returncode == 0, result.stderr
+  assert "resuming from the checkpoint at step 400" in result.stdout
+  for runs in (killed, stopped):
+    for workdir, reference_dir in zip(runs, uninterrupted):
+      assert _metrics_text(workdir) == _metrics_text(reference_dir)
