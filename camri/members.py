@@ -91,9 +91,20 @@ class Members:
     """Member `member`'s slice of a stacked tree (a single run's tree as it is)."""
     return jax.tree.map(lambda x: x[member], tree) if self.stacked else tree
 
+  def each(self, tree) -> list:
+    """Every run's slice of a stacked tree, copied to the host at once (a single run's
+    tree as it is)."""
+    if not self.stacked:
+      return [tree]
+    host = jax.device_get(tree)
+    return [self.of(host, member) for member in range(self.count)]
+
   def stack(self, trees):
-    """The runs' trees as the program takes them: stacked in a population."""
-    return stack(trees) if self.stacked else trees[0]
+    """The runs' trees as the program takes them: stacked (on the host, where stacking
+    compiles nothing) in a population."""
+    if not self.stacked:
+      return trees[0]
+    return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *trees)
 
   @contextlib.contextmanager
   def opened(self):

@@ -2,8 +2,12 @@ r"""Trains a population: `python -m camri.population POPULATION.json`.
 
 POPULATION.json is {"members": [ARGS, ...]}: each ARGS is the command line one
 run would be given alone, `camri.main`'s (`["--config", "configs/digits.py",
-"--workdir", "runs/a", "--config.seed=1"]`). `launch.grid --population K`
-writes it. The runs must differ only in `config_lib.member_fields`: the seed,
+"--workdir", "runs/a", "--config.seed=1"]`); or {"populations": [[ARGS, ...],
+...]}, several populations trained one after the other in this one process
+(one start, one TensorFlow import). "compilation_cache": DIR (optional) is
+JAX's persistent compilation cache, unless JAX_COMPILATION_CACHE_DIR is set:
+the processes of a study share it, so that populations of one program
+compile it once. `launch.grid --population K` writes it. The runs must differ only in `config_lib.member_fields`: the seed,
 the tag, the learning rate, the important classes and the loss's numbers
 that it takes as arrays (CAMRI's and ArcFace's margins and scale, WCE's and
 RWWCE's weights); everything else is one program's. They train together
@@ -52,17 +56,27 @@ def parse_member(args: list[str]):
   return config_flag.value, values.workdir
 
 
-def read_spec(path: str) -> list[list[str]]:
-  """The members' argument lists of a POPULATION.json."""
+def read_spec(path: str) -> list[list[list[str]]]:
+  """The populations of a POPULATION.json, each its members' argument lists."""
   try:
     with open(path) as f:
-      members = json.load(f)["members"]
+      spec = json.load(f)
+    populations = spec["populations"] if "populations" in spec else [spec["members"]]
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ConfigError(f"population file {path} is unreadable ({e}): write it as "
                       '{"members": [[camri.main args...], ...]}') from e
-  if not members or not all(isinstance(m, list) for m in members):
+  if not populations or not all(p and all(isinstance(m, list) for m in p)
+                                for p in populations):
     raise ConfigError(f"population file {path} lists no members")
-  return members
+  return populations
+
+
+def _compilation_cache(path: str) -> str | None:
+  try:
+    with open(path) as f:
+      return json.load(f).get("compilation_cache")
+  except (OSError, ValueError, AttributeError):
+    return None  # read_spec words the problem.
 
 
 def program(config) -> dict:
@@ -91,25 +105,35 @@ def check_one_program(configs, workdirs):
 
 
 def _train(spec_path: str):
-  """(configs, workdirs, each member's metrics.csv rows, the StopRequest)."""
+  """(configs, workdirs, each member's metrics.csv rows, the StopRequest), of every population
+  trained (one after the other, until a stop request)."""
   from camri import prepare  # pylint: disable=g-import-not-at-top
   from camri.preemption import StopRequest  # pylint: disable=g-import-not-at-top
   stop = StopRequest()
+  trained = ([], [], [])
   try:
-    members = [parse_member(args) for args in read_spec(spec_path)]
-    workdirs = [workdir for _, workdir in members]
-    if len(set(map(os.path.abspath, workdirs))) != len(workdirs):
+    populations = [[parse_member(args) for args in p] for p in read_spec(spec_path)]
+    workdirs = [os.path.abspath(workdir) for p in populations for _, workdir in p]
+    if len(set(workdirs)) != len(workdirs):
       raise ConfigError(f"population file {spec_path} names a --workdir twice")
-    with contextlib.ExitStack() as held:
-      for workdir in workdirs:
-        held.enter_context(main_lib.holding_workdir(workdir))
-      record = lambda i: {"file": os.path.abspath(spec_path), "size": len(members), "member": i}
-      configs = [prepare.prepare_run(config, workdir, population=record(i))
-                 for i, (config, workdir) in enumerate(members)]
-      check_one_program(configs, workdirs)
-      from camri import train  # pylint: disable=g-import-not-at-top
-      stop.install()
-      return configs, workdirs, train.train_runs(configs, workdirs, stop, population=True), stop
+    stop.install()
+    for number, members in enumerate(populations):
+      if stop:
+        break
+      record = lambda i: {"file": os.path.abspath(spec_path), "population": number,  # pylint: disable=cell-var-from-loop
+                          "size": len(members), "member": i}  # pylint: disable=cell-var-from-loop
+      with contextlib.ExitStack() as held:
+        for _, workdir in members:
+          held.enter_context(main_lib.holding_workdir(workdir))
+        configs = [prepare.prepare_run(config, workdir, population=record(i))
+                   for i, (config, workdir) in enumerate(members)]
+        workdirs = [workdir for _, workdir in members]
+        check_one_program(configs, workdirs)
+        from camri import train  # pylint: disable=g-import-not-at-top
+        rows = train.train_runs(configs, workdirs, stop, population=True)
+      for done, new in zip(trained, (configs, workdirs, rows)):
+        done.extend(new)
+    return (*trained, stop)
   except Exception as e:  # pylint: disable=broad-except
     status, message = main_lib.exit_status(e)
     if status is None:
@@ -131,8 +155,12 @@ def main(argv):
   if jax.process_count() > 1:
     main_lib.fail("a population trains in one process (on all its devices): launch the runs "
                   "alone for several hosts", 2)
+  cache = _compilation_cache(argv[1])
+  if cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", cache)
   configs, workdirs, rows, stop = _train(argv[1])
   finished = [bool(r) and r[-1]["epoch"] == c.num_epochs for c, r in zip(configs, rows)]
+  finished += [False] * (sum(len(p) for p in read_spec(argv[1])) - len(rows))  # Not started.
   failures = [(w, run_log.read_failure(w)) for w in workdirs]
   failures = [(w, f) for w, f in failures if f is not None]
   for workdir, failure in failures:

@@ -91,8 +91,9 @@ def evaluate_splits(feed, state, step, members: Members, save: bool,
   rows = [{} for _ in range(members.count)]
   for split in feed.dataset.eval_splits if splits is None else splits:
     sums, predictions = feed.evaluate(state, split, keep_predictions=save)
+    sums = members.each(sums)
     for member in members.live:
-      rows[member] |= metrics.summarize(members.of(sums, member),
+      rows[member] |= metrics.summarize(sums[member],
                                         members.configs[member].loss.important_classes, split,
                                         per_class=True)
       if save:
@@ -117,10 +118,10 @@ def save_missing_predictions(feed, state, step, members: Members):
 
 def save_checkpoints(members: Members, step: int, state, train_sums):
   """Starts writing every live run's checkpoint of `step`."""
+  states, sums = members.each(state), members.each(train_sums)
   for member in members.live:
     with members.guard(member):
-      checkpoint.save(members.managers[member], step, members.of(state, member),
-                      members.of(train_sums, member))
+      checkpoint.save(members.managers[member], step, states[member], sums[member])
 
 
 def _stop_now(stop: StopRequest, due: bool = True) -> bool:
@@ -297,11 +298,12 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
       _check_finite(train_sums, step, last_saved, members)
       if step == (epoch + 1) * steps_per_epoch:
         rows = evaluate_splits(feed, state, step, members, save=step == total_steps)
+        sums = members.each(train_sums)
         for member in members.live:
           with members.guard(member):
             members.logs[member].write(epoch + 1, metrics.summarize(
-                members.of(train_sums, member), configs[member].loss.important_classes,
-                "train") | rows[member], step)
+                sums[member], configs[member].loss.important_classes, "train") | rows[member],
+                step)
       if step != last_saved:
         save_checkpoints(members, step, state, train_sums)
         last_saved = step

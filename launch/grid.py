@@ -322,9 +322,11 @@ def launch(runs, args, out=None, log=None):
   for run in todo:
     write_launch_file(run)
   members = todo
-  todo = populations.pack(todo, args.population, root, log) if args.population > 1 else todo
-  if args.executor == "local":
-    parallel, devices = local_slots(args)
+  local = args.executor == "local"
+  parallel, devices = local_slots(args) if local else (None, [])
+  if args.population > 1:
+    todo = populations.pack(todo, args.population, log=log, processes=parallel)
+  if local:
     print(f"{parallel} at a time" + (f" on GPUs {','.join(devices)}" if devices else ""), file=log)
     statuses = executors.run_local(todo, parallel=parallel, cuda_devices=devices)
     failed = [run for run in todo if statuses[run.name] != 0]

@@ -4,8 +4,12 @@ Runs share a program when their configs differ only in
 `config_lib.member_fields` (camri/population.py checks it again) and their
 newest checkpoints are at the same step, so that they resume together. Each
 such group is cut into populations of at most K members, of sizes as even as
-K allows; a population of one is the run alone, with its own command. A
-population's POPULATION.json and launch.log live in RUNS_DIR/_populations/<name>/.
+K allows; a population of one is the run alone, with its own command. With a
+bound on the processes (the local executor's parallel slots), the populations
+are dealt out to that many processes, each training its share one after the
+other: a process start and TensorFlow's import cost more than a digits run.
+A process's POPULATION.json and launch.log live in
+<runs>/_populations/<name>/.
 """
 
 import hashlib
@@ -18,6 +22,9 @@ from camri import population
 
 POPULATIONS_DIR = "_populations"
 SPEC_FILE = "population.json"
+# JAX's persistent compilation cache of a study's processes: populations of one
+# program (CAMRI's and ArcFace's, or one loss's at each stage) compile it once.
+CACHE_DIR = "jax_cache"
 
 
 def program_key(run) -> str:
@@ -34,31 +41,38 @@ def _even_chunks(items, size):
   return [items[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
-def pack(runs, size: int, root: str, log=None):
+def pack(runs, size: int, log=None, processes: int | None = None):
   """The runs as `launch.grid.Run`s to execute: populations of at most `size` runs sharing a
-  program (each a `python -m camri.population` command, its file written), and the runs
-  that share a program with no other, as they are."""
-  from launch import grid  # pylint: disable=g-import-not-at-top  (grid imports this module)
+  program, in at most `processes` `python -m camri.population` commands (None: one each),
+  and the runs that share a program with no other, as they are (their files written)."""
   log = log or sys.stderr
   groups = {}
   for run in runs:
     groups.setdefault(program_key(run), []).append(run)
-  packed = []
-  for group in groups.values():
-    for chunk in _even_chunks(group, size):
-      if len(chunk) == 1:
-        packed.append(chunk[0])
-        continue
-      names = ",".join(run.name for run in chunk)
-      name = f"population-{hashlib.sha1(names.encode()).hexdigest()[:10]}"
-      workdir = os.path.join(os.path.dirname(chunk[0].workdir), POPULATIONS_DIR, name)
-      os.makedirs(workdir, exist_ok=True)
-      spec = os.path.join(workdir, SPEC_FILE)
-      with open(spec, "w") as f:
-        json.dump({"members": [list(run.command[3:]) for run in chunk]}, f, indent=1)
-      packed.append(grid.Run(name, workdir, chunk[0].config, {},
-                             (chunk[0].command[0], "-m", "camri.population", spec)))
-  alone = sum(1 for run in packed if not run.name.startswith("population-"))
-  print(f"{len(runs)} runs in {len(packed) - alone} populations of at most {size} "
-        f"and {alone} alone", file=log)
+  chunks = [chunk for group in groups.values() for chunk in _even_chunks(group, size)]
+  alone = [chunk[0] for chunk in chunks if len(chunk) == 1]
+  chunks = sorted((c for c in chunks if len(c) > 1), key=len, reverse=True)
+  shares = [[] for _ in range(min(processes or len(chunks), len(chunks)))]
+  for chunk in chunks:  # The largest first, each to the share with the fewest runs.
+    min(shares, key=lambda share: sum(map(len, share))).append(chunk)
+  packed = [_process(share) for share in shares] + alone
+  print(f"{len(runs)} runs in {len(chunks)} populations of at most {size} in {len(shares)} "
+        f"processes, and {len(alone)} alone", file=log)
   return packed
+
+
+def _process(chunks):
+  """A `launch.grid.Run` of `python -m camri.population` for populations `chunks`."""
+  from launch import grid  # pylint: disable=g-import-not-at-top  (grid imports this module)
+  names = ",".join(run.name for chunk in chunks for run in chunk)
+  name = f"population-{hashlib.sha1(names.encode()).hexdigest()[:10]}"
+  first = chunks[0][0]
+  workdir = os.path.join(os.path.dirname(first.workdir), POPULATIONS_DIR, name)
+  os.makedirs(workdir, exist_ok=True)
+  spec = os.path.join(workdir, SPEC_FILE)
+  with open(spec, "w") as f:
+    json.dump({"populations": [[list(run.command[3:]) for run in chunk] for chunk in chunks],
+               "compilation_cache": os.path.join(os.path.dirname(workdir), CACHE_DIR)}, f,
+              indent=1)
+  return grid.Run(name, workdir, first.config, {}, (first.command[0], "-m", "camri.population",
+                                                     spec))

@@ -8,10 +8,11 @@ import run_main
 
 
 def test_bench_prints_each_layers_weight_grad_and_times_two_side_by_side():
+  """And a population of 3 runs, in the same rounds, with its speed-up over one run."""
   result = subprocess.run(
       [sys.executable, "-m", "camri.bench", "--config", "configs/digits.py",
        "--config.conv_weight_grad=taps", "--compare_conv_weight_grad=xla", "--steps=2",
-       "--rounds=2"],
+       "--rounds=2", "--population=3"],
       cwd=run_main.ROOT, env=run_main.env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
@@ -25,4 +26,9 @@ def test_bench_prints_each_layers_weight_grad_and_times_two_side_by_side():
   assert re.fullmatch(
       r"speed-up [\d.]+x \(taps over xla; median of 2 rounds, range [\d.]+-[\d.]+\)",
       lines[start + 7])
+  assert re.fullmatch(r"FLOPs per image [\d.]+ MFLOP \(train step, forward and backward\)  "
+                      r"achieved [\d.]+ TFLOP/s  \(peak unknown: --peak_tflops\)", lines[start + 8])
+  assert re.fullmatch(r"population 3 \(vmap\): compile\+first step [\d.]+ s  step [\d.]+ ms  "
+                      r"img/s [\d.]+ summed over the members, [\d.]+ per member  "
+                      r"speed-up [\d.]+x over K=1", lines[start + 9])
   assert re.fullmatch(r"img/s [\d.]+", lines[-1])
