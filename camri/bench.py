@@ -13,6 +13,11 @@ config's dataset, from tf.data on the host and from device memory (camri/feeds.p
 with config.steps_per_call), and prints each one's input overhead: how much
 longer its steps take than the synthetic ones.
 
+`--population K` also times a population of K runs (camri/members.py: K
+train states stacked, each with its own batch, config.member_axis) in the same
+process, and prints the img/s summed over the members and the speed-up over
+the single run (K=1).
+
 `--compare_conv_weight_grad=xla` also times the step with that
 config.conv_weight_grad, in rounds alternating with the config's own (so load
 from other processes falls on both alike), and prints the speed-up.
@@ -45,6 +50,8 @@ _INPUTS = flags.DEFINE_list(
     "the devices, the dataset through tf.data, or the dataset in device memory.")
 flags.register_validator("input", lambda values: set(values) <= set(INPUTS),
                          f"each value must be one of {list(INPUTS)}")
+_POPULATION = flags.DEFINE_integer(
+    "population", 0, "Also time a population of this many runs (0: none).")
 _PEAK = flags.DEFINE_float(
     "peak_tflops", None, "The devices' peak TFLOP/s, for the fraction achieved "
     "(default: from a table of known devices).")
@@ -68,10 +75,12 @@ class _Variant:
   compile_s: float
   flops: float  # Of one step, all devices.
   rounds: list[float] = dataclasses.field(default_factory=list)  # Seconds per timed round.
+  batch: Any = None  # The batch it takes, where not the bench's (a population's).
 
   def run(self, batch, steps: int) -> float:
     import jax  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
+    batch = batch if self.batch is None else self.batch
     for _ in range(steps):
       self.state, self.sums = self.step(self.state, self.sums, batch)
     jax.block_until_ready((self.state, self.sums))
@@ -99,6 +108,38 @@ def _compile(config, num_classes, shape, sharding, batch) -> _Variant:
   return variant
 
 
+def _compile_population(config, count: int, num_classes, shape, batch) -> _Variant:
+  """The train step of a population of `count` runs (seeds 0..count-1), each its own batch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from camri import members as members_lib  # pylint: disable=g-import-not-at-top
+  from camri import train  # pylint: disable=g-import-not-at-top
+  sharding = train.Sharding.over_all_devices(count)
+  model, objective = train.make_model(config, num_classes)
+  configs = [config.copy_and_resolve_references() for _ in range(count)]
+  for seed, member in enumerate(configs):
+    member.seed = seed
+  states = [train.create_train_state(c, model, shape) for c in configs]
+  put = lambda tree: jax.device_put(members_lib.stack(tree), sharding.state)
+  state = put([s.replace(tx=states[0].tx) for s in states])
+  sums = put([train.empty_train_sums(num_classes)] * count)
+  runs = put([train.run_arrays(c, num_classes) for c in configs])
+  member_batch = jax.device_put({k: jnp.stack([x] * count) for k, x in batch.items()},
+                                sharding.run_batches)
+  axis = members_lib.member_axis(config, _STEPS.value)
+  step = members_lib.map_members(train.make_train_step(objective, 0), axis, (0, 0, 0, 0))
+  start = time.perf_counter()
+  compiled = jax.jit(lambda state, sums, batch: step(state, sums, batch, runs),
+                     donate_argnums=(0, 1), out_shardings=(sharding.state, sharding.state)
+                     ).lower(state, sums, member_batch).compile()
+  flops = compiled.cost_analysis()["flops"] * jax.device_count()
+  variant = _Variant(f"population {count} ({axis})", compiled, state, sums, [], 0.0, flops,
+                     batch=member_batch)
+  variant.compile_s = time.perf_counter() - start + variant.run(member_batch, 1)
+  variant.run(member_batch, 2)
+  return variant
+
+
 def _time_feed(config, on_device: bool, steps: int) -> float:
   """Seconds per step of `steps` train steps fed from the dataset, after one warm-up call.
 
@@ -115,7 +156,8 @@ def _time_feed(config, on_device: bool, steps: int) -> float:
   sharding = train.Sharding.over_all_devices()
   model, objective = train.make_model(config, dataset.num_classes)
   feed = feeds.make_feed(config, dataset, sharding, train.make_train_step(objective, config.seed),
-                         train.make_eval_step(objective), on_device=on_device)
+                         train.make_eval_step(objective), on_device=on_device,
+                         runs=train.run_arrays(config, dataset.num_classes))
   state = jax.device_put(train.create_train_state(config, model, dataset.image_shape),
                          sharding.replicated)
   sums = jax.device_put(train.empty_train_sums(dataset.num_classes), sharding.replicated)
@@ -173,11 +215,14 @@ def main(argv):
     other.conv_weight_grad = _COMPARE.value
     configs.append(other)
   variants = [_compile(c, len(class_names), shape, sharding, batch) for c in configs]
+  population = (_compile_population(config, _POPULATION.value, len(class_names), shape, batch)
+                if _POPULATION.value else None)
+  timed = variants + ([population] if population else [])
 
-  rounds = min(_ROUNDS.value, _STEPS.value) if len(variants) > 1 else 1
+  rounds = min(_ROUNDS.value, _STEPS.value) if len(timed) > 1 else 1
   for r in range(rounds):
     steps = _STEPS.value * (r + 1) // rounds - _STEPS.value * r // rounds
-    for variant in variants[::-1] if r % 2 else variants:  # Neither always goes first.
+    for variant in timed[::-1] if r % 2 else timed:  # None always goes first.
       variant.rounds.append(variant.run(batch, steps))
 
   print(f"devices {jax.device_count()} x {jax.devices()[0].device_kind}  "
@@ -213,6 +258,13 @@ def main(argv):
       seconds = _time_feed(config, name == "device", _STEPS.value)
       print(f"input {name}: step {1e3 * seconds:.2f} ms  img/s {config.batch_size / seconds:.1f}"
             f"  overhead {seconds / synthetic - 1:+.0%} of the synthetic step")
+  if population:
+    elapsed = sum(population.rounds)
+    summed = _POPULATION.value * images / elapsed
+    print(f"{population.weight_grad}: compile+first step {population.compile_s:.2f} s  step "
+          f"{1e3 * elapsed / _STEPS.value:.2f} ms  img/s {summed:.1f} summed over the members, "
+          f"{summed / _POPULATION.value:.1f} per member  speed-up "
+          f"{summed / (images / sum(variants[0].rounds)):.2f}x over K=1")
   print(f"img/s {images / sum(variants[0].rounds):.1f}")
 
 
