@@ -125,7 +125,7 @@ def _compile_population(config, count: int, num_classes, shape, batch) -> _Varia
   sums = put([train.empty_train_sums(num_classes)] * count)
   runs = put([train.run_arrays(c, num_classes) for c in configs])
   member_batch = jax.device_put({k: jnp.stack([x] * count) for k, x in batch.items()},
-                                sharding.run_batches)
+                                sharding.run_batch)
   axis = members_lib.member_axis(config, _STEPS.value)
   step = members_lib.map_members(train.make_train_step(objective, 0), axis, (0, 0, 0, 0))
   start = time.perf_counter()

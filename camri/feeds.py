@@ -93,6 +93,11 @@ class Sharding:
     return self._named("members") if self.members else self.replicated
 
   @property
+  def run_batch(self) -> jax.sharding.NamedSharding:
+    """Each run's batch of one step: `batch`, stacked over "members" in a population."""
+    return self._named("members", "data") if self.members else self.batch
+
+  @property
   def run_batches(self) -> jax.sharding.NamedSharding:
     """Each run's training batches: `batches`, stacked over "members" in a population."""
     return self._named("members", None, "data") if self.members else self.batches
