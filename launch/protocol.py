@@ -274,6 +274,15 @@ def protocol_root(runs_dir, config):
   return root
 
 
+def runs_not_launched_here(root, config_path, base_args) -> list[str]:
+  """The runs under `root` whose launch.json is not this protocol's (absent, or another config
+  or other base arguments): a quickstart run trained in the root, another protocol's."""
+  return [workdir for workdir in run_log.find_runs(root)
+          if (grid.read_launch_file(workdir).get("config"),
+              grid.read_launch_file(workdir).get("base_args", [])) != (config_path,
+                                                                        list(base_args))]
+
+
 def named_roles(text, class_names):
   """{class name: index} of `--classes NAME[,NAME|INDEX...]`."""
   try:
@@ -346,6 +355,12 @@ def main(argv=None):
                          f"{config.dataset} has {len(class_names)}; name the important ones with "
                          "--classes NAME,...")
     root = protocol_root(args.root, config)
+    strays = runs_not_launched_here(root, config_path, base_args)
+    if strays:
+      print(f"warning: {root} holds {len(strays)} runs this protocol does not launch "
+            f"({', '.join(strays[:3])}{', ...' if len(strays) > 3 else ''}); the report would "
+            "pool them with its runs (and name them): move them out, or give another --root",
+            file=log)
     protocol = Protocol(config_path, base_args, root, run_log.dataset_name(config.to_dict()), args)
     print(f"stage 1: cross-entropy x {args.seeds} seeds in {root}", file=log)
     stage1 = protocol.expand(stage1_sweep(args.seeds))

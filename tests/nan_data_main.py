@@ -21,9 +21,9 @@ def _nan_at(bad_step: int):
   def make_train_step(*args, **kwargs):
     real_step = real_make_train_step(*args, **kwargs)
 
-    def train_step(state, sums, batch):
+    def train_step(state, sums, batch, run=None):
       image = jnp.where(state.step == bad_step, jnp.nan, batch["image"])
-      return real_step(state, sums, {**batch, "image": image})
+      return real_step(state, sums, {**batch, "image": image}, run)
 
     return train_step
 

@@ -257,7 +257,8 @@ def test_restore_latest_refuses_when_no_checkpoint_restores(tmp_path):
 
 def _population(tmp_path, name, digits_args, extra=()):
   """A POPULATION.json of two digits members (other seeds and learning rates), 2 epochs."""
-  members = [[*digits_args, "--config.num_epochs=2", *extra, f"--config.seed={seed}",
+  members = [[*digits_args, "--config.num_epochs=2", "--config.batch_size=8", *extra,
+               f"--config.seed={seed}",
               f"--config.learning_rate={rate}", "--workdir", str(tmp_path / name / f"m{seed}")]
              for seed, rate in ((0, 1e-3), (1, 3e-3))]
   spec = tmp_path / f"{name}.json"
@@ -276,21 +277,21 @@ def test_a_killed_or_stopped_population_resumes_every_member_exactly(digits_args
 
   spec, killed = _population(tmp_path, "killed", digits_args)
   process = run_main.start(spec, module="camri.population", compile_cache=compile_cache)
-  assert run_main.wait_for_checkpoint(killed[0], process) == STEPS_PER_EPOCH
-  process.kill()  # SIGKILL, somewhere in epoch 2 (member 1 may not have saved step 323).
+  assert run_main.wait_for_checkpoint(killed[0], process) == 161  # An epoch at batch 8.
+  process.kill()  # SIGKILL, somewhere in epoch 2 (member 1 may not have saved step 161).
   process.communicate()
   result = run_main.run(spec, module="camri.population", compile_cache=compile_cache)
   assert result.returncode == 0, result.stderr
 
   spec, stopped = _population(tmp_path, "stopped", digits_args)
-  result = run_main.run("400", "--population", spec, main="tests/signal_at_step_main.py",
+  result = run_main.run("200", "--population", spec, main="tests/signal_at_step_main.py",
                         compile_cache=compile_cache)
   assert result.returncode == 143, result.stderr
   assert "Resume with the same command:" in result.stderr and "-m camri.population" in result.stderr
-  assert [run_main.checkpoint_steps(w)[-1] for w in stopped] == [400, 400]
+  assert [run_main.checkpoint_steps(w)[-1] for w in stopped] == [200, 200]
   result = run_main.run(spec, module="camri.population", compile_cache=compile_cache)
   assert result.returncode == 0, result.stderr
-  assert "resuming from the checkpoint at step 400" in result.stdout
+  assert "resuming from the checkpoint at step 200" in result.stdout
   for runs in (killed, stopped):
     for workdir, reference_dir in zip(runs, uninterrupted):
       assert _metrics_text(workdir) == _metrics_text(reference_dir)

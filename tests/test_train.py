@@ -21,10 +21,9 @@ from camri import train
 
 
 def _sharding(devices):
-  mesh = jax.sharding.Mesh(np.array(devices), ("data",),
-                           axis_types=(jax.sharding.AxisType.Auto,))
-  return train.Sharding(mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
-                        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+  mesh = jax.sharding.Mesh(np.array(devices).reshape(1, -1), ("members", "data"),
+                           axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return train.Sharding(mesh)
 
 
 def _in_float64(tree):
@@ -152,9 +151,9 @@ def test_dataset_config_trains_on_mocked_data(tmp_path, name, arg, important, mo
     seen_shapes.append(batch["image"].shape[1:])
     return original_put_batch(self, batch)
 
-  def put_batches(self, batches):
+  def put_batches(self, batches, sharding=None):
     seen_shapes.extend([batches["image"].shape[2:]] * len(batches["image"]))
-    return original_put_batches(self, batches)
+    return original_put_batches(self, batches, sharding)
 
   generator = mocking.RandomFakeGenerator
   with tfds.testing.mock_data(num_examples=16), \

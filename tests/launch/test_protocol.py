@@ -302,3 +302,20 @@ def test_config_fields_reach_every_run_and_changing_them_is_refused(tmp_path, fa
   with pytest.raises(SystemExit):
     protocol.main(args(tmp_path, "--executor", "local", "--config.num_epochs=3"))
   assert "--config.num_epochs=2 with overrides" in capsys.readouterr().err
+
+
+def test_runs_in_the_root_that_the_protocol_does_not_launch_are_named_before_it_starts(
+    tmp_path, capsys):
+  """A quickstart run trained into the protocol's root is named: the report would pool it."""
+  root = tmp_path / "runs" / "cifar10"
+  (root / "quickstart").mkdir(parents=True)
+  (root / "quickstart" / "config.json").write_text("{}")
+  command = ["--dataset", "cifar10", "--classes", "paper", "--seeds", "1",
+             "--root", str(tmp_path / "runs"), "--executor", "dry"]
+  assert protocol.main(command) == 0
+  assert (f"warning: {root} holds 1 runs this protocol does not launch ({root / 'quickstart'}); "
+          "the report would pool them with its runs (and name them): move them out, or give "
+          "another --root") in capsys.readouterr().err.splitlines()
+  (root / "quickstart" / "config.json").unlink()
+  assert protocol.main(command) == 0
+  assert "warning" not in capsys.readouterr().err

@@ -56,39 +56,29 @@ def test_folder_protocol_report_and_plots_end_to_end(tmp_path, image_tree, compi
   assert plots.main(["tradeoff", str(root), "--out", str(tmp_path / "t")]) == 0
   assert os.listdir(tmp_path / "t") == ["tradeoff_folder-signs_cow.png"]
 
-
-def test_the_folder_protocol_in_populations_reports_the_same_rows(tmp_path, image_tree,
-                                                                  compile_cache, monkeypatch):
-  """`--population 10` trains the same 10 runs (stage 1 as one population of 2, stage 2 as
-  4 of 2: one per loss) and the report has the same rows.
-
-  The values agree within float32 round-off carried through a program of another shape:
-  tests/test_population.py shows in float64 that a member computes its run alone, so
-  here a test prediction may differ only at a near tie: one image per run at most.
-  """
-  tree = image_tree("signs")
-  for key, value in run_main.env(compile_cache).items():
-    monkeypatch.setenv(key, value)
-  monkeypatch.chdir(REPO)
-  reports = []
-  for name, extra in (("alone", []), ("populations", ["--population", "10"])):
-    assert protocol.main([
-        "--dataset", "folder", "--config", f"configs/folder.py:path={tree},size=8,channels=1",
-        "--classes", "cow", "--grid", "smoke", "--seeds", "2", "--root", str(tmp_path / name),
-        "--executor", "local", "--parallel", "2", "--config.num_epochs=1",
-        "--config.batch_size=8", "--config.progress_bar=False",
-        f"--config.data_dir={tmp_path / 'tfds'}", *extra]) == 0
-    root = tmp_path / name / "signs"
-    reports.append(list(csv.DictReader(io.StringIO(report.report(str(root), fmt="csv")))))
-  populations = os.listdir(tmp_path / "populations" / "signs" / "_populations")
-  assert len(populations) == 5
-  workdir = next(w for w in run_log.find_runs(tmp_path / "populations" / "signs")
-                 if "cross_entropy" in w)
-  labels = run_log.read_predictions(workdir, "test")["labels"]
-  alone, packed = reports
+  # The same protocol in populations: `--population 10` trains the same 10 runs, as 5
+  # populations of 2 (one per loss) dealt to the 2 parallel processes, and the report has
+  # the same rows. The values agree within float32 round-off carried through programs of
+  # another shape: tests/test_population.py shows in float64 that a member computes its run
+  # alone, so a test prediction may differ only at a near tie, one image per run at most.
+  assert protocol.main([
+      "--dataset", "folder", "--config", f"configs/folder.py:path={tree},size=8,channels=1",
+      "--classes", "cow", "--grid", "smoke", "--seeds", "2", "--root", str(tmp_path / "pop"),
+      "--executor", "local", "--parallel", "2", "--config.num_epochs=1",
+      "--config.batch_size=8", "--config.progress_bar=False",
+      f"--config.data_dir={tmp_path / 'tfds'}", "--population", "10"]) == 0
+  processes = tmp_path / "pop" / "signs" / "_populations"
+  specs = [json.loads((processes / name / "population.json").read_text())
+           for name in os.listdir(processes) if name.startswith("population-")]
+  assert sorted(len(p) for spec in specs for p in spec["populations"]) == [2] * 5
+  assert len(specs) == 2
+  packed = list(csv.DictReader(io.StringIO(report.report(str(tmp_path / "pop" / "signs"),
+                                                         fmt="csv"))))
+  labels = run_log.read_predictions(ce_runs[0], "test")["labels"]
   key = lambda r: (r["dataset"], r["role"], r["classes"], r["method"], r["seeds"],
                    r["setting"] if r["method"] != "cross_entropy+bias" else "")
-  assert [key(r) for r in packed] == [key(r) for r in alone]
-  for a, p in zip(alone, packed):
+  assert [key(r) for r in packed] == [key(r) for r in rows]
+  for a, p in zip(rows, packed):
     assert abs(float(a["accuracy_mean"]) - float(p["accuracy_mean"])) <= 1 / len(labels), a
     assert abs(float(a["recall_mean"]) - float(p["recall_mean"])) <= 1 / sum(labels == 2), a
+
