@@ -51,6 +51,7 @@ from launch import hyper
 from launch import populations
 
 LAUNCH_FILE = "launch.json"
+DEFAULT_MODULE = "camri.main"
 MAX_NAME_LENGTH = 128
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 
@@ -103,12 +104,12 @@ def cli_value(value):
   return str(value)
 
 
-def make_command(config, workdir, overrides, module="camri.main", python=sys.executable, base_args=()):
+def make_command(config, workdir, overrides, module=DEFAULT_MODULE, python=sys.executable, base_args=()):
   return (python, "-m", module, "--config", config, "--workdir", workdir, *base_args,
           *(f"--config.{k}={cli_value(v)}" for k, v in sorted(overrides.items())))
 
 
-def expand(config, sweep, root, module="camri.main", python=sys.executable, base_args=()):
+def expand(config, sweep, root, module=DEFAULT_MODULE, python=sys.executable, base_args=()):
   """The runs of a sweep: one `Run` per override dict, workdir root/<name>.
 
   `base_args`, `--config.<field>=<value>` strings, go to every run's command
@@ -240,7 +241,7 @@ def add_launch_args(parser):
   parser.add_argument("--executor", choices=("local", "slurm", "dry"), default="dry")
   parser.add_argument("--dry-run", action="store_true",
                       help="print instead of running: commands (local, dry) or an sbatch script (slurm)")
-  parser.add_argument("--module", default="camri.main",
+  parser.add_argument("--module", default=DEFAULT_MODULE,
                       help="python module run as `python -m MODULE --config C --workdir W --config.k=v`")
   parser.add_argument("--parallel", type=int, default=None,
                       help="local: concurrent runs (default: as many as the machine holds: one per "
@@ -261,10 +262,11 @@ def add_launch_args(parser):
   parser.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm",
                       help="slurm: submitit cluster; local/debug run the submitit path here")
   parser.add_argument("--wait", action="store_true", help="slurm: wait for the jobs to end")
-  parser.add_argument("--population", type=int, default=1, metavar="K",
+  parser.add_argument("--population", type=int, default=None, metavar="K",
                       help="train runs that can share a program in populations of at most K "
                       "(`python -m camri.population`, one process each; see README, \"Many runs "
-                      "at once\"); 1: every run alone")
+                      f"at once\"); 1: every run alone (default: {populations.DEFAULT_SIZE} with "
+                      "camri.main, 1 with another --module)")
 
 
 def slurm_options(args):
@@ -297,6 +299,16 @@ def local_slots(args, gpus=None, cores=None):
   return max(1, cores // (args.cpus or 1)), []
 
 
+def population_size(args) -> int:
+  """--population, or its default: populations train `camri.main`'s runs, not another module's."""
+  if args.population is None:
+    return populations.DEFAULT_SIZE if args.module == DEFAULT_MODULE else 1
+  if args.population > 1 and args.module != DEFAULT_MODULE:
+    raise ValueError(f"--population {args.population} trains camri.main's runs, not "
+                     f"--module {args.module}'s: leave --population out or give 1")
+  return args.population
+
+
 def launch(runs, args, out=None, log=None):
   """Runs, submits or prints (to `out`) the runs that are not finished; progress to `log`.
 
@@ -307,6 +319,7 @@ def launch(runs, args, out=None, log=None):
     The names of the runs that failed (local, or slurm with --wait).
   """
   out, log = out or sys.stdout, log or sys.stderr
+  size = population_size(args)
   on_slurm = args.executor == "slurm" and args.cluster == "slurm"
   todo = pending(runs, queued=executors.queued_slurm_jobs() if on_slurm else frozenset(), out=log)
   if not todo:
@@ -324,8 +337,8 @@ def launch(runs, args, out=None, log=None):
   members = todo
   local = args.executor == "local"
   parallel, devices = local_slots(args) if local else (None, [])
-  if args.population > 1:
-    todo = populations.pack(todo, args.population, log=log, processes=parallel)
+  if size > 1:
+    todo = populations.pack(todo, size, log=log, processes=parallel)
   if local:
     print(f"{parallel} at a time" + (f" on GPUs {','.join(devices)}" if devices else ""), file=log)
     statuses = executors.run_local(todo, parallel=parallel, cuda_devices=devices)

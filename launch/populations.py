@@ -20,6 +20,9 @@ import sys
 from camri import checkpoint
 from camri import population
 
+# The launchers' default K: of the Ks measured, the one whose study finished soonest
+# (README, "Many runs at once").
+DEFAULT_SIZE = 16
 POPULATIONS_DIR = "_populations"
 SPEC_FILE = "population.json"
 # JAX's persistent compilation cache of a study's processes: populations of one

@@ -5,6 +5,7 @@ here its `seeds=1,epochs=1` variant (3 runs of one epoch) keeps the test cheap.
 """
 
 import contextlib
+import glob
 import io
 import os
 
@@ -49,24 +50,29 @@ def check_one_command_runs_the_grid_and_a_second_starts_nothing(root):
   status, out, err = _grid(root)
   assert status == 0, err
   assert "3 runs: 0 finished (skipped), 0 unfinished (resumed), 3 new" in err
-  assert out.count("start ") == 3 and out.count("done ") == 3
+  # By default the two CAMRI runs, which differ only in their margin, train as one
+  # population (`populations.DEFAULT_SIZE`); cross-entropy's program is another.
+  assert "3 runs in 1 populations of at most 16 in 1 processes, and 1 alone" in err
+  assert out.count("start ") == 2 and out.count("done ") == 2
   workdirs = run_log.find_runs(root)
   assert [os.path.basename(w) for w in workdirs] == [
       "loss.margin=0.19635,loss.name=camri,num_epochs=1,seed=0",
       "loss.margin=0.392699,loss.name=camri,num_epochs=1,seed=0",
       "loss.name=cross_entropy,num_epochs=1,seed=0"]
-  for workdir in workdirs:
+  [population] = glob.glob(os.path.join(root, "_populations", "population-*"))
+  for workdir, (log, done) in zip(workdirs, [(population, "done: 2 runs, epoch 1")] * 2 + [
+      (workdirs[2], "done: epoch 1")]):
     assert run_log.is_finished(workdir)
-    with open(os.path.join(workdir, "launch.log")) as f:
-      assert "done: epoch 1" in f.read()
+    with open(os.path.join(log, "launch.log")) as f:
+      assert done in f.read()
 
   status, out, err = _grid(root)
   assert status == 0
   assert "3 runs: 3 finished (skipped), 0 unfinished (resumed), 0 new" in err
   assert "start" not in out
-  for workdir in workdirs:  # One command line per launch in each run's log: no second start.
-    with open(os.path.join(workdir, "launch.log")) as f:
-      assert sum(line.startswith("# ") and "camri.main" in line for line in f) == 1
+  for log, module in ((population, "camri.population"), (workdirs[2], "camri.main")):
+    with open(os.path.join(log, "launch.log")) as f:  # One command line: no second start.
+      assert sum(line.startswith("# ") and module in line for line in f) == 1
   return workdirs
 
 

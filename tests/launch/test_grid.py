@@ -188,6 +188,19 @@ def test_preempted_run_fails_then_resumes(tmp_path, fake_env, monkeypatch, capsy
   assert metric_epochs(tmp_path / "seed=0") == [1, 2, 3] and calls(tmp_path / "seed=0") == 2
 
 
+def test_populations_are_for_camri_main_only(tmp_path, fake_env, capsys):
+  args = ["--config", "c.py", "--sweep", "seed=0,1", "--root", str(tmp_path), "--module", "fake_main",
+          "--executor", "local"]
+  with pytest.raises(SystemExit) as e:
+    grid.main([*args, "--population", "2"])
+  assert e.value.code == 2 and not os.listdir(tmp_path)
+  assert capsys.readouterr().err == (
+      "error: --population 2 trains camri.main's runs, not --module fake_main's: leave "
+      "--population out or give 1\n")
+  assert grid.main(args) == 0  # Without --population, another module's runs run alone.
+  assert calls(tmp_path / "seed=0") == calls(tmp_path / "seed=1") == 1
+
+
 def test_local_parallelism_is_bounded_and_devices_are_shared_out(tmp_path, fake_env, monkeypatch):
   monkeypatch.setenv("FAKE_MAIN_SLEEP", "0.1")
   args = ["--config", "c.py", "--sweep", "seed=0,1,2,3,4", "--root", str(tmp_path), "--module",

@@ -31,7 +31,8 @@ def test_folder_protocol_report_and_plots_end_to_end(tmp_path, image_tree, compi
       "--dataset", "folder", "--config", f"configs/folder.py:path={tree},size=8,channels=1", "--classes", "cow",
       "--grid", "smoke", "--seeds", "2", "--root", str(tmp_path / "runs"), "--executor", "local",
       "--parallel", "2", "--config.num_epochs=1", "--config.batch_size=8",
-      "--config.progress_bar=False", f"--config.data_dir={tmp_path / 'tfds'}"]) == 0
+      "--config.progress_bar=False", f"--config.data_dir={tmp_path / 'tfds'}",
+      "--population", "1"]) == 0
   root = tmp_path / "runs" / "signs"
   err = capsys.readouterr().err
   assert err.rstrip().endswith(f"report: python -m camri.report {root}\n"
