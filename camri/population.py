@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import sys
+from typing import NamedTuple
 
 from absl import app
 from absl import flags
@@ -56,27 +57,25 @@ def parse_member(args: list[str]):
   return config_flag.value, values.workdir
 
 
-def read_spec(path: str) -> list[list[list[str]]]:
-  """The populations of a POPULATION.json, each its members' argument lists."""
+class Spec(NamedTuple):
+  populations: list[list[list[str]]]  # Each population's members' argument lists.
+  compilation_cache: str | None
+
+
+def read_spec(path: str) -> Spec:
+  """The populations of a POPULATION.json and its compilation cache."""
   try:
     with open(path) as f:
       spec = json.load(f)
     populations = spec["populations"] if "populations" in spec else [spec["members"]]
-  except (OSError, ValueError, KeyError, TypeError) as e:
+    cache = spec.get("compilation_cache")
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise ConfigError(f"population file {path} is unreadable ({e}): write it as "
                       '{"members": [[camri.main args...], ...]}') from e
   if not populations or not all(p and all(isinstance(m, list) for m in p)
                                 for p in populations):
     raise ConfigError(f"population file {path} lists no members")
-  return populations
-
-
-def _compilation_cache(path: str) -> str | None:
-  try:
-    with open(path) as f:
-      return json.load(f).get("compilation_cache")
-  except (OSError, ValueError, AttributeError):
-    return None  # read_spec words the problem.
+  return Spec(populations, cache)
 
 
 def program(config) -> dict:
@@ -104,7 +103,7 @@ def check_one_program(configs, workdirs):
           f"may differ only in {', '.join(config_lib.member_fields(configs[0].loss.name))}")
 
 
-def _train(spec_path: str):
+def _train(spec_path: str, spec: Spec):
   """(configs, workdirs, each member's metrics.csv rows, the StopRequest), of every population
   trained (one after the other, until a stop request)."""
   from camri import prepare  # pylint: disable=g-import-not-at-top
@@ -112,7 +111,7 @@ def _train(spec_path: str):
   stop = StopRequest()
   trained = ([], [], [])
   try:
-    populations = [[parse_member(args) for args in p] for p in read_spec(spec_path)]
+    populations = [[parse_member(args) for args in p] for p in spec.populations]
     workdirs = [os.path.abspath(workdir) for p in populations for _, workdir in p]
     if len(set(workdirs)) != len(workdirs):
       raise ConfigError(f"population file {spec_path} names a --workdir twice")
@@ -155,12 +154,15 @@ def main(argv):
   if jax.process_count() > 1:
     main_lib.fail("a population trains in one process (on all its devices): launch the runs "
                   "alone for several hosts", 2)
-  cache = _compilation_cache(argv[1])
-  if cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", cache)
-  configs, workdirs, rows, stop = _train(argv[1])
+  try:
+    spec = read_spec(argv[1])
+  except ConfigError as e:
+    main_lib.fail(e, 2)
+  if spec.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", spec.compilation_cache)
+  configs, workdirs, rows, stop = _train(argv[1], spec)
   finished = [bool(r) and r[-1]["epoch"] == c.num_epochs for c, r in zip(configs, rows)]
-  finished += [False] * (sum(len(p) for p in read_spec(argv[1])) - len(rows))  # Not started.
+  finished += [False] * (sum(map(len, spec.populations)) - len(rows))  # Not started.
   failures = [(w, run_log.read_failure(w)) for w in workdirs]
   failures = [(w, f) for w, f in failures if f is not None]
   for workdir, failure in failures:
