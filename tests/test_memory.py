@@ -1,7 +1,11 @@
 """camri/memory.py: the host's memory under cgroups and shared runs, the device feed's peak."""
 
+import json
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from camri import memory
@@ -77,3 +81,38 @@ def test_feed_bytes_adds_up_the_peak():
   assert (host_cpu, device_cpu) == (host + device, device)
   _, device_tpu = memory.feed_bytes(sizes, (32, 32, 3), 1, runs=2, backend="tpu")
   assert device_tpu == device * 128 // 3
+
+
+def test_decoding_a_folder_peaks_at_its_stored_size_and_a_few_batches(tmp_path):
+  """The peak RSS of `pipeline.decoded_split`, measured in a process of its own.
+
+  135 training images of 256x256x3 (uint8, 26.5 MB; 106 MB as float32). What
+  decoding holds is the uint8 arrays and at most `DECODE_BATCHES_IN_FLIGHT`
+  float32 batches of `DECODE_BATCH_BYTES`. tf.data's own buffers, which the C
+  allocator keeps in per-thread arenas, still move the RSS by some tens of MB
+  from one run to the next (one arena, MALLOC_ARENA_MAX=1, steadies them):
+  the bound allows one float32 copy of the split for them (78 to 107 MB were
+  measured, against a bound of 158 MB). Holding every float32 batch and then
+  their concatenation, as decoding did, takes two float32 copies, over the
+  bound (252 and 258 MB).
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from tests import run_main  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 50), ("test", 1)):
+    for name in ("ant", "bee", "cow"):
+      os.makedirs(tmp_path / "tree" / split / name)
+      for i in range(count):
+        pixels = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "tree" / split / name / f"{i}.png")
+  result = subprocess.run(
+      [sys.executable, os.path.join(run_main.ROOT, "tests", "decode_peak_main.py"),
+       str(tmp_path / "tree"), str(tmp_path / "tfds"), "256"],
+      env={**run_main.env(), "MALLOC_ARENA_MAX": "1"}, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr
+  measured = json.loads(result.stdout.splitlines()[-1])
+  # uint8, the pixels as stored: 150 images less the validation split's 15.
+  assert measured["stored"] == 135 * 256 * 256 * 3
+  decoding = memory.DECODE_BATCHES_IN_FLIGHT * memory.DECODE_BATCH_BYTES
+  assert measured["peak"] <= measured["stored"] + decoding + measured["float32"], measured
