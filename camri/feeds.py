@@ -287,6 +287,13 @@ def steps_per_call(config) -> int:
   return 1 if jax.default_backend() == "cpu" else 50
 
 
+def evaluates_in_one_call(steps_per_call: int) -> bool:
+  """Whether a split on the devices is evaluated in one call (a loop over its batches): with
+  several steps per call, but not on CPU, where XLA runs the loop's convolutions as slowly as
+  the train steps' (`steps_per_call`)."""
+  return steps_per_call > 1 and jax.default_backend() != "cpu"
+
+
 class DeviceFeed:
   """The splits in device memory; `steps_per_call` steps per call; one run or a population.
 
@@ -301,7 +308,8 @@ class DeviceFeed:
     stacked = bool(sharding.members)
     steps = dataset.steps_per_epoch(config.batch_size) * config.num_epochs
     axis = members.member_axis(config, steps) if stacked else None
-    looped = self.steps_per_call > 1
+    self._eval_looped = evaluates_in_one_call(self.steps_per_call)
+    looped = self._eval_looped
     self._seeds = [int(seed) for seed in np.ravel(runs["seed"])]
     self._runs = jax.device_put(runs, sharding.state)
     self._train = _decoded(dataset, "train")
@@ -383,9 +391,10 @@ class DeviceFeed:
       empty = jax.tree.map(lambda x: np.broadcast_to(x, (self.sharding.members, *x.shape)), empty)
     sums = jax.device_put(empty, self.sharding.state)
     batches = self._eval_arrays[split]
-    if self.steps_per_call > 1:
+    if self._eval_looped:
       sums, scores = self._call(self._eval, state, sums, batches, None, self._runs)
-      scores = np.asarray(scores) if stacked else local_columns(scores)
+      if keep_predictions:
+        scores = np.asarray(scores) if stacked else local_columns(scores)
     else:
       scores = []
       rows_of = np.asarray if stacked else local_rows
