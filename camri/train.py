@@ -104,16 +104,16 @@ def evaluate_splits(feed, state, step, members: Members, save: bool,
   return rows
 
 
-def save_missing_predictions(feed, state, step, members: Members):
-  """Saves the predictions of every evaluated split whose file is missing or not from `step`.
+def missing_predictions(dataset: Dataset, step: int, members: Members) -> list[str]:
+  """The evaluated splits whose predictions file, of any live run, is missing or not from `step`.
 
   For a rerun of a finished run only: the files it reads are not being
   written, so every process decides alike whether to evaluate (a collective).
   """
-  for split in feed.dataset.eval_splits:
-    saved = [run_log.read_predictions(members.workdirs[member], split) for member in members.live]
-    if any(s is None or int(s["step"]) != step for s in saved):
-      evaluate_splits(feed, state, step, members, save=True, splits=[split])
+  return [split for split in dataset.eval_splits
+          if any(saved is None or int(saved["step"]) != step
+                 for saved in (run_log.read_predictions(members.workdirs[member], split)
+                               for member in members.live))]
 
 
 def save_checkpoints(members: Members, step: int, state, train_sums):
@@ -272,6 +272,9 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
   with members.opened():
     step, state, train_sums = _restore_or_init(members, model, dataset, sharding)
     restored_step = step
+    lost = missing_predictions(dataset, step, members) if step == total_steps else []
+    if step == total_steps and not lost:  # Finished: no feed, which would decode the data.
+      return [log.rows for log in members.logs]
     feed = feeds.make_feed(config, dataset, sharding, make_train_step(objective, config.seed),
                            make_eval_step(objective),
                            on_device=data_on_device(members, dataset, step),
@@ -308,7 +311,7 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
         save_checkpoints(members, step, state, train_sums)
         last_saved = step
     if restored_step == total_steps:  # A rerun of a finished run: remake lost predictions.
-      save_missing_predictions(feed, state, step, members)
+      evaluate_splits(feed, state, step, members, save=True, splits=lost)
   if stop and step < total_steps:
     logging.warning("%s received: stopped at step %d of %d; %s", stop.signal, step,
                     total_steps, f"checkpoint saved at step {last_saved}" if last_saved
