@@ -351,8 +351,9 @@ def _empty_sums(members: Members, num_classes: int, sharding: Sharding):
                         sharding.state)
 
 
-def data_on_device(members: Members, dataset: Dataset, step: int) -> bool:
-  """Whether the runs' data is fed from device memory (`config.data_on_device`).
+def data_on_device(members: Members, dataset: Dataset, step: int, record: bool = True) -> bool:
+  """Whether the runs' data is fed from device memory (`config.data_on_device`); a new run's
+  choice is recorded (`record`; `prepare.prepare_run` only checks).
 
   A resumed run keeps the choice it started with ("auto" may decide otherwise
   on another machine, and the two feeds augment differently); runs from
@@ -384,7 +385,7 @@ def data_on_device(members: Members, dataset: Dataset, step: int) -> bool:
         f"config.data_on_device={config.data_on_device!r} is invalid: this run started "
         f"with data_on_device={str(not chosen).lower()} and augments, which the two feeds do "
         "differently; resume with that value (or 'auto'), or use a new --workdir")
-  if not step and jax.process_index() == 0:
+  if record and not step and jax.process_index() == 0:
     for workdir in members.workdirs:
       run_log.write_data_on_device(workdir, chosen)
   return chosen
