@@ -30,6 +30,7 @@ from camri import checkpoint
 from camri import config_lib
 from camri import feeds
 from camri import metrics
+from camri import progress
 from camri import run_log
 from camri.data import dataset as dataset_lib
 from camri.data.dataset import Dataset
@@ -165,7 +166,7 @@ def train_epoch(state, sums, step, calls, hooks):
   return state, sums, step
 
 
-def call_hooks(stop: StopRequest, every: int, last_saved: int, bar: tqdm.tqdm,
+def call_hooks(stop: StopRequest, every: int, last_saved: int, bar,
                members: Members):
   """After each call: the progress bar; the finite check and the stop poll every `every` steps;
   a stop once no run is left."""
@@ -392,9 +393,8 @@ def data_on_device(members: Members, dataset: Dataset, step: int, record: bool =
 
 
 def _progress_bar(config, epoch: int, initial: int, steps_per_epoch: int, main_process: bool):
-  return tqdm.tqdm(total=steps_per_epoch, initial=initial,
-                   disable=not (config.progress_bar and main_process), leave=False,
-                   desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step", dynamic_ncols=True)
+  return progress.epoch_progress(steps_per_epoch, initial, f"epoch {epoch + 1}/{config.num_epochs}",
+                                 enabled=config.progress_bar and main_process)
 
 
 def _say(text: str, main_process: bool):
