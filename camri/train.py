@@ -393,7 +393,8 @@ def data_on_device(members: Members, dataset: Dataset, step: int, record: bool =
 
 
 def _progress_bar(config, epoch: int, initial: int, steps_per_epoch: int, main_process: bool):
-  return progress.epoch_progress(steps_per_epoch, initial, f"epoch {epoch + 1}/{config.num_epochs}",
+  return progress.epoch_progress(steps_per_epoch, initial,
+                                 f"epoch {epoch + 1}/{config.num_epochs}",
                                  enabled=config.progress_bar and main_process)
 
 
