@@ -29,7 +29,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
-import os
 
 from absl import logging
 import jax
@@ -38,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from camri import members
+from camri import memory
 from camri import metrics
 from camri.data import pipeline
 from camri.data.dataset import Dataset
@@ -197,12 +197,6 @@ def to_float(images):
   return images
 
 
-def compact(images: np.ndarray) -> np.ndarray:
-  """float32 images in [0, 1] as uint8 when `to_float` gives them back exactly, else as they are."""
-  as_uint8 = np.round(images * 255.0).astype(np.uint8)
-  return as_uint8 if np.array_equal(pipeline.PIXEL_VALUES[as_uint8], images) else images
-
-
 def augment(images, keys, augmentations):
   """(B, H, W, C) images, each augmented with its own key: crop, then flip."""
 
@@ -293,6 +287,13 @@ def steps_per_call(config) -> int:
   return 1 if jax.default_backend() == "cpu" else 50
 
 
+def evaluates_in_one_call(steps_per_call: int) -> bool:
+  """Whether a split on the devices is evaluated in one call (a loop over its batches): with
+  several steps per call, but not on CPU, where XLA runs the loop's convolutions as slowly as
+  the train steps' (`steps_per_call`)."""
+  return steps_per_call > 1 and jax.default_backend() != "cpu"
+
+
 class DeviceFeed:
   """The splits in device memory; `steps_per_call` steps per call; one run or a population.
 
@@ -307,7 +308,8 @@ class DeviceFeed:
     stacked = bool(sharding.members)
     steps = dataset.steps_per_epoch(config.batch_size) * config.num_epochs
     axis = members.member_axis(config, steps) if stacked else None
-    looped = self.steps_per_call > 1
+    self._eval_looped = evaluates_in_one_call(self.steps_per_call)
+    looped = self._eval_looped
     self._seeds = [int(seed) for seed in np.ravel(runs["seed"])]
     self._runs = jax.device_put(runs, sharding.state)
     self._train = _decoded(dataset, "train")
@@ -389,9 +391,10 @@ class DeviceFeed:
       empty = jax.tree.map(lambda x: np.broadcast_to(x, (self.sharding.members, *x.shape)), empty)
     sums = jax.device_put(empty, self.sharding.state)
     batches = self._eval_arrays[split]
-    if self.steps_per_call > 1:
+    if self._eval_looped:
       sums, scores = self._call(self._eval, state, sums, batches, None, self._runs)
-      scores = np.asarray(scores) if stacked else local_columns(scores)
+      if keep_predictions:
+        scores = np.asarray(scores) if stacked else local_columns(scores)
     else:
       scores = []
       rows_of = np.asarray if stacked else local_rows
@@ -409,32 +412,31 @@ class DeviceFeed:
 
 
 def _decoded(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
-  arrays = pipeline.decoded_split(dataset.builder, dataset.spec, dataset.splits[split],
-                                  image_size=dataset.image_size)
-  return {**arrays, "image": compact(arrays["image"])}
+  return pipeline.decoded_split(dataset.builder, dataset.spec, dataset.splits[split],
+                                image_size=dataset.image_size)
 
 
 def fits_on_devices(dataset: Dataset, runs: int = 1) -> bool:
-  """Whether this process's share of every split, plus two epochs' copies of the training
-  split for each of `runs` (the current one and the next, prepared meanwhile), takes at most
-  `DEVICE_MEMORY_FRACTION` of its devices' memory and of the host's (as uint8, or
-  float32 where the images are resized).
+  """Whether the device feed's peak (`memory.feed_bytes`: this process's share of every split,
+  two epochs' copies of the training split for each of `runs`, what decoding holds meanwhile)
+  takes at most `DEVICE_MEMORY_FRACTION` of its devices' memory and of the host's.
   """
-  values = (sum(split.size for split in dataset.splits.values())
-            + 2 * runs * dataset.splits["train"].size) * int(np.prod(dataset.image_shape))
-  bytes_per_value = 1 if pipeline.keeps_stored_pixels(dataset.builder, dataset.image_size) else 4
-  needed = values * bytes_per_value // jax.process_count()
-  return all(needed <= DEVICE_MEMORY_FRACTION * limit for limit in _memory_limits())
+  itemsize = 1 if pipeline.keeps_stored_pixels(dataset.builder, dataset.image_size) else 4
+  shares = {name: -(-split.size // jax.process_count()) for name, split in dataset.splits.items()}
+  host, device = memory.feed_bytes(shares, dataset.image_shape, itemsize, runs,
+                                   jax.default_backend())
+  device_limit = _device_memory()
+  return (host <= DEVICE_MEMORY_FRACTION * memory.host_memory_limit()
+          and (device_limit is None or device <= DEVICE_MEMORY_FRACTION * device_limit))
 
 
-def _memory_limits() -> list[int]:
-  """The bytes of this process's devices' memory (where they report it), and of the host's."""
-  limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+def _device_memory() -> int | None:
+  """The bytes of this process's devices' memory, where they report it (not on CPU)."""
   stats = [device.memory_stats() or {} for device in jax.local_devices()
            if device.platform != "cpu"]
   if stats and all(s.get("bytes_limit") for s in stats):
-    limits.append(sum(int(s["bytes_limit"]) for s in stats))
-  return limits
+    return sum(int(s["bytes_limit"]) for s in stats)
+  return None
 
 
 def make_feed(config, dataset: Dataset, sharding: Sharding, train_step, eval_step,

@@ -92,8 +92,9 @@ def preprocessed_images(paths, run):
   """Yields each image as the run's evaluation preprocesses it: (H, W, C) float32 in [0, 1].
 
   Raises:
-    ImageFileError, PredictError: naming the first file that does not decode
-      (or, with config.image_size 0, has another size than the run's images).
+    ImageFileError: once every image is read, naming each file that does not
+      decode (or, with config.image_size 0, has another size than the run's
+      images): `image_files.raise_problems`.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from camri.data import image_files  # pylint: disable=g-import-not-at-top
@@ -107,13 +108,22 @@ def preprocessed_images(paths, run):
   ds = tf.data.Dataset.from_tensor_slices(list(paths)).map(
       preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   iterator = iter(ds.prefetch(tf.data.AUTOTUNE))
+  problems = []
   for path in paths:
-    image_files.check_bmp(path)  # Some BMP variants decode, to the wrong pixels.
+    problem = None
     try:
-      image = next(iterator)
+      image_files.check_bmp(path)  # Some BMP variants decode, to the wrong pixels.
+    except image_files.ImageFileError as e:
+      problem = e
+    try:
+      image = next(iterator)  # After a failed image, the next ones still come.
     except tf.errors.OpError:
-      raise PredictError(_why_not(path, run)) from None
-    yield image.numpy()
+      problem = problem or image_files.ImageFileError(_why_not(path, run))
+    if problem:
+      problems.append(problem)
+    elif not problems:  # Once one failed, the rest is only checked.
+      yield image.numpy()
+  image_files.raise_problems(problems)
 
 
 def _why_not(path, run) -> str:

@@ -4,7 +4,8 @@
 losses, resolves important classes by name, refuses a workdir that holds a
 different run, checks that config.init_checkpoint fits the backbone, prepares the
 dataset, checks what needs the prepared data (a training split that holds a
-batch, a fixed image size), and only then writes config.json. TensorFlow is
+batch, a fixed image size, a feed the run can take), and only then writes
+config.json. TensorFlow is
 not loaded before the config and the workdir have passed (except to check an
 init_checkpoint: the model code imports the input pipeline), so a bad command
 fails in a second or two.
@@ -171,6 +172,22 @@ def check_workdir(workdir: str, record: dict):
         f"already holds {done} trained epochs; use num_epochs >= {done}, or {fresh}")
 
 
+def _check_feed(config, dataset, workdir: str, population: dict | None):
+  """Raises the ConfigError `train.data_on_device` would: a feed the run cannot take.
+
+  A population's member is checked as one of `population["size"]` runs; a run
+  with a complete checkpoint as a resumed one.
+  """
+  from camri import checkpoint  # pylint: disable=g-import-not-at-top
+  from camri import train  # pylint: disable=g-import-not-at-top
+  from camri.members import Members  # pylint: disable=g-import-not-at-top
+  size = population["size"] if population else 1
+  runs = Members([config] * size, [workdir] * size, steps_per_epoch=1,
+                 population=population is not None)
+  train.data_on_device(runs, dataset, step=int(bool(checkpoint.complete_steps(workdir))),
+                       record=False)
+
+
 def prepare_run(config, workdir: str, population: dict | None = None):
   """Validates `config` for `workdir`, prepares the data, writes config.json.
 
@@ -194,7 +211,9 @@ def prepare_run(config, workdir: str, population: dict | None = None):
     _check_init_checkpoint(resolved, len(class_names), record["image_shape"])
   keep_accelerators_for_jax()
   from camri.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top  (loads TensorFlow)
-  dataset_lib.open_dataset(resolved, workdir=workdir).steps_per_epoch(resolved.batch_size)
+  dataset = dataset_lib.open_dataset(resolved, workdir=workdir)
+  dataset.steps_per_epoch(resolved.batch_size)
+  _check_feed(resolved, dataset, workdir, population)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     spec = data_lib.get_spec(resolved.dataset)

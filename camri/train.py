@@ -30,6 +30,7 @@ from camri import checkpoint
 from camri import config_lib
 from camri import feeds
 from camri import metrics
+from camri import progress
 from camri import run_log
 from camri.data import dataset as dataset_lib
 from camri.data.dataset import Dataset
@@ -104,16 +105,16 @@ def evaluate_splits(feed, state, step, members: Members, save: bool,
   return rows
 
 
-def save_missing_predictions(feed, state, step, members: Members):
-  """Saves the predictions of every evaluated split whose file is missing or not from `step`.
+def missing_predictions(dataset: Dataset, step: int, members: Members) -> list[str]:
+  """The evaluated splits whose predictions file, of any live run, is missing or not from `step`.
 
   For a rerun of a finished run only: the files it reads are not being
   written, so every process decides alike whether to evaluate (a collective).
   """
-  for split in feed.dataset.eval_splits:
-    saved = [run_log.read_predictions(members.workdirs[member], split) for member in members.live]
-    if any(s is None or int(s["step"]) != step for s in saved):
-      evaluate_splits(feed, state, step, members, save=True, splits=[split])
+  return [split for split in dataset.eval_splits
+          if any(saved is None or int(saved["step"]) != step
+                 for saved in (run_log.read_predictions(members.workdirs[member], split)
+                               for member in members.live))]
 
 
 def save_checkpoints(members: Members, step: int, state, train_sums):
@@ -165,7 +166,7 @@ def train_epoch(state, sums, step, calls, hooks):
   return state, sums, step
 
 
-def call_hooks(stop: StopRequest, every: int, last_saved: int, bar: tqdm.tqdm,
+def call_hooks(stop: StopRequest, every: int, last_saved: int, bar,
                members: Members):
   """After each call: the progress bar; the finite check and the stop poll every `every` steps;
   a stop once no run is left."""
@@ -272,6 +273,9 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
   with members.opened():
     step, state, train_sums = _restore_or_init(members, model, dataset, sharding)
     restored_step = step
+    lost = missing_predictions(dataset, step, members) if step == total_steps else []
+    if step == total_steps and not lost:  # Finished: no feed, which would decode the data.
+      return [log.rows for log in members.logs]
     feed = feeds.make_feed(config, dataset, sharding, make_train_step(objective, config.seed),
                            make_eval_step(objective),
                            on_device=data_on_device(members, dataset, step),
@@ -308,7 +312,7 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
         save_checkpoints(members, step, state, train_sums)
         last_saved = step
     if restored_step == total_steps:  # A rerun of a finished run: remake lost predictions.
-      save_missing_predictions(feed, state, step, members)
+      evaluate_splits(feed, state, step, members, save=True, splits=lost)
   if stop and step < total_steps:
     logging.warning("%s received: stopped at step %d of %d; %s", stop.signal, step,
                     total_steps, f"checkpoint saved at step {last_saved}" if last_saved
@@ -348,8 +352,9 @@ def _empty_sums(members: Members, num_classes: int, sharding: Sharding):
                         sharding.state)
 
 
-def data_on_device(members: Members, dataset: Dataset, step: int) -> bool:
-  """Whether the runs' data is fed from device memory (`config.data_on_device`).
+def data_on_device(members: Members, dataset: Dataset, step: int, record: bool = True) -> bool:
+  """Whether the runs' data is fed from device memory (`config.data_on_device`); a new run's
+  choice is recorded (`record`; `prepare.prepare_run` only checks).
 
   A resumed run keeps the choice it started with ("auto" may decide otherwise
   on another machine, and the two feeds augment differently); runs from
@@ -381,16 +386,16 @@ def data_on_device(members: Members, dataset: Dataset, step: int) -> bool:
         f"config.data_on_device={config.data_on_device!r} is invalid: this run started "
         f"with data_on_device={str(not chosen).lower()} and augments, which the two feeds do "
         "differently; resume with that value (or 'auto'), or use a new --workdir")
-  if not step and jax.process_index() == 0:
+  if record and not step and jax.process_index() == 0:
     for workdir in members.workdirs:
       run_log.write_data_on_device(workdir, chosen)
   return chosen
 
 
 def _progress_bar(config, epoch: int, initial: int, steps_per_epoch: int, main_process: bool):
-  return tqdm.tqdm(total=steps_per_epoch, initial=initial,
-                   disable=not (config.progress_bar and main_process), leave=False,
-                   desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step", dynamic_ncols=True)
+  return progress.epoch_progress(steps_per_epoch, initial,
+                                 f"epoch {epoch + 1}/{config.num_epochs}",
+                                 enabled=config.progress_bar and main_process)
 
 
 def _say(text: str, main_process: bool):

@@ -13,6 +13,8 @@ import queue
 import shlex
 import subprocess
 
+from camri import memory
+
 LOG_FILE = "launch.log"
 
 
@@ -59,9 +61,12 @@ def run_local(runs, parallel=1, cuda_devices=(), cwd=None):
     runs: `launch.grid.Run`s.
     parallel: number of concurrent subprocesses.
     cuda_devices: device ids (strings); the i-th of the `parallel` slots gets
-      CUDA_VISIBLE_DEVICES=cuda_devices[i % len(cuda_devices)]. Empty: the
-      environment is passed unchanged.
+      CUDA_VISIBLE_DEVICES=cuda_devices[i % len(cuda_devices)]. Empty: that
+      variable is passed unchanged.
     cwd: working directory of the commands.
+
+  Every command gets CAMRI_RUNS_PER_HOST=`parallel` (`camri.memory`): the runs
+  sharing the machine's memory.
 
   Returns:
     {run name: exit status}.
@@ -75,7 +80,9 @@ def run_local(runs, parallel=1, cuda_devices=(), cwd=None):
   def work(run):
     device = slots.get()
     try:
-      env = None if device is None else {**os.environ, "CUDA_VISIBLE_DEVICES": str(device)}
+      env = {**os.environ, memory.RUNS_PER_HOST: str(parallel)}
+      if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(device)
       print(f"start {run.name}", flush=True)
       status = run_command(run.command, run.workdir, cwd=cwd, env=env)
       print(f"{'done' if status == 0 else f'FAILED ({status})'} {run.name}", flush=True)

@@ -2,6 +2,8 @@
 
 import importlib
 import math
+import os
+import re
 
 import pytest
 
@@ -129,3 +131,14 @@ def test_freezing_needs_weights_to_freeze():
   with pytest.raises(config_lib.ConfigError, match=r"config.freeze_backbone=True is invalid: "
                      r"a frozen backbone keeps the weights it starts from"):
     prepare.validated_config(config)
+
+
+def test_readme_names_every_field_a_resumed_run_may_change():
+  """README's "Another run's workdir" lists `config_lib.RESUMABLE_CHANGES` (the population
+  in words)."""
+  with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
+    text = f.read()
+  text = " ".join(text.split())
+  listed = text[text.index("(only `num_epochs` may grow"):].split("may change)", 1)[0]
+  assert set(re.findall(r"`(\w+)`", listed)) | {"population"} == set(config_lib.RESUMABLE_CHANGES)
+  assert "the population a run trains in" in listed

@@ -56,13 +56,11 @@ def test_epoch_order_is_the_order_tfdata_trains_in(name, epoch, start_step, requ
   assert order.shape == (dataset.steps_per_epoch(config.batch_size), config.batch_size)
   assert len(batches) == len(order) - start_step
   for batch, rows in zip(batches, order[start_step:]):
-    np.testing.assert_array_equal(batch["image"], decoded["image"][rows])
+    np.testing.assert_array_equal(batch["image"], feeds.to_float(decoded["image"][rows]))
     np.testing.assert_array_equal(batch["label"], decoded["label"][rows])
-  # Stored as uint8 on the devices where nothing is resized, the images come back
-  # bit for bit; resized ones are kept as float32.
-  stored = feeds.compact(decoded["image"])
-  assert stored.dtype == (np.uint8 if name == "digits" else np.float32)
-  np.testing.assert_array_equal(feeds.to_float(jnp.asarray(stored)), decoded["image"])
+  # Stored as uint8 where nothing is resized (as_float gives them back bit for bit);
+  # resized ones are kept as float32.
+  assert decoded["image"].dtype == (np.uint8 if name == "digits" else np.float32)
 
 
 def _in_float64(tree):
@@ -172,3 +170,37 @@ def test_a_resumed_run_keeps_its_feed(digits, tmp_path):
   (tmp_path / run_log.FEED_FILE).unlink()  # A run from before the device feed: tf.data.
   config.data_on_device = "auto"
   assert not train.data_on_device(run, dataset, step=10)
+
+
+def test_evaluation_is_a_call_per_batch_on_cpu_and_copies_scores_only_when_kept(
+    digits, monkeypatch):
+  """With 7 steps per call, on CPU each test batch is its own call (XLA:CPU loops slowly);
+  where a split is one call (GPU, TPU), its scores leave the devices only when kept."""
+  config, dataset = digits
+  config = config.copy_and_resolve_references()
+  config.steps_per_call = 7
+  sharding = feeds.Sharding.over_all_devices()
+  model, objective = train.make_model(config, dataset.num_classes)
+  state = jax.device_put(train.create_train_state(config, model, dataset.image_shape),
+                         sharding.replicated)
+
+  def feed_and_calls():
+    feed = feeds.make_feed(config, dataset, sharding,
+                           train.make_train_step(objective, config.seed),
+                           train.make_eval_step(objective), on_device=True,
+                           runs=train.run_arrays(config, dataset.num_classes))
+    calls, evaluate = [], feed._eval  # pylint: disable=protected-access
+    feed._eval = lambda *args: (calls.append(args[3]), evaluate(*args))[1]  # pylint: disable=protected-access
+    return feed, calls
+
+  feed, calls = feed_and_calls()
+  feed.evaluate(state, "test", keep_predictions=False)
+  assert calls == [0, 1, 2, 3]  # 360 test images, eval batch 100: a call per batch.
+  monkeypatch.setattr(feeds, "evaluates_in_one_call", lambda steps_per_call: True)
+  feed, calls = feed_and_calls()
+  copied = []
+  for name in ("local_rows", "local_columns"):
+    monkeypatch.setattr(feeds, name, lambda x, name=name: copied.append(name))
+  sums, predictions = feed.evaluate(state, "test", keep_predictions=False)
+  assert calls == [None] and predictions is None and not copied
+  assert int(np.sum(jax.device_get(sums["count"]))) == 360

@@ -120,6 +120,20 @@ def existing_run(digits_config, tmp_path):
   return workdir
 
 
+def test_a_feed_the_run_cannot_take_is_refused_before_anything_is_written(digits_config,
+                                                                         tmp_path):
+  """A population's data must be on the devices: prepare_run refuses data_on_device=false
+  (exit 2) before it writes, not training once it has opened the data and the checkpoints."""
+  from camri import prepare  # pylint: disable=g-import-not-at-top
+  digits_config.data_on_device = "false"
+  workdir = tmp_path / "member"
+  with pytest.raises(prepare.ConfigError, match=r"^config.data_on_device='false' is invalid for "
+                     "a population of 2 runs"):
+    prepare.prepare_run(digits_config, str(workdir),
+                        population={"file": "p.json", "population": 0, "size": 2, "member": 0})
+  assert not workdir.exists()
+
+
 @pytest.mark.parametrize("overrides, expected", [
     (["--config.loss.scale=8"], ["holds a run with a different config", "loss.scale: 16.0 -> 8.0",
                                  "delete"]),

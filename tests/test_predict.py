@@ -143,6 +143,8 @@ def test_bad_input_is_one_line_status_2_and_nothing_written(runs, pngs, tmp_path
   (empty / "readme.txt").write_text("no images here")
   not_image = tmp_path / "broken.png"
   not_image.write_bytes(b"not a png")
+  also_not = tmp_path / "also_broken.jpg"
+  also_not.write_bytes(b"not a jpeg")
   big = tmp_path / "big.png"
   big.write_bytes(tf.io.encode_png(
       np.zeros((16, 16, 1), np.uint8)).numpy())
@@ -162,6 +164,9 @@ def test_bad_input_is_one_line_status_2_and_nothing_written(runs, pngs, tmp_path
       (["--workdir", workdir, str(tmp_path / "missing")], "missing", "does not exist"),
       (["--workdir", workdir, str(empty)], "no image files", str(empty)),
       (["--workdir", workdir, first, str(not_image)], str(not_image), "does not decode"),
+      (["--workdir", workdir, str(not_image), first, str(also_not)],  # Every one, in one run.
+       "2 image files cannot be used: ", f"{not_image} does not decode",
+       f"{also_not} does not decode"),
       (["--workdir", workdir, str(big)], str(big), "is 16x16", "8x8"),
       (["--workdir", workdir, str(links)], f"{links / 'gone.png'} is a broken link (to "
        f"{tmp_path / 'gone.png'})"),

@@ -14,6 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.testing import mocking
 
+from camri import feeds
 from camri import metrics
 from camri import prepare
 from camri import run_log
@@ -183,6 +184,8 @@ def test_rerun_resumes_and_a_finished_run_is_not_retrained(digits_config, tmp_pa
   first = train.train_and_evaluate(config, workdir)
   assert [r["epoch"] for r in first] == [1, 2]
   _assert_predictions_match_the_last_row(workdir, first[-1])
+  with mock.patch.object(feeds, "make_feed", side_effect=AssertionError("no feed is needed")):
+    np.testing.assert_equal(train.train_and_evaluate(config, workdir), first)  # Nothing to do.
   saved = run_log.read_predictions(workdir, "test")
   run_log.predictions_path(workdir, "test").unlink()
   again = train.train_and_evaluate(config, workdir)  # Finished: only the lost file is remade.

@@ -138,6 +138,10 @@ def scan(path: str) -> Tree:
   if not os.path.isdir(root):
     raise FolderError(f"image folder {root} does not exist")
   if not os.path.isdir(os.path.join(root, "train")):
+    parent = os.path.dirname(root)
+    if os.path.basename(root) in SPLITS and os.path.isdir(os.path.join(parent, "train")):
+      raise FolderError(f"image folder {root} has no train/ folder: did you mean "
+                        f"path={parent}?")
     raise FolderError(f"image folder {root} has no train/ folder: put images in "
                       f"{root}/train/<class>/")
   by_split, skipped, loops = {}, 0, 0
@@ -323,18 +327,23 @@ def run_files(builder) -> dict[str, str]:
 
 
 def check_decodes(tree: Tree, channels: int):
-  """Decodes every image of `tree` as the pipeline will; ImageFileError names one that fails."""
+  """Decodes every image of `tree` as the pipeline will; one ImageFileError names every one that
+  fails (`image_files.raise_problems`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from camri.data import pipeline  # pylint: disable=g-import-not-at-top
+  problems = []
   for files in tree.files.values():
     for path, _ in files:
       full = os.path.join(tree.root, path)
       encoded = _read(full)
-      image_files.check_bmp(full, encoded)
       try:
+        image_files.check_bmp(full, encoded)
         pipeline.decode_image(encoded, channels)
+      except image_files.ImageFileError as e:
+        problems.append(e)
       except tf.errors.InvalidArgumentError:
-        raise image_files.undecodable(full) from None
+        problems.append(image_files.undecodable(full))
+  image_files.raise_problems(problems)
 
 
 def _read(path: str) -> bytes:
@@ -373,6 +382,14 @@ class Folder(tfds.core.GeneratorBasedBuilder):
       check_decodes(self.builder_config.tree, self.builder_config.channels)
       print(describe(self.builder_config.tree), flush=True)
     super().download_and_prepare(**kwargs)
+
+  # tfds announces "Downloading and preparing dataset" and "downloaded": a tree
+  # is local, and `describe` has said what is being prepared.
+  def _log_download_bytes(self):
+    pass
+
+  def _log_download_done(self):
+    print(f"image folder prepared in {self.data_dir}", flush=True)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # The tree is local.

@@ -160,3 +160,19 @@ def undecodable(path: str) -> ImageFileError:
   except OSError as e:
     return ImageFileError(f"{path} cannot be read: {e.strerror}")
   return ImageFileError(f"{path} does not decode as an image ({FORMATS})")
+
+
+# Files named in one error at most; the rest are counted.
+LISTED_PROBLEMS = 20
+
+
+def raise_problems(problems: list[ImageFileError]):
+  """Raises one ImageFileError naming every file of `problems` (the first `LISTED_PROBLEMS`, and
+  how many more), so that one run finds them all; nothing if there are none."""
+  if len(problems) == 1:
+    raise problems[0]
+  if problems:
+    more = len(problems) - LISTED_PROBLEMS
+    raise ImageFileError(f"{len(problems)} image files cannot be used: "
+                         + "; ".join(str(p) for p in problems[:LISTED_PROBLEMS])
+                         + (f"; and {more} more" if more > 0 else ""))

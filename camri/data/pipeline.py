@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from camri import memory
 from camri.config_lib import ConfigError
 from camri.data.spec import DatasetSpec
 from camri.data.spec import Split
@@ -257,17 +258,56 @@ def _no_examples(examples, builder, image_size) -> dict[str, np.ndarray]:
           for key, spec in examples.element_spec.items()}
 
 
+def stored_pixels(images: np.ndarray) -> np.ndarray | None:
+  """float32 images in [0, 1] as uint8, when `PIXEL_VALUES` gives them back exactly; else None."""
+  as_uint8 = np.round(images * np.float32(255.0)).astype(np.uint8)
+  return as_uint8 if np.array_equal(PIXEL_VALUES[as_uint8], images) else None
+
+
 def decoded_split(builder, spec: DatasetSpec, split: Split, *, image_size) -> dict[str, np.ndarray]:
   """This process's share of `split`, in stored order, preprocessed as the model sees it.
 
-  {"image": float32 (N, H, W, C) in [0, 1], "label": int32 (N,), "id": bytes (N,),
-  "mask": ones (N,)}: what `eval_batches` yields, unbatched and unpadded, and what
-  `train_batches` yields before shuffling and augmentation.
+  {"image": (N, H, W, C), "label": int32 (N,), "id": bytes (N,), "mask": ones
+  (N,)}: what `eval_batches` yields, unbatched and unpadded, and what
+  `train_batches` yields before shuffling and augmentation. Images are uint8
+  where every pixel is a stored value (the model sees `PIXEL_VALUES[k]`),
+  float32 in [0, 1] otherwise (resized).
+
+  Decoded `memory.DECODE_BATCH_BYTES` of float32 at a time, each batch
+  stored as it arrives into arrays of the share's size, so the peak is those
+  arrays and a few batches (`memory.feed_bytes`). The images stay uint8 until
+  a batch is not exact; the rows stored by then are converted to float32
+  (the only moment both are held).
   """
   examples = _examples(builder, spec, split, image_size)
-  batches = tfds.as_numpy(examples.batch(1024).prefetch(tf.data.AUTOTUNE))
-  parts = list(read_checked(batches, builder)) or [_no_examples(examples, builder, image_size)]
-  return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+  shape = image_shape(builder, image_size)
+  rows = max(1, memory.DECODE_BATCH_BYTES // (4 * math.prod(shape)))
+  capacity = share_sizes(builder, split)[1]
+  stored = {key: np.zeros((capacity, *x.shape[1:]), np.uint8 if key == "image" else x.dtype)
+            for key, x in _no_examples(examples, builder, image_size).items()}
+  filled = 0
+  batches = tfds.as_numpy(examples.batch(rows).prefetch(1))
+  for batch in read_checked(batches, builder):
+    n = len(batch["label"])
+    if filled + n > capacity:
+      raise RuntimeError(f"{split.name} split has more than its {capacity} examples")
+    if stored["image"].dtype == np.uint8:
+      as_uint8 = stored_pixels(batch["image"])
+      if as_uint8 is None:
+        stored["image"] = _as_float(stored["image"], filled)
+      else:
+        batch["image"] = as_uint8
+    for key, x in stored.items():
+      x[filled:filled + n] = batch[key]
+    filled += n
+  return {key: x[:filled] for key, x in stored.items()}
+
+
+def _as_float(images: np.ndarray, filled: int) -> np.ndarray:
+  """uint8 `images` as float32 `PIXEL_VALUES`, of which the first `filled` rows are set."""
+  floats = np.zeros(images.shape, np.float32)
+  floats[:filled] = PIXEL_VALUES[images[:filled]]
+  return floats
 
 
 def train_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size, image_size,

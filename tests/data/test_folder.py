@@ -161,6 +161,8 @@ def _make_bad(root, case):
   if case == "no_train_folder":
     os.rename(root / "train", root / "training")
     return str(root), str(root)
+  if case == "path_is_the_train_folder":
+    return str(root / "train"), f"did you mean path={root}?"
   if case == "class_without_images":
     (root / "train" / "fox").mkdir()
     (root / "train" / "fox" / "about.txt").write_text("no images here")
@@ -198,6 +200,7 @@ def _make_bad(root, case):
 BAD_TREES = {
     "missing_path": "does not exist",
     "no_train_folder": "has no train/ folder",
+    "path_is_the_train_folder": f"{os.sep}train has no train/ folder",
     "class_without_images": "has no images",
     "single_class": "has one class folder (cat)",
     "test_class_not_in_train": "has classes that train/ lacks: yak",
@@ -223,6 +226,32 @@ def test_bad_tree_is_refused_in_one_line_with_nothing_written(case, tmp_path):
   assert isinstance(error.value, prepare.ConfigError)  # main: exit 2.
   assert not workdir.exists() and not data_dir.exists()
   assert (sorted(os.walk(root)) if os.path.exists(root) else None) == before
+
+
+def test_every_image_that_does_not_decode_is_named_in_one_error(tmp_path):
+  root = tmp_path / "tree"
+  write_tree(root, counts={"train": 3, "test": 1})
+  broken = [root / "train" / name / f"broken{i}.jpg" for i, name in enumerate(("cat", "dog"))]
+  broken.append(root / "test" / "emu" / "broken.png")
+  for path in broken:
+    path.write_bytes(b"\xff\xd8 not really a jpeg")
+  with pytest.raises(image_files.ImageFileError) as error:
+    prepare.prepare_run(config_for(root, tmp_path / "tfds"), str(tmp_path / "run"))
+  message = str(error.value)
+  assert message.startswith("3 image files cannot be used: ") and "\n" not in message
+  assert all(f"{path} does not decode as an image" in message for path in broken), message
+
+
+def test_a_long_list_of_bad_files_names_the_first_20_and_counts_the_rest():
+  problems = [image_files.ImageFileError(f"f{i}.png does not decode") for i in range(25)]
+  with pytest.raises(image_files.ImageFileError) as error:
+    image_files.raise_problems(problems)
+  assert str(error.value) == ("25 image files cannot be used: "
+                              + "; ".join(f"f{i}.png does not decode" for i in range(20))
+                              + "; and 5 more")
+  with pytest.raises(image_files.ImageFileError, match=r"^f0.png does not decode$"):
+    image_files.raise_problems(problems[:1])
+  image_files.raise_problems([])
 
 
 @pytest.mark.parametrize("arg, expected", [
@@ -266,7 +295,10 @@ def test_unchanged_tree_is_not_decoded_again_and_a_new_image_prepares_again(
   config, _ = prepare.validated_config(config_for(tmp_path / "tree", tmp_path / "tfds"))
 
   first = dataset.open_dataset(config)
-  assert len(decoded) == 1 and "skipped 2 files" in capsys.readouterr().out
+  said = capsys.readouterr().out
+  assert len(decoded) == 1 and "skipped 2 files" in said
+  assert "Downloading" not in said and "downloaded" not in said  # The tree is local.
+  assert f"image folder prepared in {first.builder.data_dir}" in said
   again = dataset.open_dataset(config)
   assert len(decoded) == 1 and "image folder" not in capsys.readouterr().out
   assert again.builder.data_path == first.builder.data_path

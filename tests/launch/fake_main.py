@@ -56,7 +56,8 @@ def main(argv):
   workdir = args["workdir"]
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "calls.txt"), "a") as f:
-    f.write(f"{time.time()} start {os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n")
+    f.write(f"{time.time()} start {os.environ.get('CUDA_VISIBLE_DEVICES', '')} "
+            f"runs_per_host={os.environ.get('CAMRI_RUNS_PER_HOST', '')}\n")
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(config, f)
   path = os.path.join(workdir, "metrics.csv")

@@ -210,6 +210,7 @@ def test_local_parallelism_is_bounded_and_devices_are_shared_out(tmp_path, fake_
   for w in tmp_path.iterdir():
     start, end = open(w / "calls.txt").read().splitlines()
     intervals.append((float(start.split()[0]), float(end.split()[0]), start.split()[2]))
+    assert start.split()[3] == "runs_per_host=2"  # Each run's share of the host's memory.
   assert {device for *_, device in intervals} <= {"0", "1"}
   for t, _, _ in intervals:  # at every start, at most 2 runs are running, on distinct devices
     running = [d for s, e, d in intervals if s <= t < e]
