@@ -1,7 +1,5 @@
 """The two feeds (camri/feeds.py): same batches, same training, same evaluation."""
 
-import signal
-
 import flax
 import jax
 import jax.numpy as jnp
@@ -11,7 +9,6 @@ import pytest
 from camri import feeds
 from camri import prepare
 from camri import train
-from camri.preemption import StopRequest
 from camri.data import dataset as dataset_lib
 from camri.data import pipeline
 from camri.members import Members
@@ -269,41 +266,3 @@ def test_auto_decides_in_every_process_alike(digits, monkeypatch):
   assert not train.data_on_device(run, dataset)
   config.data_on_device = "true"
   assert train.data_on_device(run, dataset)
-
-
-def _stopping_at(step_to_stop):
-  """`train.call_hooks` plus a stop request once training passes `step_to_stop`, as a
-  signal would land."""
-  real_call_hooks = train.call_hooks
-
-  def call_hooks(stop, *args, **kwargs):
-    def request(step, steps, sums):
-      del sums
-      if step - steps < step_to_stop <= step:
-        stop.received_elsewhere(signal.SIGTERM)
-      return False
-
-    return [request, *real_call_hooks(stop, *args, **kwargs)]
-
-  return call_hooks
-
-
-def test_an_augmented_run_resumes_exactly(folder, tmp_path, monkeypatch):
-  """Stopped mid-epoch 2 and resumed on the same feed: metrics.csv is the uninterrupted
-  run's, byte for byte. The workdir holds a feed.json, as runs before wrote it, naming
-  the other feed: it is ignored."""
-  config, _ = folder
-  config = config.copy_and_resolve_references()
-  config.update(num_epochs=2, augment=("flip", "crop"), data_on_device="true")
-  uninterrupted, workdir = tmp_path / "uninterrupted", tmp_path / "resumed"
-  train.train_and_evaluate(prepare.prepare_run(config, str(uninterrupted)), str(uninterrupted))
-  with monkeypatch.context() as patch:
-    patch.setattr(train, "call_hooks", _stopping_at(7))
-    rows = train.train_and_evaluate(prepare.prepare_run(config, str(workdir)), str(workdir),
-                                    StopRequest())
-  assert [r["epoch"] for r in rows] == [1]
-  (workdir / "feed.json").write_text('{"data_on_device": false}\n')
-  rows = train.train_and_evaluate(prepare.prepare_run(config, str(workdir)), str(workdir))
-  assert [r["epoch"] for r in rows] == [1, 2]
-  assert ((workdir / "metrics.csv").read_text()
-          == (uninterrupted / "metrics.csv").read_text())
