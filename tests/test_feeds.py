@@ -1,6 +1,5 @@
 """The two feeds (camri/feeds.py): same batches, same training, same evaluation."""
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +13,7 @@ from camri.data import pipeline
 from camri.members import Members
 from configs import folder as folder_config
 from tests.data import test_folder_runs as folder_runs
+from tests.feed_probe import seen_batches
 
 
 def _prepared(config, workdir):
@@ -192,33 +192,6 @@ def test_augmentation_and_dropout_draw_from_separate_streams():
     assert not np.any(np.all(jax.random.key_data(keys) == jax.random.key_data(from_dropout), -1))
   assert not np.array_equal(jax.random.key_data(feeds.augmentation_keys(5, 0, examples)),
                             jax.random.key_data(feeds.augmentation_keys(5, 1, examples)))
-
-
-@flax.struct.dataclass
-class _Steps:
-  step: jax.Array
-
-
-def _seen_by_the_step(state, sums, batch, run):
-  """A train step that returns, as its sums, the batch it is given."""
-  del sums, run
-  return state.replace(step=state.step + 1), {"image": batch["image"], "label": batch["label"]}
-
-
-def seen_batches(config, dataset, on_device, epoch, start_step):
-  """The batches the train step sees, through a feed, in `epoch` from `start_step` on."""
-  config = config.copy_and_resolve_references()
-  config.steps_per_call = 1
-  unused_eval_step = lambda *args: args
-  feed = feeds.make_feed(config, dataset, feeds.Sharding.over_all_devices(), _seen_by_the_step,
-                         unused_eval_step, on_device=on_device,
-                         runs=train.run_arrays(config, dataset.num_classes))
-  state = _Steps(jnp.int32(epoch * dataset.steps_per_epoch(config.batch_size) + start_step))
-  seen = []
-  for _, call in feed.train_calls(epoch, start_step):
-    state, batch = call(state, {})
-    seen.append(jax.device_get(batch))
-  return seen
 
 
 @pytest.mark.parametrize("name, epoch, start_step", [("digits", 2, 17), ("folder", 1, 2)])
