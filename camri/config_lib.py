@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.conv_weight_grad = "auto"
   # Where batches come from (camri/feeds.py): "true", the splits held in device
   # memory; "false", tf.data on the host; "auto", the devices when the data fits
-  # in a quarter of their memory. A resumed run keeps its first choice.
+  # in a quarter of their memory, decided again when a run resumes.
   c.data_on_device = "auto"
   # Train steps per jitted call with the data on the devices; 0: 1 on CPU, 50
   # elsewhere (camri.feeds.steps_per_call). A stop signal waits for the call.
@@ -165,7 +165,7 @@ DATA_ON_DEVICE = ("auto", "true", "false")
 INPUT_NORMALIZATIONS = ("none", "imagenet")
 RESNET_PADDINGS = ("torchvision", "same")
 # Fields that may change between the runs of one workdir: they don't change
-# what an epoch computes (a resumed run keeps its data_on_device, camri.train).
+# what an epoch computes (either feed trains the same batches, camri/feeds.py).
 RESUMABLE_CHANGES = ("num_epochs", "progress_bar", "keep_checkpoints", "data_dir",
                      "data_on_device", "steps_per_call", "member_axis", "population")
 

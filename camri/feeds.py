@@ -13,11 +13,12 @@ jitted loop; only the conversion to float, the scaling and the augmentation
 run there. Images are kept as uint8 where that loses nothing (no resizing),
 float32 otherwise.
 
-Both feed the same examples in the same batches (`pipeline.epoch_order`), so
-without augmentation their metrics agree to float32 round-off. Augmentation
-follows the same definitions (crop: pad by 1/8 of the side with zeros and take
-a random window; flip: horizontal, p = 1/2), seeded by (seed, epoch, example)
-on the device rather than by TensorFlow's ops, so its pixels differ.
+Both feed the same examples in the same batches (`pipeline.epoch_order`), and
+both augment on the devices, in the train step's program (`fed_batch`): each
+example by its own key, from (seed, epoch, global example id), so the two give
+the step the same images bit for bit, with augmentation or without, on any
+number of processes, and a run may resume on either feed. Their metrics agree
+to float32 round-off (the programs differ).
 
 A population (camri/members.py) is fed by a `DeviceFeed`: its members share
 the evaluation splits on the devices, and each member's epoch (its own
@@ -157,7 +158,9 @@ class HostFeed:
       raise ValueError("a population's data must be on the devices")
     self.config, self.dataset, self.sharding = config, dataset, sharding
     self._runs = jax.device_put(runs, sharding.replicated)
-    self._train_step = jax.jit(train_step, donate_argnums=(0, 1),
+    steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
+    self._train_step = jax.jit(fed_step(train_step, steps_per_epoch, tuple(config.augment)),
+                               donate_argnums=(0, 1),
                                out_shardings=(sharding.state, sharding.state))
     self._eval_step = jax.jit(eval_step, donate_argnums=1,
                               out_shardings=(sharding.state, sharding.batch))
@@ -168,7 +171,7 @@ class HostFeed:
   def train_calls(self, epoch: int, start_step: int) -> Iterator[Call]:
     batches = self.dataset.train_batches(
         global_batch_size=self.config.batch_size, seed=self.config.seed, epoch=epoch,
-        start_step=start_step, augmentations=tuple(self.config.augment))
+        start_step=start_step)
     for batch in batches:
       yield 1, functools.partial(self._step, batch=batch)
 
@@ -215,6 +218,43 @@ def augment(images, keys, augmentations):
   return jax.vmap(one)(images, keys)
 
 
+# A run's random streams are keys folded into key(seed): dropout folds the step
+# (camri/state.py), an int32, below 2^31; augmentation folds this tag first,
+# which no step reaches, then the epoch and the example's id.
+AUGMENTATION_STREAM = np.uint32(2**31)
+
+
+def augmentation_keys(seed, epoch, examples):
+  """Each example's augmentation key in `epoch` of the run with `seed`; `examples` are
+  global example ids (`pipeline.first_example`)."""
+  stream = jax.random.fold_in(jax.random.key(seed), AUGMENTATION_STREAM)
+  epoch_key = jax.random.fold_in(stream, epoch)
+  return jax.vmap(functools.partial(jax.random.fold_in, epoch_key))(examples)
+
+
+def fed_batch(batch, step, steps_per_epoch: int, seed, augmentations):
+  """A feed's training batch (images as stored, labels, global example ids) as the train
+  step of `step` takes it: images as floats (`to_float`), each augmented by its key of
+  the step's epoch (`augmentation_keys`), and mask 1."""
+  image = to_float(batch["image"])
+  if augmentations:
+    keys = augmentation_keys(seed, step // steps_per_epoch, batch["example"])
+    image = augment(image, keys, augmentations)
+  return {"image": image, "label": batch["label"],
+          "mask": jnp.ones(batch["label"].shape, jnp.float32)}
+
+
+def fed_step(train_step, steps_per_epoch: int, augmentations):
+  """`train_step` (state, sums, batch, run) -> (state, sums) taking a feed's batch
+  (`fed_batch`); `run` is camri/state.py's `run_arrays`."""
+
+  def step(state, sums, batch, run):
+    return train_step(state, sums, fed_batch(batch, state.step, steps_per_epoch, run["seed"],
+                                             augmentations), run)
+
+  return step
+
+
 def _train_steps(train_step, augmentations, steps_per_call: int, member_axis, state, sums,
                  batches, runs):
   """The next `steps_per_call` steps (fewer where the epoch ends) of the epoch whose
@@ -230,16 +270,7 @@ def _train_steps(train_step, augmentations, steps_per_call: int, member_axis, st
   steps_per_epoch = batches["label"].shape[int(stacked)]
   start = jnp.ravel(state.step)[0] % steps_per_epoch
 
-  def run_step(state, sums, batch, run):
-    image = to_float(batch.pop("image"))
-    if augmentations:
-      epoch_key = jax.random.fold_in(jax.random.key(run["seed"]), state.step // steps_per_epoch)
-      keys = jax.vmap(functools.partial(jax.random.fold_in, epoch_key))(batch["example"])
-      image = augment(image, keys, augmentations)
-    batch = {"image": image, "label": batch["label"],
-             "mask": jnp.ones(batch["label"].shape, jnp.float32)}
-    return train_step(state, sums, batch, run)
-
+  run_step = fed_step(train_step, steps_per_epoch, augmentations)
   step = members.map_members(run_step, member_axis, (0, 0, 0, 0)) if stacked else run_step
 
   def body(i, carry):
@@ -315,8 +346,7 @@ class DeviceFeed:
     self._train = _decoded(dataset, "train")
     self._preparer = concurrent.futures.ThreadPoolExecutor(1, "camri-next-epoch")
     self._upcoming = None  # (epoch, future of its batches)
-    largest_share = pipeline.share_sizes(dataset.builder, dataset.splits["train"])[1]
-    self._first_example = jax.process_index() * largest_share
+    self._first_example = pipeline.first_example(dataset.builder, dataset.splits["train"])
     self._eval_arrays, self._eval_ids = {}, {}
     for split in dataset.eval_splits:
       self._eval_arrays[split], self._eval_ids[split] = self._put_eval_split(split)

@@ -173,19 +173,15 @@ def check_workdir(workdir: str, record: dict):
 
 
 def _check_feed(config, dataset, workdir: str, population: dict | None):
-  """Raises the ConfigError `train.data_on_device` would: a feed the run cannot take.
-
-  A population's member is checked as one of `population["size"]` runs; a run
-  with a complete checkpoint as a resumed one.
-  """
-  from camri import checkpoint  # pylint: disable=g-import-not-at-top
+  """Raises the ConfigError `train.data_on_device` would: a population, of
+  `population["size"]` runs, whose data cannot be on the devices."""
+  if population is None:
+    return  # A run alone takes either feed.
   from camri import train  # pylint: disable=g-import-not-at-top
   from camri.members import Members  # pylint: disable=g-import-not-at-top
-  size = population["size"] if population else 1
-  runs = Members([config] * size, [workdir] * size, steps_per_epoch=1,
-                 population=population is not None)
-  train.data_on_device(runs, dataset, step=int(bool(checkpoint.complete_steps(workdir))),
-                       record=False)
+  size = population["size"]
+  train.data_on_device(Members([config] * size, [workdir] * size, steps_per_epoch=1,
+                               population=True), dataset)
 
 
 def prepare_run(config, workdir: str, population: dict | None = None):

@@ -139,19 +139,6 @@ def write_config(workdir, config_dict: dict):
   atomic_write(Path(workdir) / CONFIG_FILE, json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
 
 
-FEED_FILE = "feed.json"
-
-
-def read_data_on_device(workdir) -> bool | None:
-  """Where the run's data was fed from, as `write_data_on_device` recorded; None: not recorded."""
-  path = Path(workdir) / FEED_FILE
-  return bool(json.loads(path.read_text())["data_on_device"]) if path.exists() else None
-
-
-def write_data_on_device(workdir, on_device: bool):
-  atomic_write(Path(workdir) / FEED_FILE, json.dumps({"data_on_device": on_device}) + "\n")
-
-
 def _number(key, text):
   if key == "epoch":
     return int(text)

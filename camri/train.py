@@ -278,13 +278,16 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
       return [log.rows for log in members.logs]
     feed = feeds.make_feed(config, dataset, sharding, make_train_step(objective, config.seed),
                            make_eval_step(objective),
-                           on_device=data_on_device(members, dataset, step),
+                           on_device=data_on_device(members, dataset),
                            runs=members.stack([run_arrays(c, dataset.num_classes)
                                                for c in configs]))
     _say(describe_run(config, dataset, steps_per_epoch, feed, members), main_process)
     if step:
       _say(f"resuming from the checkpoint at step {step} (epoch {step // steps_per_epoch} "
            f"of {config.num_epochs} done)", main_process)
+      if config.data_on_device == "auto":
+        _say("data_on_device=auto decided anew on resuming (either feed trains the same batches)",
+             main_process)
     for log in members.logs:
       log.truncate(step // steps_per_epoch)
     last_saved = step
@@ -352,44 +355,35 @@ def _empty_sums(members: Members, num_classes: int, sharding: Sharding):
                         sharding.state)
 
 
-def data_on_device(members: Members, dataset: Dataset, step: int, record: bool = True) -> bool:
-  """Whether the runs' data is fed from device memory (`config.data_on_device`); a new run's
-  choice is recorded (`record`; `prepare.prepare_run` only checks).
+def data_on_device(members: Members, dataset: Dataset) -> bool:
+  """Whether the runs' data is fed from device memory (`config.data_on_device`).
 
-  A resumed run keeps the choice it started with ("auto" may decide otherwise
-  on another machine, and the two feeds augment differently); runs from
-  before the device feed used tf.data. A population's data is on the devices.
+  "auto" decides at every start, a resumed run's too (the feeds give the
+  same batches, so a run may switch), all processes alike: the devices where
+  the data fits in every process's. A population's data is on the devices.
 
   Raises:
-    ConfigError: `config.data_on_device` asks for the other feed than the
-      resumed run's, and the run augments; or a population's data cannot be
-      on the devices.
+    ConfigError: a population's data cannot be on the devices.
   """
   config = members.configs[0]
-  recorded = ([run_log.read_data_on_device(w) or False for w in members.workdirs] if step
-              else [None] * members.count)
-  if members.stacked:
-    if config.data_on_device == "false" or (
-        config.data_on_device == "auto" and step == 0
-        and not feeds.fits_on_devices(dataset, runs=members.count)):
-      raise config_lib.ConfigError(
-          f"config.data_on_device={config.data_on_device!r} is invalid for a population of "
-          f"{members.count} runs: its data must fit on the devices (a quarter of their memory); "
-          "use a smaller population, or train the runs alone")
-    chosen = True
-  elif config.data_on_device == "auto":
-    chosen = recorded[0] if recorded[0] is not None else feeds.fits_on_devices(dataset)
+  if config.data_on_device == "auto":
+    on_device = _in_every_process(feeds.fits_on_devices(dataset, runs=members.count))
   else:
-    chosen = config.data_on_device == "true"
-  if config.augment and any(r is not None and r != chosen for r in recorded):
+    on_device = config.data_on_device == "true"
+  if members.stacked and not on_device:
     raise config_lib.ConfigError(
-        f"config.data_on_device={config.data_on_device!r} is invalid: this run started "
-        f"with data_on_device={str(not chosen).lower()} and augments, which the two feeds do "
-        "differently; resume with that value (or 'auto'), or use a new --workdir")
-  if record and not step and jax.process_index() == 0:
-    for workdir in members.workdirs:
-      run_log.write_data_on_device(workdir, chosen)
-  return chosen
+        f"config.data_on_device={config.data_on_device!r} is invalid for a population of "
+        f"{members.count} runs: its data must fit on the devices (a quarter of their memory); "
+        "use a smaller population, or train the runs alone")
+  return on_device
+
+
+def _in_every_process(true: bool) -> bool:
+  """Whether `true` holds in every process: one answer for all (a collective)."""
+  if jax.process_count() == 1:
+    return true
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.min(multihost_utils.process_allgather(np.int32(true))))
 
 
 def _progress_bar(config, epoch: int, initial: int, steps_per_epoch: int, main_process: bool):

@@ -5,16 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from camri import config_lib
 from camri import feeds
 from camri import prepare
-from camri import run_log
 from camri import train
 from camri.data import dataset as dataset_lib
 from camri.data import pipeline
 from camri.members import Members
 from configs import folder as folder_config
 from tests.data import test_folder_runs as folder_runs
+from tests.feed_probe import seen_batches
 
 
 def _prepared(config, workdir):
@@ -68,30 +67,41 @@ def _in_float64(tree):
       lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def _epoch(config, dataset, on_device, steps_per_call=0):
-  """One epoch through a feed in float64: (train sums, params, test Predictions)."""
+def _epoch(config, dataset, on_device, steps_per_call=0, resumed_at=None):
+  """One epoch through a feed in float64: (train sums, params, test Predictions); with
+  `resumed_at`, its steps from there on through the other feed."""
   config = config.copy_and_resolve_references()
   config.steps_per_call = steps_per_call
   sharding = feeds.Sharding.over_all_devices()
   model, objective = train.make_model(config, dataset.num_classes)
-  feed = feeds.make_feed(config, dataset, sharding, train.make_train_step(objective, config.seed),
-                         train.make_eval_step(objective), on_device=on_device,
-                         runs=train.run_arrays(config, dataset.num_classes))
+  make_feed = lambda on_device: feeds.make_feed(
+      config, dataset, sharding, train.make_train_step(objective, config.seed),
+      train.make_eval_step(objective), on_device=on_device,
+      runs=train.run_arrays(config, dataset.num_classes))
   state = train.create_train_state(config, model, dataset.image_shape)
   state = jax.device_put(_in_float64(state), sharding.replicated)
   sums = jax.device_put(_in_float64(train.empty_train_sums(dataset.num_classes)),
                         sharding.replicated)
-  calls = []
+  feed, calls = make_feed(on_device), []
   for steps, call in feed.train_calls(epoch=0, start_step=0):
+    if sum(calls) == resumed_at:
+      break
     state, sums = call(state, sums)
     calls.append(steps)
+  if resumed_at is not None:
+    feed = make_feed(not on_device)
+    for steps, call in feed.train_calls(epoch=0, start_step=resumed_at):
+      state, sums = call(state, sums)
+      calls.append(steps)
   _, predictions = feed.evaluate(state, "test", keep_predictions=True)
   return calls, jax.device_get((sums, state.params)), predictions
 
 
 @pytest.mark.parametrize("name", ["digits", "folder"])
 def test_the_feeds_and_any_steps_per_call_train_alike(name, request):
-  """tf.data, the device feed, and (digits) 1 or 7 steps per call: one epoch agrees.
+  """tf.data, the device feed, and (digits) 1 or 7 steps per call: one epoch agrees;
+  digits augmented (crop and flip), and also resumed on the device feed at step 9 of
+  tf.data's epoch, as a run resumed on the other feed is.
 
   The programs differ (a step alone, a step in a loop, float32 or uint8
   input), so XLA may order their sums differently. Compared in float64, as in
@@ -106,14 +116,19 @@ def test_the_feeds_and_any_steps_per_call_train_alike(name, request):
   """
   config, dataset = request.getfixturevalue(name)
   steps = dataset.steps_per_epoch(config.batch_size)
+  if name == "digits":
+    config = config.copy_and_resolve_references()
+    config.augment = ("crop", "flip")  # configs/digits.py allows none; the feeds don't mind.
   with jax.enable_x64(True):
     runs = {"tf.data": _epoch(config, dataset, on_device=False),
             "device, 1 step per call": _epoch(config, dataset, on_device=True, steps_per_call=1)}
     if name == "digits":
       runs["device, 7 steps per call"] = _epoch(config, dataset, on_device=True,
                                                 steps_per_call=7)
+      runs["tf.data, resumed on the device at step 9"] = _epoch(
+          config, dataset, on_device=False, steps_per_call=1, resumed_at=9)
   assert [calls for calls, _, _ in runs.values()] == [
-      [1] * steps, [1] * steps, [7, 7, 6]][:len(runs)]
+      [1] * steps, [1] * steps, [7, 7, 6], [1] * steps][:len(runs)]
   _, (sums, params), predictions = runs.pop("tf.data")
   assert sums["loss_sum"].dtype == np.float64
   for name, (_, (other_sums, other_params), other_predictions) in runs.items():
@@ -126,6 +141,19 @@ def test_the_feeds_and_any_steps_per_call_train_alike(name, request):
     np.testing.assert_allclose(other_predictions.scores, predictions.scores, rtol=2**-22,
                                atol=2**-24 * np.abs(predictions.scores).max())
   assert len(predictions.ids) == dataset.splits["test"].size
+
+
+def _augmented_in_numpy(image, key, augmentations):
+  """`feeds.augment` of one image, its geometry in NumPy from the same key's draws."""
+  crop_key, flip_key = jax.random.split(key)
+  height, width, _ = image.shape
+  pad = max(1, height // 8)
+  if "crop" in augmentations:
+    top, left = np.asarray(jax.random.randint(crop_key, (2,), 0, 2 * pad + 1))
+    image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))[top:top + height, left:left + width]
+  if "flip" in augmentations and jax.random.bernoulli(flip_key):
+    image = image[:, ::-1]
+  return image
 
 
 def test_device_augmentation_is_a_seeded_crop_and_flip():
@@ -145,31 +173,70 @@ def test_device_augmentation_is_a_seeded_crop_and_flip():
     assert found
     offsets.add(found[0])
   assert len(offsets) > 10  # The offsets vary over the whole range, 0..4 each way.
-  again = feeds.augment(jnp.repeat(image, 64, 0), keys, ("crop", "flip"))
-  np.testing.assert_array_equal(again, feeds.augment(jnp.repeat(image, 64, 0), keys,
-                                                     ("crop", "flip")))
+  both = feeds.augment(jnp.repeat(image, 64, 0), keys, ("crop", "flip"))
+  for augmented, key in zip(np.asarray(both), keys):
+    np.testing.assert_array_equal(augmented,
+                                  _augmented_in_numpy(np.asarray(image[0]), key, ("crop", "flip")))
 
 
-def test_a_resumed_run_keeps_its_feed(digits, tmp_path):
-  config, dataset = digits
-  workdir = str(tmp_path)
+def test_augmentation_and_dropout_draw_from_separate_streams():
+  """Dropout's key of step s is fold_in(key(seed), s) (camri/state.py); no epoch's
+  augmentation key is one derived from it."""
+  examples = jnp.arange(4, dtype=jnp.int32)
+  for epoch in range(3):
+    dropout_key = jax.random.fold_in(jax.random.key(5), epoch)
+    from_dropout = jax.vmap(lambda e: jax.random.fold_in(dropout_key, e))(examples)
+    keys = feeds.augmentation_keys(5, epoch, examples)
+    assert not np.any(np.all(jax.random.key_data(keys) == jax.random.key_data(from_dropout), -1))
+  assert not np.array_equal(jax.random.key_data(feeds.augmentation_keys(5, 0, examples)),
+                            jax.random.key_data(feeds.augmentation_keys(5, 1, examples)))
+
+
+@pytest.mark.parametrize("name, epoch, start_step", [("digits", 2, 17), ("folder", 1, 2)])
+def test_the_feeds_give_the_step_the_same_augmented_batches(name, epoch, start_step, request):
+  """With crop and flip, bit for bit, mid-epoch too: each example as NumPy crops and flips
+  it by the draws of its key, from (seed, epoch, example id)."""
+  config, dataset = request.getfixturevalue(name)
   config = config.copy_and_resolve_references()
-  config.data_on_device = "false"
-  run = Members([config], [workdir], steps_per_epoch=1)
-  assert not train.data_on_device(run, dataset, step=0)
-  assert run_log.read_data_on_device(workdir) is False
-  config.data_on_device = "auto"  # Would choose the devices for digits; the run keeps tf.data.
-  assert feeds.fits_on_devices(dataset)
-  assert not train.data_on_device(run, dataset, step=10)
-  config.data_on_device = "true"  # Without augmentation the feeds agree: allowed.
-  assert train.data_on_device(run, dataset, step=10)
-  config.augment = ("crop",)
-  with pytest.raises(config_lib.ConfigError, match=r"^config.data_on_device='true' is invalid: "
-                     "this run started with data_on_device=false and augments"):
-    train.data_on_device(run, dataset, step=10)
-  (tmp_path / run_log.FEED_FILE).unlink()  # A run from before the device feed: tf.data.
+  config.augment = ("crop", "flip")
+  host, device = (seen_batches(config, dataset, on_device, epoch, start_step)
+                  for on_device in (False, True))
+  assert len(host) == len(device) == dataset.steps_per_epoch(config.batch_size) - start_step
+  for a, b in zip(host, device):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  split = dataset.splits["train"]
+  decoded = pipeline.decoded_split(dataset.builder, dataset.spec, split,
+                                   image_size=dataset.image_size)
+  order = pipeline.epoch_order(dataset.builder, split, local_size=len(decoded["label"]),
+                               global_batch_size=config.batch_size, seed=config.seed,
+                               epoch=epoch)
+  rows = order[start_step]
+  keys = feeds.augmentation_keys(config.seed, epoch, jnp.asarray(rows, jnp.int32))
+  expected = [_augmented_in_numpy(decoded["image"][row], key, config.augment)
+              for row, key in zip(rows, keys)]
+  np.testing.assert_array_equal(device[0]["image"], np.stack(expected))
+  np.testing.assert_array_equal(device[0]["label"], decoded["label"][rows])
+  # Augmented: most images moved or mirrored.
+  changed = [not np.array_equal(a, b) for a, b in zip(device[0]["image"], decoded["image"][rows])]
+  assert sum(changed) > len(rows) // 2
+
+
+def test_auto_decides_in_every_process_alike(digits, monkeypatch):
+  """"auto" decides anew at each start (a resumed run's too), one answer for all
+  processes: the devices only where every process's share fits."""
+  config, dataset = digits
+  config = config.copy_and_resolve_references()
   config.data_on_device = "auto"
-  assert not train.data_on_device(run, dataset, step=10)
+  run = Members([config], [""], steps_per_epoch=1)
+  assert feeds.fits_on_devices(dataset) and train.data_on_device(run, dataset)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda x: np.stack([x, np.zeros_like(x)]))  # The other does not fit.
+  assert not train.data_on_device(run, dataset)
+  config.data_on_device = "true"
+  assert train.data_on_device(run, dataset)
 
 
 def test_evaluation_is_a_call_per_batch_on_cpu_and_copies_scores_only_when_kept(

@@ -5,13 +5,17 @@ own share of the data; they find each other the way they would in a Slurm job
 step (SLURM_* variables, with the coordinator's address given explicitly) and
 all-reduce over gloo. A preemption notice that reaches one process only must
 stop both at the same step, both exiting 143, and the rerun must repeat the
-uninterrupted two-process run byte for byte.
+uninterrupted two-process run byte for byte. The runs augment (crop), each
+example by its global id: the first records what its train steps see
+(tests/feed_probe_main.py), the same through either feed, and the i-th
+example of each process cropped apart.
 """
 
 import os
 import signal
 import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +24,7 @@ import run_main
 
 from camri import features
 from camri import run_log
+from tests import feed_probe
 
 PROCESSES = 2
 STEPS_PER_EPOCH = 160  # 1292 training images: 651 and 641 per process, 4 per process and step.
@@ -31,16 +36,19 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start_job(args, compile_cache) -> list[subprocess.Popen]:
-  """The processes of one job step, each `camri.main --distributed`."""
+def _start_job(args, compile_cache, main=()) -> list[subprocess.Popen]:
+  """The processes of one job step, each `camri.main --distributed` (or the script and
+  arguments `main`, taking the same flags)."""
   port = _free_port()
   processes = []
   for rank in range(PROCESSES):
     env = {**run_main.env(compile_cache), "SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "localhost",
            "SLURM_NTASKS": str(PROCESSES), "SLURM_PROCID": str(rank),
            "SLURM_LOCALID": str(rank), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}"}
+    command = ([sys.executable, *map(str, main), *map(str, args), "--distributed"] if main
+               else run_main.command(*args, "--distributed"))
     processes.append(subprocess.Popen(
-        run_main.command(*args, "--distributed"), cwd=run_main.ROOT, env=env,
+        command, cwd=run_main.ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   return processes
 
@@ -67,16 +75,39 @@ def _metrics_text(workdir):
 def job_args(tfds_dir):
   return ["--config", "configs/digits.py", f"--config.data_dir={tfds_dir}",
           "--config.num_epochs=2", f"--config.batch_size={4 * PROCESSES}",
-          "--config.progress_bar=False"]
+          "--config.progress_bar=False", "--config.augment=('crop',)"]
+
+
+def _assert_each_process_crops_its_own_examples(probe):
+  """Through either feed, the step sees the same global batches; the i-th example of
+  each process is cropped by its own key (with keys by local position, as tf.data's
+  augmentation had them, every process would crop its i-th example alike)."""
+  seen = [np.load(probe / f"p{p}.npz") for p in range(PROCESSES)]
+  for s in seen:
+    np.testing.assert_array_equal(s["host"], s["device"])
+    np.testing.assert_array_equal(s["host"], seen[0]["host"])
+  assert sorted(np.concatenate([s["rows"] for s in seen])) == list(range(4 * PROCESSES))
+  apart = []
+  for step, (raw, augmented) in enumerate(zip(seen[0]["raw"], seen[0]["host"])):
+    for i in range(4):
+      offsets = [feed_probe.crop_offsets(raw[s["rows"][i]], augmented[s["rows"][i]])
+                 for s in seen]
+      assert all(offsets), (step, i)  # Each is a crop of its example.
+      apart.append(not set.intersection(*offsets))
+  assert sum(apart) >= len(apart) // 2, apart
 
 
 def test_a_signal_to_one_process_stops_both_and_the_rerun_repeats_the_job(
     job_args, tfds_dir, tmp_path):
   compile_cache = tmp_path / "jax_cache"
   reference = tmp_path / "reference"
-  results = _finish(_start_job([*job_args, "--workdir", reference], compile_cache))
+  probe = tmp_path / "probe"
+  probe.mkdir()
+  results = _finish(_start_job([*job_args, "--workdir", reference], compile_cache,
+                               main=("tests/feed_probe_main.py", probe)))
   for returncode, _, err in results:
     assert returncode == 0, err[-3000:]
+  _assert_each_process_crops_its_own_examples(probe)
   assert "done: epoch 2" in results[0][1]
   assert [r["epoch"] for r in run_log.read_metrics(reference)] == [1, 2]
   assert run_main.checkpoint_steps(reference) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]

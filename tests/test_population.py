@@ -92,11 +92,12 @@ def _assert_alike(run, other, name):
                                                        ("vmap", 1, "val")])
 def test_each_member_trains_as_it_would_alone(digits_config, tmp_path, member_axis, steps,
                                               split):
-  """Three members of other seeds, margins and learning rates: each is its run alone.
+  """Three members of other seeds, margins and learning rates, augmented: each is its run
+  alone (its own order, and each example cropped by its key from the member's seed).
 
   vmap for 1 step only: XLA:CPU's grouped float64 convolution takes seconds a step.
   """
-  configs = _configs(digits_config, tmp_path)
+  configs = _configs(digits_config, tmp_path, augment=("crop",))
   with jax.enable_x64(True):
     population = _epoch(configs, member_axis, steps, split)
     alone = [_epoch([config], steps=steps, split=split)[0] for config in configs]

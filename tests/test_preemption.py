@@ -93,14 +93,17 @@ def test_sigterm_mid_epoch_saves_exits_and_resumes(reference, digits_args, compi
 def test_sigterm_between_calls_of_several_steps_resumes_exactly(digits_args, compile_cache,
                                                                 tmp_path):
   """With 7 steps per call (a loop on the devices), a stop lands between calls, and
-  the resumed run repeats an uninterrupted one with the same steps_per_call.
+  the augmented run resumed repeats an uninterrupted one with the same steps_per_call.
 
   One epoch at batch 32: 40 steps, in calls ending at steps 7, 14, 21, ...; the
   SIGTERM sent at step 20 stops the run after the call that ends at 21. XLA's
   default optimisation: at the tests' level 0, XLA:CPU's loops run 3x slower.
+  The workdir holds a feed.json naming the other feed, as runs before wrote it
+  (they refused to resume an augmented run on the other feed): it is ignored.
   """
   args = [*digits_args, "--config.num_epochs=1", "--config.batch_size=32",
-          "--config.steps_per_call=7", "--config.data_on_device=true"]
+          "--config.steps_per_call=7", "--config.data_on_device=true",
+          "--config.augment=('crop',)"]
   xla_flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   uninterrupted = tmp_path / "uninterrupted"
   result = run_main.run(*args, "--workdir", uninterrupted, compile_cache=compile_cache,
@@ -114,6 +117,7 @@ def test_sigterm_between_calls_of_several_steps_resumes_exactly(digits_args, com
   assert result.returncode == 143, result.stderr
   assert "SIGTERM received: stopped at step 21 of 40; checkpoint saved at step 21" in result.stderr
   assert run_main.checkpoint_steps(workdir) == [21]
+  (workdir / "feed.json").write_text('{"data_on_device": false}\n')
   result = run_main.run(*args, "--workdir", workdir, compile_cache=compile_cache,
                         extra_env=xla_flags)
   assert result.returncode == 0, result.stderr

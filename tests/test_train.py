@@ -177,7 +177,7 @@ def test_dataset_config_trains_on_mocked_data(tmp_path, name, arg, important, mo
              for k in range(record["num_classes"])) >= 1
 
 
-def test_rerun_resumes_and_a_finished_run_is_not_retrained(digits_config, tmp_path):
+def test_rerun_resumes_and_a_finished_run_is_not_retrained(digits_config, tmp_path, capsys):
   workdir = str(tmp_path / "run")
   digits_config.num_epochs = 2
   config = prepare.prepare_run(digits_config, workdir)
@@ -193,7 +193,12 @@ def test_rerun_resumes_and_a_finished_run_is_not_retrained(digits_config, tmp_pa
   np.testing.assert_equal(run_log.read_predictions(workdir, "test"), saved)
   digits_config.num_epochs = 3
   config = prepare.prepare_run(digits_config, workdir)
+  capsys.readouterr()
   longer = train.train_and_evaluate(config, workdir)
+  said = capsys.readouterr().out.splitlines()
+  assert said[1:3] == ["resuming from the checkpoint at step 40 (epoch 2 of 3 done)",
+                       "data_on_device=auto decided anew on resuming (either feed trains the "
+                       "same batches)"]
   assert [r["epoch"] for r in longer] == [1, 2, 3]
   np.testing.assert_equal(longer[:2], first)
   np.testing.assert_equal(run_log.read_metrics(workdir), longer)

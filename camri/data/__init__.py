@@ -22,7 +22,9 @@ from camri.data.spec import (
 )
 
 DATASETS = {
-    "digits": DatasetSpec("digits", augmentations=()),
+    # Crop shifts an 8x8 digit by up to a pixel; a flip would turn digits into others'
+    # mirror images.
+    "digits": DatasetSpec("digits", augmentations=("crop",)),
     "cifar10": DatasetSpec("cifar10", class_names=(
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
         "ship", "truck")),

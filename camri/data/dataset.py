@@ -45,11 +45,10 @@ class Dataset:
   def steps_per_epoch(self, global_batch_size: int) -> int:
     return pipeline.steps_per_epoch(self.builder, self.splits["train"], global_batch_size)
 
-  def train_batches(self, *, global_batch_size, seed, epoch, start_step=0, augmentations=()):
+  def train_batches(self, *, global_batch_size, seed, epoch, start_step=0):
     return pipeline.train_batches(
         self.builder, self.spec, self.splits["train"], global_batch_size=global_batch_size,
-        image_size=self.image_size, seed=seed, epoch=epoch, start_step=start_step,
-        augmentations=augmentations)
+        image_size=self.image_size, seed=seed, epoch=epoch, start_step=start_step)
 
   def eval_batches(self, split: str, *, global_batch_size):
     return pipeline.eval_batches(self.builder, self.spec, self.splits[split],

@@ -3,13 +3,13 @@
 read (tfds, this process's shard) -> cache -> seeded shuffle -> decode, crop to
 the ROI where the dataset has one (or to the centre square where the dataset
 keeps the aspect ratio), scale to [0, 1] as the paper does, resize to
-`config.image_size` (0 keeps the stored size) -> optional augmentation ->
-batch -> prefetch. Evaluation reads in order: no cache, shuffle or
-augmentation.
+`config.image_size` (0 keeps the stored size) -> batch -> prefetch.
+Evaluation reads in order: no cache or shuffle.
 
-Training data order and augmentation are functions of (seed, epoch) only, so a
-run resumed from a checkpoint sees exactly the batches an uninterrupted run
-would. Evaluation pads the last batch and marks padding with mask = 0, so each
+Training data order is a function of (seed, epoch) only, so a run resumed
+from a checkpoint sees exactly the batches an uninterrupted run would. Each
+training example carries its global id (`first_example`), by which the feeds
+augment it on the devices (camri/feeds.py). Evaluation pads the last batch and marks padding with mask = 0, so each
 test example counts exactly once whatever the batch size and device count.
 """
 
@@ -124,6 +124,12 @@ def share_sizes(builder, split: Split) -> tuple[int, int]:
   return _SHARE_SIZES[key]
 
 
+def first_example(builder, split: Split) -> int:
+  """The global id of this process's first example of `split`: the ids of process p's
+  share are p * (the largest share) + its position there, distinct across processes."""
+  return jax.process_index() * share_sizes(builder, split)[1]
+
+
 def _crop(image, top, left, bottom, right):
   """image[top:bottom, left:right], clipped to the image and at least 1x1."""
   shape = tf.shape(image)
@@ -188,20 +194,6 @@ def _preprocess(example, spec: DatasetSpec, image_size, stored_shape):
       example["image"], spec=spec, image_size=image_size, channels=stored_shape[-1],
       roi=example[spec.roi_key] if spec.roi_key else None, stored_shape=stored_shape)
   return {"image": image, "label": tf.cast(example["label"], tf.int32)}
-
-
-def _augment(example, seed, augmentations):
-  """Seeded, stateless augmentation: the same (seed, example) gives the same image."""
-  image = example["image"]
-  if "crop" in augmentations:
-    height, width = image.shape[0], image.shape[1]
-    pad = max(1, height // 8)
-    image = tf.image.resize_with_crop_or_pad(image, height + 2 * pad, width + 2 * pad)
-    image = tf.image.stateless_random_crop(
-        image, (height, width, image.shape[2]), seed=seed)
-  if "flip" in augmentations:
-    image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
-  return {**example, "image": image}
 
 
 def steps_per_epoch(builder, split: Split, global_batch_size: int) -> int:
@@ -311,25 +303,22 @@ def _as_float(images: np.ndarray, filled: int) -> np.ndarray:
 
 
 def train_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size, image_size,
-                  seed, epoch, start_step=0, augmentations=()):
-  """This process's batches for one training epoch, from `start_step` on.
+                  seed, epoch, start_step=0):
+  """This process's batches for one training epoch, from `start_step` on; each example
+  with its global id ("example", int32, `first_example`).
 
   The order depends only on (seed, epoch): an epoch resumed at `start_step`
   yields the batches an uninterrupted epoch yields from that step.
   """
   local_batch = global_batch_size // jax.process_count()
   steps = steps_per_epoch(builder, split, global_batch_size)
-  epoch_seed = _epoch_seed(seed, epoch)
 
-  ds = _shuffled(_read(builder, split).cache(), builder, split, seed, epoch)
+  ds = _read(builder, split).enumerate(start=first_example(builder, split))
+  ds = _shuffled(ds.cache(), builder, split, seed, epoch)
   stored = _stored_shape(builder)
-  ds = ds.map(lambda ex: _preprocess(ex, spec, image_size, stored),
+  ds = ds.map(lambda i, ex: {**_preprocess(ex, spec, image_size, stored),
+                             "example": tf.cast(i, tf.int32)},
               num_parallel_calls=tf.data.AUTOTUNE)
-  if augmentations:
-    ds = ds.enumerate().map(
-        lambda i, ex: _augment(
-            ex, tf.stack([tf.constant(epoch_seed, tf.int64), i]), augmentations),
-        num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True).take(steps).skip(start_step)
   ds = ds.map(lambda b: {**b, "mask": tf.ones([local_batch], tf.float32)})
   return read_checked(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)), builder)
