@@ -133,12 +133,14 @@ def test_train_batches_carry_each_examples_id(digits):
   process), the same in every epoch."""
   builder, spec = digits
   decoded = pipeline.decoded_split(builder, spec, _TRAIN, image_size=0)
+  assert decoded["image"].dtype == np.uint8  # Stored pixels: the model sees PIXEL_VALUES[k].
+  images = pipeline.PIXEL_VALUES[decoded["image"]]
   for epoch in (0, 1):
     batches = _train_epoch(digits, epoch=epoch)
     ids = np.concatenate([b["example"] for b in batches])
     assert ids.dtype == np.int32 and len(set(ids)) == len(ids) == 22 * 64
     for batch in batches:
-      np.testing.assert_array_equal(batch["image"], decoded["image"][batch["example"]])
+      np.testing.assert_array_equal(batch["image"], images[batch["example"]])
 
 
 def _two_colour_roi(rng, height, width, roi):
