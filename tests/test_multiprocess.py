@@ -27,7 +27,11 @@ from camri import run_log
 from tests import feed_probe
 
 PROCESSES = 2
-STEPS_PER_EPOCH = 160  # 1292 training images: 651 and 641 per process, 4 per process and step.
+PER_PROCESS = 8  # Examples per process and step.
+# 1292 training images: 651 and 641 per process. The stop poll comes every 20 steps
+# (`train.call_hooks`), so a signal sent when epoch 1's checkpoint is complete stops both
+# processes inside epoch 2 unless that save took 60 steps to finish.
+STEPS_PER_EPOCH = 80
 
 
 def _free_port() -> int:
@@ -74,7 +78,7 @@ def _metrics_text(workdir):
 @pytest.fixture
 def job_args(tfds_dir):
   return ["--config", "configs/digits.py", f"--config.data_dir={tfds_dir}",
-          "--config.num_epochs=2", f"--config.batch_size={4 * PROCESSES}",
+          "--config.num_epochs=2", f"--config.batch_size={PER_PROCESS * PROCESSES}",
           "--config.progress_bar=False", "--config.augment=('crop',)"]
 
 
@@ -86,10 +90,10 @@ def _assert_each_process_crops_its_own_examples(probe):
   for s in seen:
     np.testing.assert_array_equal(s["host"], s["device"])
     np.testing.assert_array_equal(s["host"], seen[0]["host"])
-  assert sorted(np.concatenate([s["rows"] for s in seen])) == list(range(4 * PROCESSES))
+  assert sorted(np.concatenate([s["rows"] for s in seen])) == list(range(PER_PROCESS * PROCESSES))
   apart = []
   for step, (raw, augmented) in enumerate(zip(seen[0]["raw"], seen[0]["host"])):
-    for i in range(4):
+    for i in range(PER_PROCESS):
       offsets = [feed_probe.crop_offsets(raw[s["rows"][i]], augmented[s["rows"][i]])
                  for s in seen]
       assert all(offsets), (step, i)  # Each is a crop of its example.
