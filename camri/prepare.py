@@ -88,7 +88,8 @@ def _check_init_checkpoint(config, num_classes, image_shape):
   images = jnp.zeros((1, *image_shape))
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), images)
-  models.load_backbone(variables, config.init_checkpoint, config.model)
+  models.load_backbone(variables, config.init_checkpoint, config.model,
+                       frozen=config.freeze_backbone)
 
 
 # What config.json records besides the config: derived from it and the data.

@@ -86,7 +86,8 @@ def create_train_state(config, model, image_shape, load_init_checkpoint=True,
   variables = _init(model, jax.random.key(config.seed),
                     jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
   if load_init_checkpoint and config.get("init_checkpoint"):
-    variables = models.load_backbone(variables, config.init_checkpoint, config.model)
+    variables = models.load_backbone(variables, config.init_checkpoint, config.model,
+                                     frozen=config.get("freeze_backbone", False))
   state = TrainState.create(
       apply_fn=model.apply, params=variables["params"],
       batch_stats=variables.get("batch_stats", {}), tx=make_optimizer(config, inject))
