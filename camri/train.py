@@ -31,6 +31,7 @@ from camri import config_lib
 from camri import feeds
 from camri import metrics
 from camri import run_log
+from camri import trunk
 from camri.data import dataset as dataset_lib
 from camri.data.dataset import Dataset
 from camri.feeds import Predictions
@@ -185,16 +186,18 @@ def call_hooks(stop: StopRequest, every: int, last_saved: int, bar: tqdm.tqdm,
   return [progress, lambda step, steps, sums: _stop_now(stop, due(step, steps))]
 
 
-def describe_run(config, dataset: Dataset, steps_per_epoch: int, feed, members: Members) -> str:
+def describe_run(config, dataset: Dataset, steps_per_epoch: int, feed, members: Members,
+                 features: trunk.TrunkFeatures | None = None) -> str:
   """The run's first line: devices, processes, batch, split sizes, steps per epoch, the feed,
-  and a population's size."""
+  a population's size, and how a frozen trunk's output is had (`features`)."""
   devices = jax.devices()
   per_device = config.batch_size // len(devices)
   population = f"; a population of {members.count} runs" if members.stacked else ""
   return (f"{len(devices)} x {devices[0].device_kind}, {jax.process_count()} process"
           f"{'es' if jax.process_count() > 1 else ''}; batch {config.batch_size} "
           f"({per_device} per device); {config.dataset}: {dataset.describe()}; "
-          f"{steps_per_epoch} steps per epoch; {feed.describe()}{population}")
+          f"{steps_per_epoch} steps per epoch; {feed.describe()}{population}"
+          + (f"; {features.line}" if features is not None else ""))
 
 
 class _MembersApart(Exception):
@@ -235,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def train_runs(configs, workdirs, stop: StopRequest | None = None,
                population: bool = False) -> list[list[dict]]:
   """`train_and_evaluate` of one run, or of a `population`: runs whose configs differ only
-  in `config_lib.member_fields`, trained together in one program (camri/members.py).
+  in `config_fields.member_fields`, trained together in one program (camri/members.py).
 
   A population's finished members are left be while the others train; members
   that restore different steps train apart, a group per step, one after the
@@ -272,12 +275,14 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
   with members.opened():
     step, state, train_sums = _restore_or_init(members, model, dataset, sharding)
     restored_step = step
+    state, features = trunk.features_for(config, dataset, model, state, members)
     feed = feeds.make_feed(config, dataset, sharding, make_train_step(objective, config.seed),
                            make_eval_step(objective),
                            on_device=data_on_device(members, dataset, step),
                            runs=members.stack([run_arrays(c, dataset.num_classes)
-                                               for c in configs]))
-    _say(describe_run(config, dataset, steps_per_epoch, feed, members), main_process)
+                                               for c in configs]),
+                           split_arrays=features and features.arrays)
+    _say(describe_run(config, dataset, steps_per_epoch, feed, members, features), main_process)
     if step:
       _say(f"resuming from the checkpoint at step {step} (epoch {step // steps_per_epoch} "
            f"of {config.num_epochs} done)", main_process)

@@ -1,8 +1,9 @@
 """launch.protocol --dataset folder end to end with the real trainer, report and plots (issue 17).
 
 A tree of 4 classes of tiny RGB images, read as greyscale (channels=1);
-`--classes cow --grid smoke --seeds 2`:
-2 cross-entropy runs and 2 x 4 runs of stage 2, one epoch each, 2 at a time.
+`--classes cow --grid smoke --seeds 2 --heads`:
+2 cross-entropy runs, 2 x 4 runs of stage 2 and 2 x 5 heads on the cross-entropy
+runs' frozen trunks (issue 26), one epoch each, 2 at a time.
 """
 
 import csv
@@ -11,14 +12,25 @@ import json
 import math
 import os
 
+import jax
+import numpy as np
+
+from camri import export
+from camri import inference
 from camri import plots
+from camri import predict
 from camri import report
 from camri import run_log
 from launch import protocol
+from tests import round_off
 from tests import run_main
+from tests.data import test_folder_runs as folder_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METHODS = ["cross_entropy", "cross_entropy+bias", "wce", "rwwce", "arcface", "camri"]
+HEAD = " (head on cross_entropy)"
+WITH_HEADS = ["cross_entropy", "cross_entropy+bias", "cross_entropy" + HEAD, "wce", "wce" + HEAD,
+              "rwwce", "rwwce" + HEAD, "arcface", "arcface" + HEAD, "camri", "camri" + HEAD]
 
 
 def test_folder_protocol_report_and_plots_end_to_end(tmp_path, image_tree, compile_cache, monkeypatch,
@@ -31,7 +43,7 @@ def test_folder_protocol_report_and_plots_end_to_end(tmp_path, image_tree, compi
       "--dataset", "folder", "--config", f"configs/folder.py:path={tree},size=8,channels=1", "--classes", "cow",
       "--grid", "smoke", "--seeds", "2", "--root", str(tmp_path / "runs"), "--executor", "local",
       "--parallel", "2", "--config.num_epochs=1", "--config.batch_size=8",
-      "--config.progress_bar=False", f"--config.data_dir={tmp_path / 'tfds'}"]) == 0
+      "--config.progress_bar=False", f"--config.data_dir={tmp_path / 'tfds'}", "--heads"]) == 0
   root = tmp_path / "runs" / "signs"
   err = capsys.readouterr().err
   assert err.rstrip().endswith(f"report: python -m camri.report {root}\n"
@@ -39,15 +51,22 @@ def test_folder_protocol_report_and_plots_end_to_end(tmp_path, image_tree, compi
   picked = json.loads((root / protocol.CLASSES_FILE).read_text())
   assert (picked["dataset"], picked["roles"], picked["chosen_on"]) == ("folder:signs", {"cow": 2}, None)
 
-  rows = list(csv.DictReader(io.StringIO(report.report(str(root), fmt="csv", warn=print))))
+  warnings = []
+  rows = list(csv.DictReader(io.StringIO(report.report(str(root), fmt="csv",
+                                                       warn=warnings.append))))
+  assert not [w for w in warnings if "not launched" in w], warnings
   assert [(r["dataset"], r["role"], r["classes"], r["method"]) for r in rows] == [
-      ("folder:signs", "cow", "2", method) for method in METHODS]
+      ("folder:signs", "cow", "2", method) for method in WITH_HEADS]
   assert all(r["seeds"] == "2" for r in rows)
-  ce_runs = [w for w in run_log.find_runs(root) if "cross_entropy" in w]
+  ce_runs = [w for w in run_log.find_runs(root)
+             if "cross_entropy" in w and os.path.dirname(w) == str(root)]
+  _check_heads(root, ce_runs, rows, tree, tmp_path)
   ce_recall = [run_log.read_metrics(w)[-1]["test_recall_2"] for w in ce_runs]
   assert float(rows[0]["recall_mean"]) == math.fsum(ce_recall) / 2
   assert report.main([str(root)]) == 0
-  assert "Roles of folder:signs: the classes named on the command line" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "Roles of folder:signs: the classes named on the command line" in printed
+  assert "'(head on cross_entropy)': decoupled runs, which trained only new layers" in printed
 
   out = tmp_path / "plots"
   assert plots.main(["grid", str(root), "--out", str(out)]) == 0
@@ -77,8 +96,39 @@ def test_folder_protocol_report_and_plots_end_to_end(tmp_path, image_tree, compi
   labels = run_log.read_predictions(ce_runs[0], "test")["labels"]
   key = lambda r: (r["dataset"], r["role"], r["classes"], r["method"], r["seeds"],
                    r["setting"] if r["method"] != "cross_entropy+bias" else "")
+  rows = [r for r in rows if HEAD not in r["method"]]
   assert [key(r) for r in packed] == [key(r) for r in rows]
   for a, p in zip(rows, packed):
     assert abs(float(a["accuracy_mean"]) - float(p["accuracy_mean"])) <= 1 / len(labels), a
     assert abs(float(a["recall_mean"]) - float(p["recall_mean"])) <= 1 / sum(labels == 2), a
 
+
+
+def _check_heads(root, ce_runs, rows, tree, tmp_path):
+  """Each seed's heads took its cross-entropy run's trunk; predict and export read a head run."""
+  heads = run_log.find_runs(root / protocol.HEADS_DIR)
+  assert len(heads) == 2 * 5
+  for workdir in heads:
+    record = run_log.read_config(workdir)
+    source = record["trunk_source"]
+    assert source["run"] == os.path.dirname(workdir).replace(
+        os.path.join(protocol.HEADS_DIR, ""), "")
+    assert (source["loss"], record["freeze_backbone"]) == ("cross_entropy", True)
+    assert source["run"] in ce_runs and source["step"] == 4  # 32 images, batch 8, 1 epoch.
+  camri_head = next(w for w in heads if "loss.name=camri" in w)
+  run = inference.load_run(camri_head)  # The whole model: trunk, feature layer, head.
+  [row] = run_log.read_metrics(camri_head)
+  paths = sorted(str(p) for p in (tree / "test").rglob("*.png"))
+  out = tmp_path / "head_predictions.csv"
+  assert predict.main(["--workdir", camri_head, *paths, "--out", str(out)]) == 0
+  with open(out, newline="") as f:
+    table = list(csv.DictReader(f))
+  scores = np.array([[float(r[f"score_{c}"]) for c in run.class_names] for r in table])
+  labels = [run.class_names.index(os.path.basename(os.path.dirname(p))) for p in paths]
+  predicted = [run.class_names.index(r["predicted"]) for r in table]
+  round_off.assert_same_predictions(predicted, scores, labels, accuracy=row["test_accuracy"])
+  artifact = tmp_path / "head.jax"
+  assert export.main(["--workdir", camri_head, "--out", str(artifact)]) == 0
+  model = jax.export.deserialize(artifact.read_bytes())
+  images = np.stack([folder_runs._prepared_as_uint8(run, p) for p in paths])  # pylint: disable=protected-access
+  round_off.assert_scores_agree(np.asarray(model.call(images)), scores)

@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from camri import config_fields
 from camri import config_lib
 from camri import inference
 from camri import models
@@ -167,7 +168,7 @@ def test_a_resnet_run_from_before_torchvision_padding_reads_as_same_padding(
     prepare.prepare_run(digits_config.copy_and_resolve_references(), str(workdir))
   digits_config.resnet_padding = "same"
   prepare.prepare_run(digits_config, str(workdir))  # Resumable as what it was.
-  small_cnn = config_lib.with_added_fields({"model": "small_cnn"})
+  small_cnn = config_fields.with_added_fields({"model": "small_cnn"})
   assert small_cnn["resnet_padding"] == "torchvision"  # Unchanged: no ResNet to pad.
 
 
