@@ -142,7 +142,7 @@ def cache_path(dataset, key: dict, split: str) -> str:
 def cached_split(config, dataset, split: str, model, variables, trunk_sha256: str):
   """(the split's features as `TrunkFeatures.arrays` holds them, whether they were computed
   now rather than read)."""
-  forward = jax.jit(functools.partial(model.apply, method="trunk_output"))
+  forward = _trunk_forward(model)
   dtype = str(jax.eval_shape(forward, variables,
                              jax.ShapeDtypeStruct((1, *dataset.image_shape), np.float32)).dtype)
   key = cache_key(config, dataset, split, trunk_sha256, dtype)
@@ -158,6 +158,12 @@ def cached_split(config, dataset, split: str, model, variables, trunk_sha256: st
   arrays, computed = read_or_compute(cache_path(dataset, key, split), key, compute)
   return {**arrays, "id": arrays["id"].astype(object),
           "mask": np.ones(len(arrays["label"]), np.float32)}, computed
+
+
+@functools.lru_cache(maxsize=4)
+def _trunk_forward(model):
+  """`Classifier.trunk_output`, compiled once per model and input shape."""
+  return jax.jit(functools.partial(model.apply, method="trunk_output"))
 
 
 def read_or_compute(path: str, key: dict, compute):
@@ -256,8 +262,14 @@ def source_record(config) -> dict:
 
 @functools.lru_cache(maxsize=2)
 def _load_source(path):
+  """The source run, restored read-only (orbax's notes on read-only opening silenced)."""
   from camri import inference  # pylint: disable=g-import-not-at-top
-  return inference.load_run(path, prepare_data=False)
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(min(verbosity, logging.ERROR))
+  try:
+    return inference.load_run(path, prepare_data=False)
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def take_trunk(variables, source) -> dict:

@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from camri import config_fields
 from camri import feeds
 from camri import inference
 from camri import prepare
@@ -213,3 +214,19 @@ def test_a_frozen_reference_cnn_runs_end_to_end_on_features_computed_once(tmp_pa
   saved = run_log.read_predictions(workdir, "test")
   assert len(saved["ids"]) == per_split
   assert np.mean(np.argmax(saved["scores"], 1) == saved["labels"]) == row["test_accuracy"]
+
+
+def test_a_resume_with_another_trunk_source_is_refused_in_one_line(tmp_path):
+  source = {"run": "/runs/ce", "step": 40, "trunk_sha256": "a" * 64, "loss": "cross_entropy"}
+  record = config_fields.with_added_fields({
+      "trunk_from": "/runs/ce", "trunk_source": source, "num_epochs": 1, "init_checkpoint": None,
+      "image_shape": [8, 8, 1], "model": "small_cnn"})
+  run_log.write_config(tmp_path, record)
+  prepare.check_workdir(str(tmp_path), record)  # The same source resumes.
+  moved = {**record, "trunk_source": {**source, "step": 80, "trunk_sha256": "b" * 64}}
+  with pytest.raises(prepare.ConfigError, match=(
+      r"^config.trunk_from='/runs/ce' is invalid: the run in --workdir .* took the trunk of "
+      r"/runs/ce at step 40 \(SHA-256 aaaaaaaaaaaaaaaa...\), which is now /runs/ce at step 80 "
+      r"\(bbbbbbbbbbbbbbbb...\): give that run back, or use another --workdir")) as e:
+    prepare.check_workdir(str(tmp_path), moved)
+  assert "\n" not in str(e.value)
