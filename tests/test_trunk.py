@@ -195,6 +195,16 @@ def test_a_frozen_small_cnn_runs_end_to_end_on_features_computed_once(
   config.seed = 1
   train.train_and_evaluate(prepare.prepare_run(config, other), other)
   assert "trunk features: 1,797 images, read from the cache in " in capsys.readouterr().out
+  # A population of both trains its members on the one set of features.
+  workdirs = [str(tmp_path / f"member{seed}") for seed in (0, 1)]
+  configs = []
+  for seed, workdir in zip((0, 1), workdirs):
+    config.seed = seed
+    configs.append(prepare.prepare_run(config, workdir))
+  train.train_runs(configs, workdirs, population=True)
+  assert ("a population of 2 runs; trunk features: 1,797 images, read from the cache in "
+          in capsys.readouterr().out)
+  assert all(len(run_log.read_metrics(w)) == 1 for w in workdirs)
 
 
 def test_a_frozen_reference_cnn_runs_end_to_end_on_features_computed_once(tmp_path, capsys):
