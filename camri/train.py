@@ -278,7 +278,8 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
     state, features = trunk.features_for(config, dataset, model, state, members)
     feed = feeds.make_feed(config, dataset, sharding, make_train_step(objective, config.seed),
                            make_eval_step(objective),
-                           on_device=data_on_device(members, dataset, step),
+                           on_device=data_on_device(members, dataset, step,
+                                                    images=not (features and features.arrays)),
                            runs=members.stack([run_arrays(c, dataset.num_classes)
                                                for c in configs]),
                            split_arrays=features and features.arrays)
@@ -353,12 +354,13 @@ def _empty_sums(members: Members, num_classes: int, sharding: Sharding):
                         sharding.state)
 
 
-def data_on_device(members: Members, dataset: Dataset, step: int) -> bool:
+def data_on_device(members: Members, dataset: Dataset, step: int, images: bool = True) -> bool:
   """Whether the runs' data is fed from device memory (`config.data_on_device`).
 
   A resumed run keeps the choice it started with ("auto" may decide otherwise
   on another machine, and the two feeds augment differently); runs from
-  before the device feed used tf.data. A population's data is on the devices.
+  before the device feed used tf.data. A population's data is on the devices
+  (its `images` must fit there, unless a frozen trunk's features replace them).
 
   Raises:
     ConfigError: `config.data_on_device` asks for the other feed than the
@@ -370,7 +372,7 @@ def data_on_device(members: Members, dataset: Dataset, step: int) -> bool:
               else [None] * members.count)
   if members.stacked:
     if config.data_on_device == "false" or (
-        config.data_on_device == "auto" and step == 0
+        config.data_on_device == "auto" and step == 0 and images
         and not feeds.fits_on_devices(dataset, runs=members.count)):
       raise config_lib.ConfigError(
           f"config.data_on_device={config.data_on_device!r} is invalid for a population of "

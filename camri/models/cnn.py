@@ -90,25 +90,6 @@ class VGGStyleCNN(nn.Module):
           x = nn.relu(nn.Conv(layer, (3, 3), padding="SAME", kernel_init=self.conv_init,
                               conv_general_dilated=conv_fn, parent=self)(x))
     return x
-    z = FeatureLayer(self.feature_dim, self.bn_momentum, self.bn_epsilon,
-                     self.feature_init)(x, train)
-    return (z, feature_map) if return_feature_map else z
-
-  def _trunk(self, x, train: bool):
-    conv_fn = conv.conv_general_dilated(self.conv_weight_grad)
-    for stage in self.stages:
-      for layer in stage:
-        if layer == "bn":
-          x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                           epsilon=self.bn_epsilon)(x)
-        elif layer == "pool":
-          x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        elif isinstance(layer, float):
-          x = nn.Dropout(layer, deterministic=not train)(x)
-        else:
-          x = nn.relu(nn.Conv(layer, (3, 3), padding="SAME", kernel_init=self.conv_init,
-                              conv_general_dilated=conv_fn)(x))
-    return x
 
 
 # The paper's CIFAR-10 network: 13 conv layers, GAP, Dense(512) + BN.
