@@ -100,7 +100,8 @@ def features_for(config, dataset, model, state, members):
   if why is not None:
     return state, TrunkFeatures(None, f"trunk features: computed at every step ({why})")
   start = time.perf_counter()
-  variables, (trunk_sha256,) = _variables(members.of(state, 0)), digests
+  # Fetched to the host: each process computes its share of the features on its own devices.
+  variables, (trunk_sha256,) = jax.device_get(_variables(members.of(state, 0))), digests
   arrays, computed = {}, False
   for split in dataset.splits:
     arrays[split], fresh = cached_split(config, dataset, split, model, variables, trunk_sha256)
