@@ -1,6 +1,7 @@
 """A frozen trunk's output computed once (camri/trunk.py): the same training, one cache."""
 
 import logging
+import shutil
 import threading
 import time
 
@@ -205,6 +206,13 @@ def test_a_frozen_small_cnn_runs_end_to_end_on_features_computed_once(
   assert ("a population of 2 runs; trunk features: 1,797 images, read from the cache in "
           in capsys.readouterr().out)
   assert all(len(run_log.read_metrics(w)) == 1 for w in workdirs)
+  # Other weights in the same file: the features are computed again, not read stale.
+  weights = ocp.StandardCheckpointer().restore(config.init_checkpoint)
+  shutil.rmtree(config.init_checkpoint)
+  _save(config.init_checkpoint, jax.tree.map(lambda x: np.asarray(x) * 1.5, weights))
+  changed = str(tmp_path / "changed")
+  train.train_and_evaluate(prepare.prepare_run(config, changed), changed)
+  assert "trunk features: 1,797 images once, " in capsys.readouterr().out
 
 
 def test_a_frozen_reference_cnn_runs_end_to_end_on_features_computed_once(tmp_path, capsys):
