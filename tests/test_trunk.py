@@ -248,3 +248,18 @@ def test_a_resume_with_another_trunk_source_is_refused_in_one_line(tmp_path):
       r"\(bbbbbbbbbbbbbbbb...\): give that run back, or use another --workdir")) as e:
     prepare.check_workdir(str(tmp_path), moved)
   assert "\n" not in str(e.value)
+
+
+def test_with_augmentation_or_a_feature_map_head_the_trunk_runs_at_every_step(digits_config):
+  config, names = prepare.validated_config(digits_config)
+  model, _ = train.make_model(config, len(names))
+  assert trunk.why_recomputed(config, model) is None
+  with config.unlocked():
+    config.augment = ("crop",)
+  assert trunk.why_recomputed(config, model) == (
+      "config.augment=('crop',) changes the images at every step")
+  with config.unlocked():
+    config.augment = ()
+    config.loss.name = "cc_loss"
+  cc_model, _ = train.make_model(config, len(names))
+  assert trunk.why_recomputed(config, cc_model) == "loss 'cc_loss' reads the trunk's feature map"
