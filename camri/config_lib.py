@@ -8,7 +8,6 @@ field, the value and what is allowed.
 """
 
 from collections.abc import Sequence
-import itertools
 import math
 import numbers
 import os
@@ -48,6 +47,11 @@ def base_config() -> ml_collections.ConfigDict:
   # runs in inference mode (BatchNorm keeps its running statistics); only the
   # feature layer and the head train.
   c.freeze_backbone = False
+  # A finished camri run's --workdir: its trunk (parameters and BatchNorm
+  # statistics, `models.param_groups`) is this run's, frozen (freeze_backbone is
+  # set), and new layers train on it with this run's loss (camri/trunk.py).
+  # config.json records the source's path, step and trunk SHA-256.
+  c.trunk_from = config_dict.placeholder(str)
   # The learning rate of the backbone's trunk (`models.param_groups`); None:
   # config.learning_rate, as for the feature layer and the head. Unused (None)
   # with freeze_backbone.
@@ -129,63 +133,12 @@ LOSS_DEFAULTS: dict[str, dict[str, object]] = {
 ANGULAR_MARGIN_LOSSES = ("camri", "arcface")
 
 
-# Fields added after runs had been written: the value a config.json without
-# the field implies, i.e. what those runs did. `run_log.read_config` fills them
-# in, so an old workdir resumes (or is refused) and is reported as the run it was.
-# Runs before conv_weight_grad took XLA's weight gradient in every layer; ResNet
-# runs before resnet_padding padded as XLA's SAME; runs before data_on_device
-# read batches from tf.data, one step per call. A callable value is the value
-# for the record it is given.
-ADDED_FIELDS: dict[str, object] = {
-    "validation_fraction": 0.0, "adam_eps": 1e-8, "conv_weight_grad": "xla",
-    "input_normalization": "none", "freeze_backbone": False, "backbone_learning_rate": None,
-    "resnet_padding": lambda record: ("same" if str(record.get("model")).startswith("resnet")
-                                      else "torchvision"),
-    "data_on_device": "false", "steps_per_call": 1, "member_axis": "auto",
-}
-
-
-def with_added_fields(record: dict) -> dict:
-  """`record` (a config.json) with each field of `ADDED_FIELDS` it lacks filled in."""
-  record = dict(record)
-  for path, value in ADDED_FIELDS.items():
-    *parents, leaf = path.split(".")
-    node = record
-    for part in parents:
-      node[part] = dict(node.get(part) or {})
-      node = node[part]
-    if leaf not in node:
-      node[leaf] = value(record) if callable(value) else value
-  return record
-
-
 OPTIMIZERS = ("adam", "sgd")
 CONV_WEIGHT_GRADS = ("auto", "xla", "taps")
 DATA_ON_DEVICE = ("auto", "true", "false")
 INPUT_NORMALIZATIONS = ("none", "imagenet")
 RESNET_PADDINGS = ("torchvision", "same")
-# Fields that may change between the runs of one workdir: they don't change
-# what an epoch computes (either feed trains the same batches, camri/feeds.py).
-RESUMABLE_CHANGES = ("num_epochs", "progress_bar", "keep_checkpoints", "data_dir",
-                     "data_on_device", "steps_per_call", "member_axis", "population")
-
 MEMBER_AXES = ("auto", "vmap", "unroll")
-
-# What the runs of a population (camri/members.py) may differ in; everything
-# else of their configs is one program's. The loss's fields are those it takes
-# as arrays (`objectives.Objective.hparams`): per-class vectors and the scale.
-MEMBER_FIELDS = ("seed", "tag", "learning_rate", "loss.important_classes")
-LOSS_MEMBER_FIELDS = {
-    "wce": ("important_weight",), "rwwce": ("fn_weight", "fp_weight"),
-    "camri": ("margin", "scale"), "arcface": ("margin", "scale"),
-    "cosface": ("margin", "scale"), "class_sensitive_cosface": ("margin", "scale"),
-    "normface": ("scale",),
-}
-
-
-def member_fields(loss_name: str) -> tuple[str, ...]:
-  """The config fields in which runs of loss `loss_name` may differ and share a program."""
-  return MEMBER_FIELDS + tuple(f"loss.{f}" for f in LOSS_MEMBER_FIELDS.get(loss_name, ()))
 
 
 def _fail(field, value, allowed):
@@ -319,6 +272,9 @@ def validate(config, *, datasets: Sequence[str], models: Sequence[str],
     if resolved.input_normalization is None:
       from_file = is_state_dict(config.get("init_checkpoint"))
       resolved.input_normalization = "imagenet" if from_file else "none"
+    if resolved.trunk_from is not None:
+      resolved.trunk_from = os.path.abspath(os.path.expanduser(resolved.trunk_from))
+      resolved.freeze_backbone = True
     if resolved.freeze_backbone:
       resolved.backbone_learning_rate = None
     for field, default in LOSS_DEFAULTS.get(config.loss.name, {}).items():
@@ -359,9 +315,12 @@ def _check_init_checkpoint(config):
   if state_dict and config.resnet_padding != "torchvision":
     _fail("resnet_padding", config.resnet_padding, "torchvision's and timm's weights "
           "(config.init_checkpoint) need 'torchvision'")
-  if config.freeze_backbone and checkpoint is None:
+  trunk_from = config.get("trunk_from")
+  if trunk_from is not None and not os.path.isdir(os.path.expanduser(trunk_from)):
+    _fail("trunk_from", trunk_from, "no such directory: give the --workdir of a finished run")
+  if config.freeze_backbone and checkpoint is None and trunk_from is None:
     _fail("freeze_backbone", True, "a frozen backbone keeps the weights it starts from: "
-          "give them as config.init_checkpoint")
+          "give them as config.init_checkpoint, or a run's trunk as config.trunk_from")
   rate = config.get("backbone_learning_rate")
   if rate is not None and not (_real(rate) and rate > 0):
     _fail("backbone_learning_rate", rate, "must be > 0, or None for config.learning_rate")
@@ -428,72 +387,3 @@ def _check_loss_fields(config, used, num_classes):
           f"loss 'nirvana' puts {num_classes} centres on a simplex: needs feature_dim "
           f">= num_classes - 1 = {num_classes - 1}")
 
-
-def parse_arg(arg: str | None, comma_hints=None, **defaults) -> ml_collections.ConfigDict:
-  """big_vision-style argument string 'a=1,b=x' over `defaults` (values stay strings).
-
-  Unknown keys are an error that lists the known ones. `comma_hints`: {key:
-  value -> how else to give it} for keys whose value may hold a comma (a
-  path, a class name), which the argument string cannot carry: the error
-  says so and gives the hint.
-  """
-  comma_hints = comma_hints or {}
-  args = ml_collections.ConfigDict({k: str(v) for k, v in defaults.items()})
-  items = [item for item in (arg or "").split(",") if item]
-  last = None
-  for i, item in enumerate(items):
-    key, sep, value = item.partition("=")
-    if not sep and last in comma_hints:  # A comma inside the value of `last`.
-      rest = itertools.takewhile(lambda it: "=" not in it, items[i:])
-      full = ",".join([args[last], *rest])
-      raise ConfigError(f"config argument {last}={full!r} is invalid: commas separate the "
-                        f"arguments, so a value cannot hold one; {comma_hints[last](full)}")
-    if not sep or key not in defaults:
-      raise ConfigError(f"config argument {item!r} is invalid: use key=value with key in "
-                        f"{sorted(defaults)}")
-    args[key] = value
-    last = key
-  return args
-
-
-def number_arg(key: str, value: str, kind=float):
-  """`kind(value)` of an argument-string value, or a one-line ConfigError."""
-  try:
-    return kind(value)
-  except ValueError:
-    raise ConfigError(f"config argument {key}={value!r} is invalid: must be "
-                      f"{'an integer' if kind is int else 'a number'}") from None
-
-
-def dataset_config(arg: str | None, *, dataset: str, important: str, loss: str = "camri",
-                   comma_hints=None,
-                   **defaults) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-  """`base_config()` for `dataset` with the loss set from an argument string.
-
-  Every dataset config takes the keys
-    loss=<name>   important=<class name or index; empty: none>
-    margin=<k, meaning k*pi/64>   scale=<s>
-  (the authors write margins as k*pi/64) and the dataset's own `defaults`.
-  Without margin= or scale=, the loss's own defaults apply (`LOSS_DEFAULTS`).
-  Several important classes: --config.loss.important_classes='(3,5)'.
-  `comma_hints`: the dataset's keys whose values may hold a comma (see
-  `parse_arg`); a class name with a comma is named by its index.
-
-  Returns:
-    (config, args): the config with dataset and loss set from the arguments
-    (margin in radians), and all parsed arguments, as strings.
-  """
-  comma_hints = {"important": lambda _: ("name the class by its index instead "
-                                         "(important=<index>, from 0 in the sorted class names)"),
-                 **(comma_hints or {})}
-  args = parse_arg(arg, comma_hints, loss=loss, important=important, margin="", scale="",
-                   **defaults)
-  config = base_config()
-  config.dataset = dataset
-  config.loss.name = args.loss
-  config.loss.important_classes = (args.important,) if args.important else ()
-  if args.margin:
-    config.loss.margin = (number_arg("margin", args.margin) * math.pi / 64,)
-  if args.scale:
-    config.loss.scale = number_arg("scale", args.scale)
-  return config, args

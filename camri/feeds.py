@@ -20,6 +20,9 @@ the step the same images bit for bit, with augmentation or without, on any
 number of processes, and a run may resume on either feed. Their metrics agree
 to float32 round-off (the programs differ).
 
+A run on a frozen trunk's output computed once (camri/trunk.py) is fed by a
+`DeviceFeed` of those features in place of the images.
+
 A population (camri/members.py) is fed by a `DeviceFeed`: its members share
 the evaluation splits on the devices, and each member's epoch (its own
 order, stacked on a leading member axis) is copied in the same one transfer.
@@ -330,10 +333,12 @@ class DeviceFeed:
 
   A population's members share the evaluation splits; each trains on its own
   epoch order (its seed's), stacked into (members, steps, batch, ...) arrays.
+  `split_arrays`: each split's arrays as `decoded_split` gives them, when not the
+  decoded images (a frozen trunk's features, camri/trunk.py).
   """
 
   def __init__(self, config, dataset: Dataset, sharding: Sharding, train_step, eval_step,
-               runs):
+               runs, split_arrays=None):
     self.config, self.dataset, self.sharding = config, dataset, sharding
     self.steps_per_call = steps_per_call(config)
     stacked = bool(sharding.members)
@@ -343,7 +348,9 @@ class DeviceFeed:
     looped = self._eval_looped
     self._seeds = [int(seed) for seed in np.ravel(runs["seed"])]
     self._runs = jax.device_put(runs, sharding.state)
-    self._train = _decoded(dataset, "train")
+    self._arrays = (split_arrays.get if split_arrays is not None
+                    else functools.partial(_decoded, dataset))
+    self._train = self._arrays("train")
     self._preparer = concurrent.futures.ThreadPoolExecutor(1, "camri-next-epoch")
     self._upcoming = None  # (epoch, future of its batches)
     self._first_example = pipeline.first_example(dataset.builder, dataset.splits["train"])
@@ -371,7 +378,7 @@ class DeviceFeed:
 
   def _put_eval_split(self, split):
     """A split as (eval steps, global batch) arrays on the devices, and its padded ids."""
-    arrays = _decoded(self.dataset, split)
+    arrays = self._arrays(split)
     local_batch = self.config.eval_batch_size // jax.process_count()
     steps = pipeline.eval_steps(self.dataset.builder, self.dataset.splits[split],
                                 self.config.eval_batch_size)
@@ -470,8 +477,11 @@ def _device_memory() -> int | None:
 
 
 def make_feed(config, dataset: Dataset, sharding: Sharding, train_step, eval_step,
-              on_device: bool, runs) -> HostFeed | DeviceFeed:
-  """A `DeviceFeed` if `on_device`, else a `HostFeed`; `runs` is `train.run_arrays`
-  (stacked for a population), what the steps take besides the state."""
+              on_device: bool, runs, split_arrays=None) -> HostFeed | DeviceFeed:
+  """A `DeviceFeed` if `on_device` or of `split_arrays` (`DeviceFeed`'s), else a `HostFeed`;
+  `runs` is `train.run_arrays` (stacked for a population), what the steps take besides the
+  state."""
+  if split_arrays is not None:
+    return DeviceFeed(config, dataset, sharding, train_step, eval_step, runs, split_arrays)
   feed = DeviceFeed if on_device else HostFeed
   return feed(config, dataset, sharding, train_step, eval_step, runs)

@@ -7,7 +7,7 @@ run would be given alone, `camri.main`'s (`["--config", "configs/digits.py",
 (one start, one TensorFlow import). "compilation_cache": DIR (optional) is
 JAX's persistent compilation cache, unless JAX_COMPILATION_CACHE_DIR is set:
 the processes of a study share it, so that populations of one program
-compile it once. `launch.grid --population K` writes it. The runs must differ only in `config_lib.member_fields`: the seed,
+compile it once. `launch.grid --population K` writes it. The runs must differ only in `config_fields.member_fields`: the seed,
 the tag, the learning rate, the important classes and the loss's numbers
 that it takes as arrays (CAMRI's and ArcFace's margins and scale, WCE's and
 RWWCE's weights); everything else is one program's. They train together
@@ -34,7 +34,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from camri import cli
-from camri import config_lib
+from camri import config_fields
 from camri import entry as main_lib
 from camri.config_lib import ConfigError
 
@@ -81,7 +81,7 @@ def read_spec(path: str) -> Spec:
 def program(config) -> dict:
   """The config as a dict without its member fields: what a population's runs share."""
   record = json.loads(config.to_json_best_effort())
-  for field in config_lib.member_fields(config.loss.name):
+  for field in config_fields.member_fields(config.loss.name):
     *parents, leaf = field.split(".")
     node = record
     for part in parents:
@@ -100,7 +100,7 @@ def check_one_program(configs, workdirs):
       raise ConfigError(
           f"--workdir {workdir} cannot join the population of {workdirs[0]}: their configs "
           f"differ in {field!r} ({first.get(field)!r} vs {other.get(field)!r}), and members "
-          f"may differ only in {', '.join(config_lib.member_fields(configs[0].loss.name))}")
+          f"may differ only in {', '.join(config_fields.member_fields(configs[0].loss.name))}")
 
 
 def _train(spec_path: str, spec: Spec):

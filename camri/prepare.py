@@ -19,6 +19,7 @@ import os
 import jax
 import jax.numpy as jnp
 
+from camri import config_fields
 from camri import config_lib
 from camri import data as data_lib
 from camri import models
@@ -89,12 +90,13 @@ def _check_init_checkpoint(config, num_classes, image_shape):
   images = jnp.zeros((1, *image_shape))
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.key(0), images)
-  models.load_backbone(variables, config.init_checkpoint, config.model)
+  models.load_backbone(variables, config.init_checkpoint, config.model,
+                       frozen=config.freeze_backbone)
 
 
 # What config.json records besides the config: derived from it and the data.
 DERIVED_FIELDS = ("class_names", "num_classes", "image_shape", "prepared_data",
-                  "init_checkpoint_sha256")
+                  "init_checkpoint_sha256", "trunk_source")
 
 
 def _run_record(config, class_names, builder) -> dict:
@@ -106,6 +108,8 @@ def _run_record(config, class_names, builder) -> dict:
   fingerprint): the prepared copy the run is bound to, which resuming and
   reading it read (`camri.data.folder`). "init_checkpoint_sha256" is the
   SHA-256 of a .safetensors init_checkpoint: a resume refuses another file.
+  "trunk_source" records config.trunk_from's run: its path, step, trunk SHA-256 and loss
+  (`trunk.source_record`); a resume refuses another.
   """
   record = json.loads(config.to_json_best_effort())
   record["class_names"] = list(class_names)
@@ -115,6 +119,9 @@ def _run_record(config, class_names, builder) -> dict:
     record["prepared_data"] = builder.builder_config.name
   if config_lib.is_state_dict(config.init_checkpoint):
     record["init_checkpoint_sha256"] = _sha256(config.init_checkpoint)
+  if config.get("trunk_from"):
+    from camri import trunk  # pylint: disable=g-import-not-at-top  (restores the source run)
+    record["trunk_source"] = trunk.source_record(config)
   return record
 
 
@@ -131,7 +138,7 @@ def _differences(old: dict, new: dict, prefix="") -> list[str]:
   for key in sorted(set(old) | set(new)):
     name = f"{prefix}{key}"
     a, b = old.get(key), new.get(key)
-    if name in config_lib.RESUMABLE_CHANGES:
+    if name in config_fields.RESUMABLE_CHANGES:
       continue
     if isinstance(a, dict) and isinstance(b, dict):
       diffs += _differences(a, b, prefix=f"{name}.")
@@ -160,6 +167,13 @@ def check_workdir(workdir: str, record: dict):
         f"config.init_checkpoint={record['init_checkpoint']!r} is invalid: the file changed since "
         f"the run in --workdir {workdir} started from it (SHA-256 {started[:16]}... then, "
         f"{now[:16]}... now): restore that file, or {fresh}")
+  started, now = previous.get("trunk_source"), record.get("trunk_source")
+  if started and now and started != now:
+    raise ConfigError(
+        f"config.trunk_from={record['trunk_from']!r} is invalid: the run in --workdir {workdir} "
+        f"took the trunk of {started['run']} at step {started['step']} (SHA-256 "
+        f"{started['trunk_sha256'][:16]}...), which is now {now['run']} at step {now['step']} "
+        f"({now['trunk_sha256'][:16]}...): give that run back, or {fresh}")
   diffs = _differences(previous, record)
   if diffs:
     raise ConfigError(

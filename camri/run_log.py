@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
-from camri import config_lib
+from camri import config_fields
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
@@ -129,10 +129,10 @@ def read_config(workdir) -> dict | None:
   """The run's config.json as a dict, or None when the file is absent.
 
   Fields added to the config since the run was written hold the value that
-  implies (`config_lib.ADDED_FIELDS`).
+  implies (`config_fields.ADDED_FIELDS`).
   """
   path = Path(workdir) / CONFIG_FILE
-  return config_lib.with_added_fields(json.loads(path.read_text())) if path.exists() else None
+  return config_fields.with_added_fields(json.loads(path.read_text())) if path.exists() else None
 
 
 def write_config(workdir, config_dict: dict):

@@ -22,6 +22,7 @@ from camri import checkpoint
 from camri import metrics
 from camri import models
 from camri import objectives
+from camri import trunk
 from camri.objectives import Objective
 
 
@@ -78,7 +79,8 @@ def make_model(config, num_classes: int) -> tuple[nn.Module, Objective]:
 
 def create_train_state(config, model, image_shape, load_init_checkpoint=True,
                        inject=True) -> TrainState:
-  """Parameters initialised from `config.seed` (and `config.init_checkpoint`).
+  """Parameters initialised from `config.seed` (and `config.init_checkpoint`, then the trunk
+  of `config.trunk_from`).
 
   The step is an int32 array, not a weakly typed 0, so that a new run and one
   restored from a checkpoint compile the same train step.
@@ -86,7 +88,10 @@ def create_train_state(config, model, image_shape, load_init_checkpoint=True,
   variables = _init(model, jax.random.key(config.seed),
                     jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
   if load_init_checkpoint and config.get("init_checkpoint"):
-    variables = models.load_backbone(variables, config.init_checkpoint, config.model)
+    variables = models.load_backbone(variables, config.init_checkpoint, config.model,
+                                     frozen=config.get("freeze_backbone", False))
+  if load_init_checkpoint and config.get("trunk_from"):
+    variables = trunk.take_trunk(variables, config.trunk_from)
   state = TrainState.create(
       apply_fn=model.apply, params=variables["params"],
       batch_stats=variables.get("batch_stats", {}), tx=make_optimizer(config, inject))

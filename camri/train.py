@@ -32,6 +32,7 @@ from camri import feeds
 from camri import metrics
 from camri import progress
 from camri import run_log
+from camri import trunk
 from camri.data import dataset as dataset_lib
 from camri.data.dataset import Dataset
 from camri.feeds import Predictions
@@ -186,16 +187,18 @@ def call_hooks(stop: StopRequest, every: int, last_saved: int, bar,
   return [progress, lambda step, steps, sums: _stop_now(stop, due(step, steps))]
 
 
-def describe_run(config, dataset: Dataset, steps_per_epoch: int, feed, members: Members) -> str:
+def describe_run(config, dataset: Dataset, steps_per_epoch: int, feed, members: Members,
+                 features: trunk.TrunkFeatures | None = None) -> str:
   """The run's first line: devices, processes, batch, split sizes, steps per epoch, the feed,
-  and a population's size."""
+  a population's size, and how a frozen trunk's output is had (`features`)."""
   devices = jax.devices()
   per_device = config.batch_size // len(devices)
   population = f"; a population of {members.count} runs" if members.stacked else ""
   return (f"{len(devices)} x {devices[0].device_kind}, {jax.process_count()} process"
           f"{'es' if jax.process_count() > 1 else ''}; batch {config.batch_size} "
           f"({per_device} per device); {config.dataset}: {dataset.describe()}; "
-          f"{steps_per_epoch} steps per epoch; {feed.describe()}{population}")
+          f"{steps_per_epoch} steps per epoch; {feed.describe()}{population}"
+          + (f"; {features.line}" if features is not None else ""))
 
 
 class _MembersApart(Exception):
@@ -236,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def train_runs(configs, workdirs, stop: StopRequest | None = None,
                population: bool = False) -> list[list[dict]]:
   """`train_and_evaluate` of one run, or of a `population`: runs whose configs differ only
-  in `config_lib.member_fields`, trained together in one program (camri/members.py).
+  in `config_fields.member_fields`, trained together in one program (camri/members.py).
 
   A population's finished members are left be while the others train; members
   that restore different steps train apart, a group per step, one after the
@@ -276,12 +279,15 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
     lost = missing_predictions(dataset, step, members) if step == total_steps else []
     if step == total_steps and not lost:  # Finished: no feed, which would decode the data.
       return [log.rows for log in members.logs]
+    state, features = trunk.features_for(config, dataset, model, state, members)
     feed = feeds.make_feed(config, dataset, sharding, make_train_step(objective, config.seed),
                            make_eval_step(objective),
-                           on_device=data_on_device(members, dataset),
+                           on_device=data_on_device(members, dataset,
+                                                    images=not (features and features.arrays)),
                            runs=members.stack([run_arrays(c, dataset.num_classes)
-                                               for c in configs]))
-    _say(describe_run(config, dataset, steps_per_epoch, feed, members), main_process)
+                                               for c in configs]),
+                           split_arrays=features and features.arrays)
+    _say(describe_run(config, dataset, steps_per_epoch, feed, members, features), main_process)
     if step:
       _say(f"resuming from the checkpoint at step {step} (epoch {step // steps_per_epoch} "
            f"of {config.num_epochs} done)", main_process)
@@ -355,17 +361,21 @@ def _empty_sums(members: Members, num_classes: int, sharding: Sharding):
                         sharding.state)
 
 
-def data_on_device(members: Members, dataset: Dataset) -> bool:
+def data_on_device(members: Members, dataset: Dataset, images: bool = True) -> bool:
   """Whether the runs' data is fed from device memory (`config.data_on_device`).
 
   "auto" decides at every start, a resumed run's too (the feeds give the
   same batches, so a run may switch), all processes alike: the devices where
-  the data fits in every process's. A population's data is on the devices.
+  the data fits in every process's. A population's data is on the devices,
+  and so are a frozen trunk's cached features where they replace the images
+  (`images` False).
 
   Raises:
     ConfigError: a population's data cannot be on the devices.
   """
   config = members.configs[0]
+  if not images:
+    return True
   if config.data_on_device == "auto":
     on_device = _in_every_process(feeds.fits_on_devices(dataset, runs=members.count))
   else:

@@ -24,14 +24,14 @@ an orbax checkpoint of the backbone's params or of {"params", "batch_stats"}
 Augmentation: --config.augment='("flip", "crop")'.
 """
 
-from camri import config_lib
+from camri import config_args
 
 
 def get_config(arg=None):
-  config, args = config_lib.dataset_config(
+  config, args = config_args.dataset_config(
       arg, dataset="awa2", important="antelope",
       model="resnet18", size=224)
-  config.image_size = config_lib.number_arg("size", args.size, int)
+  config.image_size = config_args.number_arg("size", args.size, int)
   config.model = args.model
   config.feature_dim = 512
   config.num_epochs = 100

@@ -13,11 +13,11 @@ Argument string (optional), comma-separated key=value:
 The authors' other settings: dog m = 5*pi/64, s = 16; airplane m = 4*pi/64, s = 8.
 """
 
-from camri import config_lib
+from camri import config_args
 
 
 def get_config(arg=None):
-  config, _ = config_lib.dataset_config(
+  config, _ = config_args.dataset_config(
       arg, dataset="cifar10", important="cat")
   config.image_size = 0  # Native 32x32.
   config.model = "reference_cnn"

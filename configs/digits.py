@@ -9,11 +9,11 @@ Argument string (optional), comma-separated key=value:
   e.g. --config configs/digits.py:loss=arcface
 """
 
-from camri import config_lib
+from camri import config_args
 
 
 def get_config(arg=None):
-  config, _ = config_lib.dataset_config(
+  config, _ = config_args.dataset_config(
       arg, dataset="digits", important="8")
   config.model = "small_cnn"
   config.feature_dim = 64

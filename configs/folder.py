@@ -36,7 +36,7 @@ Augmentation: --config.augment='("flip", "crop")'.
 import os
 import shlex
 
-from camri import config_lib
+from camri import config_args
 
 
 def _absolute(path):
@@ -44,7 +44,7 @@ def _absolute(path):
 
 
 def get_config(arg=None):
-  config, args = config_lib.dataset_config(
+  config, args = config_args.dataset_config(
       arg, dataset="folder", important="", loss="",
       comma_hints={
           "path": lambda path: "leave path= out and give the tree as "
@@ -58,9 +58,9 @@ def get_config(arg=None):
     config.loss.name = "camri" if args.important else "cross_entropy"
   # Absolute, so that config.json names the tree whatever the working directory.
   config.folder = _absolute(args.path) if args.path else ""
-  config.channels = config_lib.number_arg("channels", args.channels, int)
+  config.channels = config_args.number_arg("channels", args.channels, int)
   pretrained = bool(args.pretrained)
-  config.image_size = config_lib.number_arg("size", args.size or ("224" if pretrained else "64"),
+  config.image_size = config_args.number_arg("size", args.size or ("224" if pretrained else "64"),
                                             int)
   config.model = args.model or ("resnet50" if pretrained else "small_cnn")
   config.feature_dim = 64

@@ -14,11 +14,11 @@ Augmentation, if wanted: --config.augment='("crop",)' (never a flip: it would
 turn "keep left" into "keep right").
 """
 
-from camri import config_lib
+from camri import config_args
 
 
 def get_config(arg=None):
-  config, _ = config_lib.dataset_config(
+  config, _ = config_args.dataset_config(
       arg, dataset="gtsrb", important="stop")
   config.image_size = 32
   config.model = "reference_cnn"

@@ -1,7 +1,7 @@
 """Packs a grid's runs into populations: runs of one program, trained in one process.
 
 Runs share a program when their configs differ only in
-`config_lib.member_fields` (camri/population.py checks it again) and their
+`config_fields.member_fields` (camri/population.py checks it again) and their
 newest checkpoints are at the same step, so that they resume together. Each
 such group is cut into populations of at most K members, of sizes as even as
 K allows; a population of one is the run alone, with its own command. With a

@@ -68,6 +68,14 @@ The local executor runs as many runs at once as the machine holds unless
 --parallel says otherwise: one per GPU, each on its own GPU, or without GPUs
 one per CPU core (per --cpus cores with --cpus); see launch.grid.local_slots.
 
+`--heads` adds decoupled runs (stage 3, once stage 1 has finished): for each
+seed, every method of stage 2 and a cross-entropy head train new layers (the
+feature layer and the head) on the frozen trunk of that seed's cross-entropy
+run (`--config.trunk_from`, camri/trunk.py: its output is computed once and
+shared). They go to RUNS_DIR/<dataset>/heads/<cross-entropy run>/, and the
+report shows them as their own rows, "camri (head on cross_entropy)", beside
+the end-to-end ones.
+
 Once stage 2 is launched the command prints the commands of the report and of
 the trade-off plots of its runs:
 python -m camri.report RUNS_DIR/<dataset> [--reference]
@@ -100,7 +108,8 @@ RWWCE_WEIGHT_FIELD = "loss.fn_weight"
 RWWCE_FP_FIELD, RWWCE_FP_WEIGHT = "loss.fp_weight", 1.0
 # The fields the protocol's runs set; --config.FIELD=VALUE cannot give them.
 PROTOCOL_FIELDS = ("seed", "tag", "loss.name", "loss.important_classes", "loss.margin", "loss.scale",
-                   WCE_WEIGHT_FIELD, RWWCE_WEIGHT_FIELD, RWWCE_FP_FIELD)
+                   WCE_WEIGHT_FIELD, RWWCE_WEIGHT_FIELD, RWWCE_FP_FIELD, "trunk_from")
+HEADS_DIR = selection.HEADS_DIR
 GRIDS = {
     "paper": dict(margins=tuple(k * math.pi / 64 for k in (1, 2, 4, 5, 8)),
                   scales=(8.0, 16.0, 32.0),
@@ -137,6 +146,23 @@ def stage2_sweep(classes, seeds, margins, scales, weights, camri_settings=None):
   `camri_settings`, {role: (margin, scale)}, gives CAMRI one setting per role
   instead of margins x scales.
   """
+  # Seed by seed: a protocol stopped part way has every method at its first seeds, a paired
+  # comparison, rather than every seed of its first methods.
+  return hyper.product(hyper.sweep("seed", range(seeds)),
+                       methods_sweep(classes, margins, scales, weights, camri_settings))
+
+
+def heads_sweep(classes, seed, margins, scales, weights):
+  """Stage 2's methods of one seed, and a cross-entropy head, for each {role: class}."""
+  cross_entropy = hyper.union(*[
+      hyper.product(hyper.fixed("loss.important_classes", k), hyper.fixed("tag", role),
+                    hyper.fixed("loss.name", "cross_entropy")) for role, k in classes.items()])
+  return hyper.product(hyper.fixed("seed", seed), hyper.union(
+      cross_entropy, methods_sweep(classes, margins, scales, weights)))
+
+
+def methods_sweep(classes, margins, scales, weights, camri_settings=None):
+  """CAMRI, ArcFace, WCE and RWWCE (`stage2_sweep`'s) of each {role: class}, without seeds."""
 
   def angular(name, margins, scales):
     return hyper.product(hyper.fixed("loss.name", name), hyper.sweep("loss.margin", margins),
@@ -153,11 +179,9 @@ def stage2_sweep(classes, seeds, margins, scales, weights, camri_settings=None):
         "camri", margins, scales)
     return hyper.union(camri, angular("arcface", margins, scales), weighted)
 
-  # Seed by seed: a protocol stopped part way has every method at its first seeds, a paired
-  # comparison, rather than every seed of its first methods.
-  return hyper.product(hyper.sweep("seed", range(seeds)), hyper.union(*[
+  return hyper.union(*[
       hyper.product(hyper.fixed("loss.important_classes", k), hyper.fixed("tag", role), methods(role))
-      for role, k in classes.items()]))
+      for role, k in classes.items()])
 
 
 def _warn(message):
@@ -205,7 +229,26 @@ class Protocol(NamedTuple):
                   dry_run=_dry(self.args))
     sweep = stage2_sweep(roles, self.args.seeds, **GRIDS[self.args.grid],
                          camri_settings=camri_settings)
-    return self.expand(sweep)
+    return self.expand(sweep), roles
+
+
+def heads_stage(protocol, stage1, roles):
+  """Stage 3 (--heads): for each seed, every method's head on the frozen trunk of that seed's
+  cross-entropy run, in RUNS_DIR/<dataset>/heads/<its name>/; None while stage 1 is not
+  finished."""
+  unfinished = [run for run in stage1 if grid.status(run) != "finished"]
+  if unfinished:
+    print(f"the heads wait for stage 1: {len(unfinished)} of {len(stage1)} cross-entropy runs "
+          "are not finished; run this command again once they are", file=sys.stderr)
+    return None
+  runs = []
+  for run in stage1:
+    runs += grid.expand(protocol.config, heads_sweep(roles, run.overrides["seed"],
+                                                     **GRIDS[protocol.args.grid]),
+                        os.path.join(protocol.root, HEADS_DIR, run.name),
+                        module=protocol.args.module,
+                        base_args=(*protocol.base_args, f"--config.trunk_from={run.workdir}"))
+  return runs
 
 
 def paper_stage2(protocol):
@@ -276,11 +319,14 @@ def protocol_root(runs_dir, config):
 
 def runs_not_launched_here(root, config_path, base_args) -> list[str]:
   """The runs under `root` whose launch.json is not this protocol's (absent, or another config
-  or other base arguments): a quickstart run trained in the root, another protocol's."""
+  or other base arguments, a head's trunk_from aside): a quickstart run trained in the root,
+  another protocol's."""
+  def launched_with(workdir):
+    launch = grid.read_launch_file(workdir)
+    return (launch.get("config"), [a for a in launch.get("base_args", [])
+                                   if not a.startswith("--config.trunk_from=")])
   return [workdir for workdir in run_log.find_runs(root)
-          if (grid.read_launch_file(workdir).get("config"),
-              grid.read_launch_file(workdir).get("base_args", [])) != (config_path,
-                                                                        list(base_args))]
+          if launched_with(workdir) != (config_path, list(base_args))]
 
 
 def named_roles(text, class_names):
@@ -333,6 +379,9 @@ def main(argv=None):
                       "cross-entropy's validation recall in stage 1), paper (the authors' released "
                       f"classes and CAMRI settings, {', '.join(PAPER_SETTINGS)} only), or class names "
                       "or indices, comma-separated, each its own role")
+  parser.add_argument("--heads", action="store_true",
+                      help="also train every method's head on the frozen trunk of each seed's "
+                      "cross-entropy run (decoupled rows in the report), once stage 1 is finished")
   grid.add_launch_args(parser)
   args, extra = parser.parse_known_args(argv)
   if args.seeds < 1:
@@ -367,15 +416,20 @@ def main(argv=None):
     if args.classes == "measured":
       if grid.launch(stage1, args):
         return 1
-      stage2 = measured_stage2(protocol, stage1)
-      if stage2 is None:
+      measured = measured_stage2(protocol, stage1)
+      if measured is None:
         return 0
+      stage2, roles = measured
       print(f"stage 2: {len(stage2)} runs", file=log)
       failed = grid.launch(stage2, args)
     else:  # Stage 2 needs nothing from stage 1: one launch.
-      stage2 = paper_stage2(protocol) if named is None else named_stage2(protocol, named)
+      stage2, roles = paper_stage2(protocol) if named is None else named_stage2(protocol, named)
       print(f"stage 2: {len(stage2)} runs, launched with stage 1", file=log)
       failed = grid.launch(stage1 + stage2, args)
+    heads = heads_stage(protocol, stage1, roles) if args.heads and not failed else None
+    if heads:
+      print(f"heads: {len(heads)} runs on the trunks of stage 1's runs", file=log)
+      failed = grid.launch(heads, args)
   except ValueError as e:  # ConfigError and FolderError are ValueErrors.
     parser.exit(2, f"error: {e}\n")
   if failed:

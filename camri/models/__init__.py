@@ -82,6 +82,10 @@ def normalize(images, normalization: str):
 class Classifier(nn.Module):
   """normalize -> backbone -> z -> head; returns {"features": z, **head outputs}.
 
+  With `on_trunk_output`, its input is the backbone trunk's pooled output
+  (`trunk_output`, computed once: camri/trunk.py) and only the new layers run;
+  the variables are the whole model's either way.
+
   A head whose class sets `uses_feature_map = True` is called as
   `head(z, feature_map)` with the backbone's last feature map before pooling.
   The normalisation is part of the model, so evaluation, `camri.predict` and
@@ -90,14 +94,22 @@ class Classifier(nn.Module):
   backbone: nn.Module
   head: nn.Module
   input_normalization: str = "none"
+  on_trunk_output: bool = False
 
   def __call__(self, x, train: bool = False):
+    if self.on_trunk_output:
+      z = self.backbone(x, train=train, part="new")
+      return {"features": z, **self.head(z)}
     x = normalize(x, self.input_normalization)
     if getattr(self.head, "uses_feature_map", False):
       z, feature_map = self.backbone(x, train=train, return_feature_map=True)
       return {"features": z, **self.head(z, feature_map)}
     z = self.backbone(x, train=train)
     return {"features": z, **self.head(z)}
+
+  def trunk_output(self, x):
+    """The backbone trunk's pooled output of images in [0, 1], at inference."""
+    return self.backbone(normalize(x, self.input_normalization), train=False, part="trunk")
 
 
 def get_backbone(name: str, feature_dim: int, conv_weight_grad: str = "auto", *,
@@ -108,22 +120,26 @@ def get_backbone(name: str, feature_dim: int, conv_weight_grad: str = "auto", *,
     name: a key of `BACKBONES`.
     feature_dim: the size of the feature z.
     conv_weight_grad: the convolutions' weight gradient (models/conv.py).
-    frozen_trunk: a ResNet's trunk in inference mode, without gradient
-      (`resnet.ResNet`); config.freeze_backbone.
+    frozen_trunk: the trunk in inference mode, without gradient; config.freeze_backbone.
     resnet_padding: a ResNet's padding (`resnet.ResNet.padding`).
 
   Raises:
-    ConfigError: `frozen_trunk` for a backbone that is not a ResNet.
+    ConfigError: `frozen_trunk` for a backbone without a trunk (`has_trunk`).
   """
   if name not in BACKBONES:
     raise ValueError(f"config.model={name!r} is unknown: choose one of {sorted(BACKBONES)}")
   backbone = BACKBONES[name](feature_dim).clone(conv_weight_grad=conv_weight_grad)
   if isinstance(backbone, resnet.ResNet):
-    return backbone.clone(frozen_trunk=frozen_trunk, padding=resnet_padding)
-  if frozen_trunk:
+    backbone = backbone.clone(padding=resnet_padding)
+  if frozen_trunk and not has_trunk(name):
     raise ConfigError(f"config.freeze_backbone=True is invalid: config.model={name!r} has no "
-                      f"frozen trunk; choose one of {_resnets()}")
-  return backbone
+                      f"trunk to freeze; choose one of {[n for n in BACKBONES if has_trunk(n)]}")
+  return backbone.clone(frozen_trunk=True) if frozen_trunk else backbone
+
+
+def has_trunk(name: str) -> bool:
+  """Whether backbone `name` has a trunk apart from its feature layer, which it can freeze."""
+  return hasattr(BACKBONES[name](1), "frozen_trunk")
 
 
 def _resnets() -> list[str]:
@@ -142,14 +158,16 @@ def param_groups(params) -> Any:
   return jax.tree_util.tree_map_with_path(group, params)
 
 
-def load_backbone(variables: dict[str, Any], path: str, model: str) -> dict[str, Any]:
+def load_backbone(variables: dict[str, Any], path: str, model: str,
+                  frozen: bool = False) -> dict[str, Any]:
   """`variables` of a Classifier of backbone `model` with the backbone's taken from `path`.
 
   `path` is a `.safetensors` file holding a torchvision or timm ResNet's state
   dict (`torch_weights`: the trunk is taken from it), or a directory of what
   `resnet.load_pretrained_variables` reads: the backbone's params, or its
   {"params", "batch_stats"}, saved with orbax. `variables` may be abstract
-  (jax.eval_shape's) to check that the file fits.
+  (jax.eval_shape's) to check that the file fits. A `frozen` trunk needs the
+  BatchNorm statistics too (`resnet.load_pretrained_variables`).
 
   Raises:
     ConfigError: naming config.init_checkpoint, the first mismatch and, for a
@@ -161,7 +179,7 @@ def load_backbone(variables: dict[str, Any], path: str, model: str) -> dict[str,
     if config_lib.is_state_dict(path):
       loaded = _load_state_dict(backbone, path, model)
     else:
-      loaded = resnet.load_pretrained_variables(backbone, path)
+      loaded = resnet.load_pretrained_variables(backbone, path, frozen)
   except (OSError, ValueError) as e:
     raise ConfigError(f"config.init_checkpoint={path!r} is invalid: {e}") from None
   return {c: {**tree, **({"backbone": loaded[c]} if c in loaded else {})}

@@ -10,6 +10,7 @@ read it (CC-Loss's channel attention).
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 
 from camri.models import conv
 
@@ -44,6 +45,10 @@ class VGGStyleCNN(nn.Module):
   `momentum` does: running = momentum * running + (1 - momentum) * batch.
   `feature_init` initialises the feature layer's Dense kernel.
   `conv_weight_grad` chooses the convolutions' weight gradient (`conv.conv_general_dilated`).
+  `frozen_trunk`: the convolutional stages in inference mode (BatchNorm keeps its running
+  statistics, no dropout) and without gradient; only the feature layer trains.
+  `part` is `resnet.ResNet`'s: "all", "trunk" (the pooled trunk output) or "new" (x is that
+  output: the feature layer only).
   """
   stages: Sequence[Sequence[int | str | float]]
   feature_dim: int = 512
@@ -52,25 +57,39 @@ class VGGStyleCNN(nn.Module):
   conv_init: Initializer = nn.linear.default_kernel_init
   feature_init: Initializer = nn.linear.default_kernel_init
   conv_weight_grad: str = "auto"
+  frozen_trunk: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool, return_feature_map: bool = False):
+  def __call__(self, x, train: bool, return_feature_map: bool = False, part: str = "all"):
+    if part != "new":
+      x = self._stages(x, train and not self.frozen_trunk)
+      if self.frozen_trunk:
+        x = jax.lax.stop_gradient(x)
+    feature_map = x
+    if part != "new":
+      x = x.mean(axis=(1, 2))
+    if part == "trunk":
+      return x
+    z = FeatureLayer(self.feature_dim, self.bn_momentum, self.bn_epsilon,
+                     self.feature_init)(x, train)
+    return (z, feature_map) if return_feature_map else z
+
+  def _stages(self, x, train: bool):
+    """The convolutional stages (the trunk), their modules named in `__call__`'s scope."""
     conv_fn = conv.conv_general_dilated(self.conv_weight_grad)
     for stage in self.stages:
       for layer in stage:
         if layer == "bn":
           x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                           epsilon=self.bn_epsilon)(x)
+                           epsilon=self.bn_epsilon, parent=self)(x)
         elif layer == "pool":
           x = nn.max_pool(x, (2, 2), strides=(2, 2))
         elif isinstance(layer, float):
-          x = nn.Dropout(layer, deterministic=not train)(x)
+          x = nn.Dropout(layer, deterministic=not train, parent=self)(x)
         else:
           x = nn.relu(nn.Conv(layer, (3, 3), padding="SAME", kernel_init=self.conv_init,
-                              conv_general_dilated=conv_fn)(x))
-    z = FeatureLayer(self.feature_dim, self.bn_momentum, self.bn_epsilon,
-                     self.feature_init)(x.mean(axis=(1, 2)), train)
-    return (z, x) if return_feature_map else z
+                              conv_general_dilated=conv_fn, parent=self)(x))
+    return x
 
 
 # The paper's CIFAR-10 network: 13 conv layers, GAP, Dense(512) + BN.

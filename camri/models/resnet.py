@@ -131,8 +131,14 @@ class ResNet(nn.Module):
   frozen_trunk: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool, return_feature_map: bool = False):
-    """z, or (z, the trunk's last feature map before pooling) with `return_feature_map`."""
+  def __call__(self, x, train: bool, return_feature_map: bool = False, part: str = "all"):
+    """z, or (z, the trunk's last feature map before pooling) with `return_feature_map`.
+
+    `part` "trunk" returns the pooled trunk output, mean_{h,w} trunk(x); "new" takes that
+    output as `x` and runs the feature layer only (the trunk's modules are not called).
+    """
+    if part == "new":
+      return self._feature_layer(x, train)
     if self.padding not in PADDINGS:
       raise ValueError(f"padding={self.padding!r} is unknown: choose one of {list(PADDINGS)}")
     conv_fn = conv_lib.conv_general_dilated(self.conv_weight_grad)
@@ -166,11 +172,17 @@ class ResNet(nn.Module):
       x = jax.lax.stop_gradient(x)
     feature_map = x
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.feature_dim, dtype=self.dtype, name="feature_dense")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype, axis_name=self.axis_name, name="feature_norm")(x)
-    z = jnp.asarray(x, jnp.float32)
+    if part == "trunk":
+      return x
+    z = self._feature_layer(x, train)
     return (z, feature_map) if return_feature_map else z
+
+  def _feature_layer(self, x, train: bool):
+    x = nn.Dense(self.feature_dim, dtype=self.dtype, name="feature_dense", parent=self)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype, axis_name=self.axis_name, name="feature_norm",
+                     parent=self)(x)
+    return jnp.asarray(x, jnp.float32)
 
 
 PADDINGS = ("torchvision", "same")
@@ -241,14 +253,19 @@ def overlay_pretrained(params: Mapping[str, Any], restored: Mapping[str, Any],
   return merged
 
 
-def load_pretrained_variables(variables: Mapping[str, Any],
-                              path) -> dict[str, Any]:
+def load_pretrained_variables(variables: Mapping[str, Any], path,
+                              frozen: bool = False) -> dict[str, Any]:
   """`load_pretrained` for flax variables {"params": ..., "batch_stats": ...}.
 
   The checkpoint is either a params tree (as `load_pretrained` reads; the
   batch statistics keep their values) or a saved variables dict with
   "params" and optionally "batch_stats" (pretrained BatchNorm statistics),
   each overlaid on the same collection of `variables`.
+
+  Raises:
+    ValueError: also when the trunk is `frozen` and the model has BatchNorm
+      statistics the checkpoint lacks: a frozen trunk would keep BatchNorm's
+      initial mean 0 and variance 1 forever.
   """
   path = epath.Path(path).expanduser().resolve()
   restored = restore_pretrained(path)
@@ -257,6 +274,10 @@ def load_pretrained_variables(variables: Mapping[str, Any],
                    if c in restored}
   else:
     collections = {"params": restored}
+  if frozen and variables.get("batch_stats") and "batch_stats" not in collections:
+    raise ValueError(f"the checkpoint at {path} holds no batch_stats collection, and a frozen "
+                     "trunk (config.freeze_backbone) would keep BatchNorm's initial mean 0 and "
+                     'variance 1 forever: save {"params": ..., "batch_stats": ...} there')
   merged = dict(variables)
   for collection, tree in collections.items():
     if collection not in variables:

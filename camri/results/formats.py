@@ -5,6 +5,7 @@ import io
 import math
 import os
 
+from camri.results import runs as runs_lib
 from camri.results import selection
 from camri.results import table
 
@@ -107,6 +108,13 @@ def caption(rows, policy, select_on, tolerance=0.0, uncovered=(), roles=()):
                  f"class's score, per run the b of best {split} recall among 0 and the breakpoints "
                  f"whose {split} accuracy is at least the run's own at b = 0{minus}; its gains are "
                  "over cross-entropy's last-epoch predictions.")
+  heads = sorted({r.method.split(runs_lib.HEAD_ON)[1].rstrip(")") for r in rows
+                  if runs_lib.HEAD_ON in r.method})
+  if heads:
+    parts.append(f"'(head on {', '.join(heads)})': decoupled runs, which trained only new layers "
+                 "(the feature layer and the head) with the row's loss on the frozen trunk of the "
+                 "same seed's run of that loss (Kang et al., ICLR 2020); their gains are over "
+                 "that seed's end-to-end cross-entropy run.")
   parts += roles
   if uncovered:
     parts.append(f"The paper's Table 1 does not cover {', '.join(uncovered)}.")

@@ -16,6 +16,21 @@ from camri import run_log
 from camri.results import selection
 
 BASELINE = "cross_entropy"
+# A decoupled run's method: its loss, then the loss of the run whose frozen trunk it trained
+# new layers on (config.trunk_from): "camri (head on cross_entropy)".
+HEAD_ON = " (head on "
+
+
+def method_of(config: dict) -> str:
+  """A run's method as the report names it: its loss, or a decoupled head's (`HEAD_ON`)."""
+  name = run_log.get_field(config, "loss.name")
+  source = config.get("trunk_source")
+  return f"{name}{HEAD_ON}{source['loss']})" if source else name
+
+
+def base_method(method: str) -> str:
+  """The loss of a method name: "camri" of "camri (head on cross_entropy)"."""
+  return method.split(HEAD_ON)[0]
 NOT_SETTING = ("name", "important_classes")
 # Config fields that may differ between runs of one table without a warning.
 NOT_EXPERIMENT = ("seed", "tag", "loss", "data_dir", "workdir", "class_names")
@@ -152,7 +167,7 @@ def read_result(run: Run, policy, select_on="val"):
   num_classes = run.field("num_classes")
   if num_classes is None:
     num_classes = sum(1 for k in row if k.startswith("test_recall_") and k[12:].isdigit())
-  method = run.field("loss.name")
+  method = method_of(run.config)
   classes = important_classes(run)
   role = None
   if method != BASELINE:

@@ -294,11 +294,16 @@ def write_roles_file(path, roles, names, *, dataset, seeds, rule, chosen_on=None
        "mean_recall": mean_recall, "seeds": seeds, "rule": rule}) + "\n")
 
 
+# The protocol's decoupled runs (launch.protocol --heads): <root>/heads/<trunk's run>/<run>.
+HEADS_DIR = "heads"
+
+
 def _launched(result, directory, saved):
   """Whether the protocol of the roles file `saved`, in `directory`, launched `result`'s run."""
   roles, seeds = saved["roles"], saved.get("seeds")
-  if os.path.dirname(os.path.abspath(result.workdir)) != directory:  # Not a run directory of it.
-    return False
+  parent = os.path.dirname(os.path.abspath(result.workdir))
+  if parent != directory and os.path.dirname(parent) != os.path.join(directory, HEADS_DIR):
+    return False  # Not a run directory of it.
   if seeds is not None and result.seed not in range(seeds):
     return False
   return result.role is None or (result.role in roles and result.classes == (roles[result.role],))

@@ -233,7 +233,11 @@ def _shown_fields(runs, methods):
 
 
 def _order(values, preferred):
-  return sorted(values, key=lambda v: (preferred.index(v) if v in preferred else len(preferred), v))
+  """`values` in `preferred`'s order, then by name; a decoupled head after its loss's method."""
+  def key(value):
+    base = runs_lib.base_method(value)
+    return (preferred.index(base) if base in preferred else len(preferred), base, value)
+  return sorted(values, key=key)
 
 
 def _role_classes(results, dataset):

@@ -9,12 +9,12 @@ for a quick check. The important class is configs/digits.py's, 8.
 
 import math
 
-from camri import config_lib
+from camri import config_args
 from launch import hyper
 
 
 def get_sweep(arg=None):
-  args = config_lib.parse_arg(arg, seeds=3, epochs=0)
+  args = config_args.parse_arg(arg, seeds=3, epochs=0)
   seeds = hyper.sweep("config.seed", range(int(args.seeds)))
   cross_entropy = hyper.product(hyper.fixed("config.loss.name", "cross_entropy"), seeds)
   camri = hyper.product(

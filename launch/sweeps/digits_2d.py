@@ -8,12 +8,12 @@ For the 2-D feature plot (normalised features and class weight directions):
 Argument string (optional): epochs=N (default 15), seed=S (default 0).
 """
 
-from camri import config_lib
+from camri import config_args
 from launch import hyper
 
 
 def get_sweep(arg=None):
-  args = config_lib.parse_arg(arg, epochs=15, seed=0)
+  args = config_args.parse_arg(arg, epochs=15, seed=0)
   common = hyper.product(hyper.fixed("config.feature_dim", 2),
                          hyper.fixed("config.num_epochs", int(args.epochs)),
                          hyper.fixed("config.seed", int(args.seed)))

@@ -81,6 +81,17 @@ def test_stage2_sweep_has_every_method_role_and_seed():
   assert not any("loss.margin" in r for r in runs if r["loss.name"] in ("wce", "rwwce"))
 
 
+def test_heads_sweep_has_every_method_and_a_cross_entropy_head_of_one_seed():
+  runs = protocol.heads_sweep({"worst1": 0, "median": 4}, 3, margins=(0.1,), scales=(16.0,),
+                              weights=(2.0,))
+  assert len(runs) == 2 * (1 + 2 + 2)
+  assert {r["seed"] for r in runs} == {3}
+  assert {"loss.important_classes": 4, "tag": "median", "loss.name": "cross_entropy",
+          "seed": 3} in runs
+  assert {"loss.important_classes": 0, "tag": "worst1", "loss.name": "camri", "loss.margin": 0.1,
+          "loss.scale": 16.0, "seed": 3} in runs
+
+
 def args(root, *extra):
   return ["--dataset", "digits", "--config", "configs/digits.py", "--seeds", "2", "--grid", "smoke",
           "--root", str(root), "--module", "fake_main", *extra]
@@ -241,7 +252,7 @@ def test_named_classes_each_get_a_role_and_both_stages_launch_together(tmp_path,
      "important classes must be distinct"),
     (["--config.seed=3"], "--config.seed=3: the protocol sets seed itself (fields it sets: seed, tag, "
      "loss.name, loss.important_classes, loss.margin, loss.scale, loss.important_weight, "
-     "loss.fn_weight, loss.fp_weight)"),
+     "loss.fn_weight, loss.fp_weight, trunk_from)"),
     (["--config.num_epoch=3"], "config has no field 'num_epoch' Did you mean \"num_epochs\" instead of "
      "\"num_epoch\"?"),
     (["--epochs", "3"], "unrecognized argument '--epochs': config fields are given as --config.FIELD=VALUE"),

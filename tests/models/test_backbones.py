@@ -3,12 +3,14 @@
 import functools
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from camri import config_fields
 from camri import config_lib
 from camri import inference
 from camri import models
@@ -82,6 +84,19 @@ def test_run_starts_from_config_init_checkpoint(classifier, digits_config, tmp_p
   _assert_equal(state.params["head"], variables["params"]["head"])
 
 
+def test_a_frozen_trunk_from_params_without_batch_statistics_is_refused_in_one_line(
+    classifier, digits_config, tmp_path):
+  """Else its BatchNorm layers would keep mean 0 and variance 1 for the whole run."""
+  _, _, variables = classifier
+  digits_config.init_checkpoint = _save(tmp_path / "ckpt", variables["params"]["backbone"])
+  digits_config.freeze_backbone = True
+  with pytest.raises(config_lib.ConfigError, match=r"^config.init_checkpoint='.*ckpt' is "
+                     r"invalid: the checkpoint at .* holds no batch_stats collection, and a "
+                     r"frozen trunk"):
+    prepare.prepare_run(digits_config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
 def test_init_checkpoint_that_does_not_fit_is_refused_before_anything_is_written(
     digits_config, tmp_path):
   digits_config.init_checkpoint = _save(
@@ -118,10 +133,18 @@ def test_param_groups_are_the_trunk_and_the_new_layers(name, trunk, new):
   assert {m for m, g in backbone.items() if g == {"new"}} == new
 
 
-def test_freezing_a_backbone_without_a_trunk_to_freeze_is_one_line():
+def test_every_backbone_freezes_and_one_without_a_trunk_is_refused_in_one_line(monkeypatch):
+  assert all(models.has_trunk(name) for name in models.BACKBONES)
+  assert models.get_backbone("small_cnn", 8, frozen_trunk=True).frozen_trunk
+  class DenseOnly(nn.Module):
+    feature_dim: int
+    conv_weight_grad: str = "auto"
+
+  monkeypatch.setitem(models.BACKBONES, "dense_only", DenseOnly)
   with pytest.raises(config_lib.ConfigError, match=r"^config.freeze_backbone=True is invalid: "
-                     r"config.model='small_cnn' has no frozen trunk; choose one of \['resnet18'"):
-    models.get_backbone("small_cnn", 8, frozen_trunk=True)
+                     r"config.model='dense_only' has no trunk to freeze; choose one of "
+                     r"\['reference_cnn', 'small_cnn'"):
+    models.get_backbone("dense_only", 8, frozen_trunk=True)
 
 
 def test_a_resnet_run_from_before_torchvision_padding_reads_as_same_padding(
@@ -145,7 +168,7 @@ def test_a_resnet_run_from_before_torchvision_padding_reads_as_same_padding(
     prepare.prepare_run(digits_config.copy_and_resolve_references(), str(workdir))
   digits_config.resnet_padding = "same"
   prepare.prepare_run(digits_config, str(workdir))  # Resumable as what it was.
-  small_cnn = config_lib.with_added_fields({"model": "small_cnn"})
+  small_cnn = config_fields.with_added_fields({"model": "small_cnn"})
   assert small_cnn["resnet_padding"] == "torchvision"  # Unchanged: no ResNet to pad.
 
 
