@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from camri import config_fields
 from camri import config_lib
 from camri import prepare
 
@@ -134,11 +135,11 @@ def test_freezing_needs_weights_to_freeze():
 
 
 def test_readme_names_every_field_a_resumed_run_may_change():
-  """README's "Another run's workdir" lists `config_lib.RESUMABLE_CHANGES` (the population
+  """README's "Another run's workdir" lists `config_fields.RESUMABLE_CHANGES` (the population
   in words)."""
   with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
     text = f.read()
   text = " ".join(text.split())
-  listed = text[text.index("(only `num_epochs` may grow"):].split("may change)", 1)[0]
-  assert set(re.findall(r"`(\w+)`", listed)) | {"population"} == set(config_lib.RESUMABLE_CHANGES)
+  listed = text[text.index("(only `num_epochs` may grow"):].split(" may change", 1)[0]
+  assert set(re.findall(r"`(\w+)`", listed)) | {"population"} == set(config_fields.RESUMABLE_CHANGES)
   assert "the population a run trains in" in listed
