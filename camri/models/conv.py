@@ -191,8 +191,11 @@ def _patches(x, kernel_hw, strides, pads) -> jax.Array:
 def taps_conv(x, w, strides, pads, precision=None) -> jax.Array:
   """The NHWC/HWIO convolution as one matmul over `_patches` (module doc)."""
   kh, kw, c, o = w.shape
-  return lax.dot_general(_patches(x, (kh, kw), strides, pads), w.reshape(kh * kw * c, o),
-                         (((3,), (0,)), ((), ())), precision=precision)
+  cols = _patches(x, (kh, kw), strides, pads)
+  # As (M, kh*kw*C) rows, dW (the transpose in w) is one 2-D matmul, not a
+  # contraction over three axes.
+  y = lax.dot(cols.reshape(-1, kh * kw * c), w.reshape(kh * kw * c, o), precision=precision)
+  return y.reshape(*cols.shape[:3], o)
 
 
 _FORWARDS = {"xla": _xla_conv, "taps": taps_conv}
