@@ -4,12 +4,12 @@ Each of a convolution's three computations, the forward pass y, the input
 gradient dx and the weight gradient dW, is XLA's or tap matmuls. With x
 padded once (pads (lo, hi) per spatial axis) and stride (sh, sw), the taps
 gather each output position's receptive field, kh*kw shifted strided copies
-of x_pad, into one row of C*kh*kw numbers (`_patches`):
+of x_pad, into one row of kh*kw*C numbers (`_patches`):
 
     cols[n, p, q, (i, j, c)] = x_pad[n, sh*p + i, sw*q + j, c]
     y  = cols . W          one matmul, (N*P*Q, kh*kw*C) x (kh*kw*C, O)
     dW = cols^T . dy       one matmul over the M = N*P*Q rows
-    dx = patches^T (dy . W^T)   one matmul, then each tap's block added back
+    dx = gather^T (dy . W^T)    one matmul, then each tap's block added back
                                 at its shift (the transpose of the gather)
 
 dx and dW are the transposes of y's linear maps in x and in W, so each is
