@@ -184,7 +184,7 @@ def test_grouped_and_dilated_convolutions_keep_xla_gradient():
     conv.conv_general_dilated("fast")
 
 
-def test_train_steps_with_taps_and_xla_weight_grads_agree(digits_config):
+def test_train_steps_with_taps_and_xla_agree(digits_config):
   """Real train steps of the digits model with each method: the same losses up to round-off."""
   rng = np.random.default_rng(0)
   batches = [{"image": rng.random((8, 8, 8, 1), np.float32),
