@@ -2,7 +2,8 @@
 
 Compiles the config's train step, runs it on synthetic data of the config's
 shapes (global batch sharded over every device, as in training) and prints
-each convolution's weight gradient (camri/models/conv.py), the throughput,
+how each convolution computes its forward pass and gradients (XLA's or tap
+matmuls, camri/models/conv.py), the throughput,
 the step's FLOPs per image (XLA's cost analysis of the compiled step: forward
 and backward, all devices) and the TFLOP/s they make; with a known device or
 `--peak_tflops`, the fraction of its peak. The last line is `img/s <number>`.
@@ -228,7 +229,7 @@ def main(argv):
   print(f"devices {jax.device_count()} x {jax.devices()[0].device_kind}  "
         f"model {config.model}  loss {config.loss.name}  batch {config.batch_size}  "
         f"image {'x'.join(map(str, shape))}")
-  print("conv weight gradient (" + " | ".join(v.weight_grad for v in variants) + "):")
+  print("convolutions (" + " | ".join(v.weight_grad for v in variants) + "):")
   for layer in zip(*(v.choices for v in variants)):
     print(f"  {layer[0]}" + "".join(f" | {c.method}" for c in layer[1:]))
   images = _STEPS.value * config.batch_size

@@ -1,4 +1,4 @@
-"""`python -m camri.bench`: the layers' weight gradients and a side-by-side timing."""
+"""`python -m camri.bench`: the layers' convolution methods and a side-by-side timing."""
 
 import re
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import run_main
 
 
-def test_bench_prints_each_layers_weight_grad_and_times_two_side_by_side(tfds_dir):
+def test_bench_prints_each_layers_methods_and_times_two_side_by_side(tfds_dir):
   """And a population of 3 runs, in the same rounds, with its speed-up over one run; the
   step fed from tf.data and from device memory; the FLOPs per image.
 
@@ -16,8 +16,8 @@ def test_bench_prints_each_layers_weight_grad_and_times_two_side_by_side(tfds_di
   15,488 + 495,616 + 204,800 + 409,600 = 1,125,504 multiply-adds per image,
   2 FLOPs each, in the forward pass, as many in the weight gradient and in the
   input gradient (none for the image): 6.72 MFLOP, at the least. Counted at
-  every position, padding included (as tap matmuls compute the weight
-  gradient), 8.92 MFLOP; the dense layers add 0.03 and the elementwise ops
+  every position, padding included (as tap matmuls compute all three),
+  8.92 MFLOP; the dense layers add 0.03 and the elementwise ops
   (BatchNorm, ReLU, pooling, the loss, Adam) on ~6,000 activations and ~70,000
   parameters over 64 images well under 0.35: at most 9.3 MFLOP.
   """
@@ -30,7 +30,7 @@ def test_bench_prints_each_layers_weight_grad_and_times_two_side_by_side(tfds_di
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   # small_cnn on 8x8 digits: two 3x3 convolutions at 8x8, two after pooling at 4x4.
-  start = lines.index("conv weight gradient (taps | xla):")
+  start = lines.index("convolutions (taps | xla):")
   assert lines[start + 1:start + 5] == [
       "  8x8x1 -> 32, 3x3 stride 1x1: taps | xla", "  8x8x32 -> 32, 3x3 stride 1x1: taps | xla",
       "  4x4x32 -> 64, 3x3 stride 1x1: taps | xla", "  4x4x64 -> 64, 3x3 stride 1x1: taps | xla"]

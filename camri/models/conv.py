@@ -1,21 +1,31 @@
-"""The convolution of every backbone's `nn.Conv`: XLA's, with a faster weight gradient on CPU.
+"""The convolution of every backbone's `nn.Conv`: XLA's, or "tap matmuls" where faster on CPU.
 
-Forward and input gradient dx are XLA's. The weight gradient dW is XLA's, or
-"tap matmuls". With x padded once (pads (lo, hi) per spatial axis), stride
-(sh, sw) and dy the output's cotangent (N, P, Q, O):
+Each of a convolution's three computations, the forward pass y, the input
+gradient dx and the weight gradient dW, is XLA's or tap matmuls. With x
+padded once (pads (lo, hi) per spatial axis) and stride (sh, sw), the taps
+gather each output position's receptive field, kh*kw shifted strided copies
+of x_pad, into one row of kh*kw*C numbers (`_patches`):
 
-    dW[i, j, c, o] = sum_{n, p, q} x_pad[n, sh*p + i, sw*q + j, c] * dy[n, p, q, o]
+    cols[n, p, q, (i, j, c)] = x_pad[n, sh*p + i, sw*q + j, c]
+    y  = cols . W          one matmul, (N*P*Q, kh*kw*C) x (kh*kw*C, O)
+    dW = cols^T . dy       one matmul over the M = N*P*Q rows
+    dx = gather^T (dy . W^T)    one matmul, then each tap's block added back
+                                at its shift (the transpose of the gather)
 
-i.e. for each tap (i, j), dW[i, j] = x_shifted(i, j)^T . dy, one matmul over the
-M = N*P*Q rows of the flattened batch and space. XLA:CPU computes dW as a
-convolution whose window is the whole output map; for 1x1 kernels that runs
-at a fifth to a tenth of the matmul's speed (README, "Benchmark"). Splitting
-the M rows into chunks, summed afterwards, measured slower: XLA's matmul
-already shares a long contraction between the cores.
+dx and dW are the transposes of y's linear maps in x and in W, so each is
+computed by transposing the XLA or the taps form of y (`jax.linear_transpose`).
 
-Which dW a layer gets is `weight_grad_method`: a fixed rule of the backend, the
-kernel and the dtype, so a resumed run and one run on 1 or 2 devices trace the
-same computation (an autotuner timing kernels at start would not).
+XLA:CPU is slow on two kinds of convolution (README, "Benchmark"):
+- on small feature maps, the forward pass and dx of a 3x3 kernel: on a 2x2
+  map of 512 channels a hundred times slower than the taps' matmul, on 4x4
+  about twice (ResNet's last stages at 32 to 64 pixels);
+- dW of 1x1 kernels, computed as a convolution whose window is the whole
+  output map, at a fifth to a tenth of the matmul's speed.
+
+Which a layer gets is `methods`: a fixed rule of the backend, the kernel, the
+output map and the dtype, so a resumed run and one run on 1 or 2 devices
+trace the same computation (an autotuner timing kernels at start would not:
+its choice, and so the round-off, would move with the machine's load).
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -31,16 +41,41 @@ from camri.config_lib import CONV_WEIGHT_GRADS
 
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
+# Output maps of at most this many positions take taps for all three
+# computations on CPU (`methods`): 4x4 and smaller.
+SMALL_MAP = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Methods:
+  """"xla" or "taps" for each of a convolution's three computations."""
+  forward: str
+  input_grad: str
+  weight_grad: str
+
+  @classmethod
+  def all(cls, method: str) -> "Methods":
+    return cls(method, method, method)
+
+  def __str__(self):
+    taps = [name for name, method in (("forward", self.forward), ("dx", self.input_grad),
+                                      ("dW", self.weight_grad)) if method == "taps"]
+    return {0: "xla", 3: "taps"}.get(len(taps), f"taps for {', '.join(taps)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-  """One traced convolution and the weight gradient it got."""
+  """One traced convolution and the methods it got."""
   lhs_shape: tuple[int, ...]
   kernel_shape: tuple[int, ...]
   strides: tuple[int, int]
   pads: tuple[tuple[int, int], tuple[int, int]]
-  method: str  # "xla" or "taps"
+  methods: Methods
+
+  @property
+  def method(self) -> str:
+    """"xla", "taps" or "taps for dW" (those of the three computations that take taps)."""
+    return str(self.methods)
 
   def __str__(self):
     (h, w, c), (kh, kw, _, o) = self.lhs_shape[1:], self.kernel_shape
@@ -62,23 +97,23 @@ def recorded_choices() -> Iterator[list[Choice]]:
     _recorded = outer
 
 
-def conv_general_dilated(weight_grad: str = "auto") -> Callable[..., jax.Array]:
-  """`lax.conv_general_dilated` whose dW is chosen by `weight_grad`, for `nn.Conv`.
+def conv_general_dilated(setting: str = "auto") -> Callable[..., jax.Array]:
+  """`lax.conv_general_dilated` whose computations are chosen by `setting`, for `nn.Conv`.
 
   Args:
-    weight_grad: "auto" (`weight_grad_method`'s rule), "xla" (XLA's dW
-      everywhere) or "taps" (tap matmuls wherever they apply: ungrouped,
-      undilated NHWC convolutions).
+    setting: config.conv_weight_grad: "auto" (`methods`' rule), "xla" (XLA's
+      everywhere) or "taps" (tap matmuls for y, dx and dW wherever they
+      apply: ungrouped, undilated NHWC convolutions).
   """
-  if weight_grad not in CONV_WEIGHT_GRADS:
-    raise ValueError(f"weight_grad={weight_grad!r} is unknown: choose one of "
+  if setting not in CONV_WEIGHT_GRADS:
+    raise ValueError(f"weight_grad={setting!r} is unknown: choose one of "
                      f"{list(CONV_WEIGHT_GRADS)}")
-  return functools.partial(_conv, weight_grad=weight_grad)
+  return functools.partial(_conv, setting=setting)
 
 
 def _conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
           dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-          precision=None, preferred_element_type=None, *, weight_grad):
+          precision=None, preferred_element_type=None, *, setting):
   xla = functools.partial(
       lax.conv_general_dilated, window_strides=window_strides, padding=padding,
       lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
@@ -94,12 +129,13 @@ def _conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=Non
   strides = tuple(window_strides)
   pads = tuple(map(tuple, lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
                    if isinstance(padding, str) else padding))
-  method = weight_grad_method(weight_grad, jax.default_backend(), rhs.shape, lhs.dtype)
+  chosen = methods(setting, jax.default_backend(), rhs.shape,
+                   _output_map(lhs.shape, rhs.shape, strides, pads), lhs.dtype)
   if _recorded is not None:
-    _recorded.append(Choice(tuple(lhs.shape), tuple(rhs.shape), strides, pads, method))
-  if method == "xla":
+    _recorded.append(Choice(tuple(lhs.shape), tuple(rhs.shape), strides, pads, chosen))
+  if chosen == Methods.all("xla"):
     return xla(lhs, rhs)
-  return _tap_conv(lhs, rhs, strides, pads, precision)
+  return _chosen_conv(lhs, rhs, strides, pads, precision, chosen)
 
 
 def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
@@ -109,26 +145,31 @@ def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
           == lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC))
 
 
-def weight_grad_method(weight_grad: str, backend: str, kernel_shape: Sequence[int],
-                       dtype) -> str:
-  """"xla" or "taps": the dW of an ungrouped, undilated NHWC convolution.
+def _output_map(lhs_shape, kernel_shape, strides, pads) -> tuple[int, int]:
+  return tuple((size + lo + hi - k) // s + 1 for size, k, s, (lo, hi)
+               in zip(lhs_shape[1:3], kernel_shape[:2], strides, pads))
 
-  "auto" takes taps where they were measured faster (README, "Benchmark"):
-  on CPU, for float32 1x1 kernels, of stride 1 and 2 alike. Elsewhere XLA's:
-  on GPU and TPU (not measured), for other dtypes, and for 3x3 and 7x7 kernels,
-  whose taps measured slower in the train step on every map size.
+
+def methods(setting: str, backend: str, kernel_shape: Sequence[int],
+            output_map: Sequence[int], dtype) -> Methods:
+  """The methods of an ungrouped, undilated NHWC convolution.
+
+  "auto" takes taps where they were measured faster (README, "Benchmark"),
+  on CPU, for float32: for all three computations where the output map has at
+  most `SMALL_MAP` positions (4x4), for dW alone with 1x1 kernels on larger
+  maps. Elsewhere XLA's: on GPU and TPU (not measured), for other dtypes, and
+  for larger kernels on larger maps, whose taps measured slower in the train
+  step (the 9 shifted copies of x cost more than XLA's convolution saves).
   """
-  if weight_grad != "auto":
-    return weight_grad
-  if (backend == "cpu" and jnp.dtype(dtype) == jnp.float32
-      and tuple(kernel_shape[:2]) == (1, 1)):
-    return "taps"
-  return "xla"
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _tap_conv(x, w, strides, pads, precision):
-  return _xla_conv(x, w, strides, pads, precision)
+  if setting != "auto":
+    return Methods.all(setting)
+  if backend != "cpu" or jnp.dtype(dtype) != jnp.float32:
+    return Methods.all("xla")
+  if output_map[0] * output_map[1] <= SMALL_MAP:
+    return Methods.all("taps")
+  if tuple(kernel_shape[:2]) == (1, 1):
+    return Methods("xla", "xla", "taps")
+  return Methods.all("xla")
 
 
 def _xla_conv(x, w, strides, pads, precision):
@@ -136,32 +177,45 @@ def _xla_conv(x, w, strides, pads, precision):
                                   precision=precision)
 
 
-def _tap_conv_fwd(x, w, strides, pads, precision):
-  return _xla_conv(x, w, strides, pads, precision), (x, w)
-
-
-def _tap_conv_bwd(strides, pads, precision, residuals, dy):
-  x, w = residuals
-  dx, = jax.linear_transpose(lambda x: _xla_conv(x, w, strides, pads, precision), x)(dy)
-  return dx, tap_weight_grad(x, dy, w.shape, strides, pads, precision).astype(w.dtype)
-
-
-_tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
-
-
-def tap_weight_grad(x, dy, kernel_shape, strides, pads, precision=None) -> jax.Array:
-  """dW of an NHWC/HWIO convolution as one matmul per tap (module doc)."""
-  kh, kw, c, o = kernel_shape
-  n, p, q, _ = dy.shape
-  sh, sw = strides
+def _patches(x, kernel_hw, strides, pads) -> jax.Array:
+  """(N, P, Q, kh*kw*C): each output position's receptive field, in (i, j, c) order."""
+  (kh, kw), (sh, sw), (n, _, _, c) = kernel_hw, strides, x.shape
+  p, q = _output_map(x.shape, kernel_hw, strides, pads)
   x_pad = lax.pad(x, jnp.zeros((), x.dtype),
                   ((0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)))
-  dy_rows = dy.reshape(n * p * q, o)
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      shifted = lax.slice(x_pad, (0, i, j, 0), (n, i + sh * (p - 1) + 1, j + sw * (q - 1) + 1, c),
-                          (1, sh, sw, 1))
-      taps.append(lax.dot_general(shifted.reshape(n * p * q, c), dy_rows,
-                                  (((0,), (0,)), ((), ())), precision=precision))
-  return jnp.stack(taps).reshape(kh, kw, c, o)
+  return jnp.concatenate(
+      [lax.slice(x_pad, (0, i, j, 0), (n, i + sh * (p - 1) + 1, j + sw * (q - 1) + 1, c),
+                 (1, sh, sw, 1)) for i in range(kh) for j in range(kw)], axis=3)
+
+
+def taps_conv(x, w, strides, pads, precision=None) -> jax.Array:
+  """The NHWC/HWIO convolution as one matmul over `_patches` (module doc)."""
+  kh, kw, c, o = w.shape
+  cols = _patches(x, (kh, kw), strides, pads)
+  # As (M, kh*kw*C) rows, dW (the transpose in w) is one 2-D matmul, not a
+  # contraction over three axes.
+  y = lax.dot(cols.reshape(-1, kh * kw * c), w.reshape(kh * kw * c, o), precision=precision)
+  return y.reshape(*cols.shape[:3], o)
+
+
+_FORWARDS = {"xla": _xla_conv, "taps": taps_conv}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _chosen_conv(x, w, strides, pads, precision, chosen):
+  return _FORWARDS[chosen.forward](x, w, strides, pads, precision)
+
+
+def _chosen_conv_fwd(x, w, strides, pads, precision, chosen):
+  return _chosen_conv(x, w, strides, pads, precision, chosen), (x, w)
+
+
+def _chosen_conv_bwd(strides, pads, precision, chosen, residuals, dy):
+  x, w = residuals
+  dx_conv, dw_conv = _FORWARDS[chosen.input_grad], _FORWARDS[chosen.weight_grad]
+  dx, = jax.linear_transpose(lambda x: dx_conv(x, w, strides, pads, precision), x)(dy)
+  dw, = jax.linear_transpose(lambda w: dw_conv(x, w, strides, pads, precision), w)(dy)
+  return dx, dw
+
+
+_chosen_conv.defvjp(_chosen_conv_fwd, _chosen_conv_bwd)
