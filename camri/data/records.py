@@ -76,9 +76,12 @@ def share_records(builder, tfds_split: str, held_out=None, keep_held_out=False) 
   Raises:
     TruncatedRecordError: a file of the split ends inside a record it should hold.
   """
+  try:
+    instructions = builder.info.splits[tfds_split].file_instructions
+  except KeyError:  # tfds's mock data has no split files.
+    return None
   if str(builder.info.file_format.value) != "tfrecord":
     return None
-  instructions = builder.info.splits[tfds_split].file_instructions
   paths = [instruction.filename for instruction in instructions]
   if not all(os.path.isfile(path) for path in paths):
     return None
@@ -90,8 +93,8 @@ def share_records(builder, tfds_split: str, held_out=None, keep_held_out=False) 
     spans = record_spans(instruction.filename, instruction.skip + take)
     if held_out is not None:
       name = os.path.basename(instruction.filename)
-      chosen = np.array([(f"{name}__{k}" in held_out) == keep_held_out for k in indices], bool)
-      indices = indices[chosen] if len(indices) else indices
+      indices = indices[np.array([(f"{name}__{k}" in held_out) == keep_held_out
+                                  for k in indices], bool)]
     files.append(np.full(len(indices), file, np.int32))
     offsets.append(spans[0][indices])
     lengths.append(spans[1][indices])
