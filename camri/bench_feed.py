@@ -5,11 +5,19 @@ Writes a synthetic image-folder tree (`--images` PNGs of `--pixels` x
 `--tree`, unless it is there already, prepares it (camri/data/folder.py), then
 in a fresh process, as a run resuming there would:
 
-  resume: the time from opening the prepared data to the first batch of a
-    training epoch resumed at its middle step (the host feed's
-    `pipeline.train_batches` with `start_step`);
+  open: the time to open the prepared data (for a folder, listing the tree),
+    once TensorFlow, JAX and tfds are imported;
+  resume: then the time to the first batch of a training epoch resumed at
+    its middle step (the host feed's `pipeline.train_batches` with
+    `start_step`: indexing the records, the epoch's order, reading and
+    decoding one batch);
   epoch: the resident memory (VmRSS) before a whole epoch, and its peak
     (VmHWM, reset before the epoch) while the epoch's batches are read.
+
+`--compare` measures, in another fresh process, the same through the path
+for data without random access (the whole share read into a shuffle buffer,
+the skipped batches decoded), which the host feed took for every dataset
+before it read by index.
 
 Not part of the tests: preparing 200,000 images takes minutes.
 """
@@ -57,15 +65,19 @@ def _memory_mib(field: str) -> float:
   raise KeyError(field)
 
 
-def measure(tree: str, data_dir: str, pixels: int, batch_size: int) -> dict:
-  """The figures of the module doc, in this process: the data must be prepared."""
-  start = time.perf_counter()
+def measure(tree: str, data_dir: str, pixels: int, batch_size: int, by_index: bool) -> dict:
+  """The figures of the module doc, in this process: the data must be prepared. Without
+  `by_index`, of the path for data without random access (`pipeline._shuffled_batches`)."""
   from camri.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from camri.data import pipeline  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()  # TensorFlow, JAX and tfds imported.
   config = _config(tree, data_dir, pixels, batch_size)
   dataset = dataset_lib.open_dataset(config, prepare=False)
   steps = dataset.steps_per_epoch(batch_size)
-  batches = lambda start_step: dataset.train_batches(
-      global_batch_size=batch_size, seed=0, epoch=1, start_step=start_step)
+  read = pipeline.train_batches if by_index else pipeline._shuffled_batches  # pylint: disable=protected-access
+  batches = lambda start_step: read(
+      dataset.builder, dataset.spec, dataset.splits["train"], global_batch_size=batch_size,
+      image_size=dataset.image_size, seed=0, epoch=1, start_step=start_step)
   opened = time.perf_counter()
   next(iter(batches(steps // 2)))
   resumed = time.perf_counter()
@@ -87,12 +99,15 @@ def main():
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--tree", default=None, help="default: /tmp/camri_bench_feed/<images>")
   parser.add_argument("--data_dir", default=None, help="default: <tree>.tfds")
-  parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--compare", action="store_true",
+                      help="also measure the path without random access")
+  parser.add_argument("--measure", choices=("index", "shuffled"), help=argparse.SUPPRESS)
   args = parser.parse_args()
   tree = args.tree or f"/tmp/camri_bench_feed/{args.images}"
   data_dir = args.data_dir or tree + ".tfds"
   if args.measure:
-    print(json.dumps(measure(tree, data_dir, args.pixels, args.batch_size)))
+    print(json.dumps(measure(tree, data_dir, args.pixels, args.batch_size,
+                             by_index=args.measure == "index")))
     return
   if not os.path.isdir(tree):
     started = time.perf_counter()
@@ -102,14 +117,16 @@ def main():
   from camri.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
   dataset_lib.open_dataset(_config(tree, data_dir, args.pixels, args.batch_size))
   print(f"prepared (or found prepared) in {time.perf_counter() - started:.0f} s", flush=True)
-  result = subprocess.run([sys.executable, "-m", "camri.bench_feed", "--measure",
-                           f"--images={args.images}", f"--pixels={args.pixels}",
-                           f"--batch_size={args.batch_size}", f"--tree={tree}",
-                           f"--data_dir={data_dir}"],
-                          check=True, stdout=subprocess.PIPE, text=True)
-  figures = json.loads(result.stdout.strip().splitlines()[-1])
-  for key, value in figures.items():
-    print(f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}")
+  for path in ("index", "shuffled") if args.compare else ("index",):
+    result = subprocess.run([sys.executable, "-m", "camri.bench_feed", f"--measure={path}",
+                             f"--images={args.images}", f"--pixels={args.pixels}",
+                             f"--batch_size={args.batch_size}", f"--tree={tree}",
+                             f"--data_dir={data_dir}"],
+                            check=True, stdout=subprocess.PIPE, text=True)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"{path}: " + ", ".join(f"{key} {value:.2f}" if isinstance(value, float)
+                                  else f"{key} {value}" for key, value in figures.items()),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """One tf.data input pipeline for every dataset.
 
-read (tfds, this process's shard) -> cache -> seeded shuffle -> decode, crop to
-the ROI where the dataset has one (or to the centre square where the dataset
-keeps the aspect ratio), scale to [0, 1] as the paper does, resize to
+read (this process's share: for training, each record by its index in the
+epoch's seeded order, camri/data/records.py) -> decode, crop to the ROI where
+the dataset has one (or to the centre square where the dataset keeps the
+aspect ratio), scale to [0, 1] as the paper does, resize to
 `config.image_size` (0 keeps the stored size) -> batch -> prefetch.
-Evaluation reads in order: no cache or shuffle.
+Evaluation reads in stored order.
 
 Training data order is a function of (seed, epoch) only, so a run resumed
 from a checkpoint sees exactly the batches an uninterrupted run would. Each
@@ -222,7 +223,7 @@ def _epoch_seed(seed, epoch) -> int:
 
 
 def _shuffled(ds, builder, split: Split, seed, epoch):
-  """`ds` (this process's share of `split`) in epoch `epoch`'s order.
+  """`ds` (this process's share of `split`, or its positions) in epoch `epoch`'s order.
 
   tf.data's shuffle with a buffer holding the whole share: the order depends
   only on (seed, epoch) and the share's size, never on the examples.
