@@ -349,14 +349,20 @@ def train_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size
   return _with_mask(ds, builder, local_batch)
 
 
+_SHARE_RECORDS = {}
+
+
 def _share_records(builder, split: Split):
-  """`records.share_records` of this process's share of `split`; a truncated file raises
-  DamagedDataError."""
-  try:
-    return records_lib.share_records(builder, _share_split(split), split.held_out,
-                                     split.keep_held_out)
-  except records_lib.TruncatedRecordError as e:
-    raise damaged(builder, "DataLossError", str(e)) from e
+  """`records.share_records` of this process's share of `split`, indexed once per process; a
+  truncated file raises DamagedDataError."""
+  key = (str(builder.data_dir), split)
+  if key not in _SHARE_RECORDS:
+    try:
+      _SHARE_RECORDS[key] = records_lib.share_records(
+          builder, _share_split(split), split.held_out, split.keep_held_out)
+    except records_lib.TruncatedRecordError as e:
+      raise damaged(builder, "DataLossError", str(e)) from e
+  return _SHARE_RECORDS[key]
 
 
 def _with_mask(ds, builder, local_batch):
