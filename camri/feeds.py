@@ -1,7 +1,8 @@
 """How batches reach the train and eval steps: from tf.data on the host, or from device memory.
 
-`HostFeed`: tf.data decodes and batches on the host and each step's batch is
-copied to the devices, one step per call.
+`HostFeed`: tf.data reads each epoch's examples by index, in its order
+(`pipeline.train_batches`), decodes and batches them on the host, and each
+step's batch is copied to the devices, one step per call.
 
 `DeviceFeed`: every split is decoded once, through the same preprocessing,
 into this process's arrays. The evaluation splits stay on the devices, padded

@@ -1,10 +1,11 @@
 """One tf.data input pipeline for every dataset.
 
-read (tfds, this process's shard) -> cache -> seeded shuffle -> decode, crop to
-the ROI where the dataset has one (or to the centre square where the dataset
-keeps the aspect ratio), scale to [0, 1] as the paper does, resize to
+read (this process's share: for training, each record by its index in the
+epoch's seeded order, camri/data/records.py) -> decode, crop to the ROI where
+the dataset has one (or to the centre square where the dataset keeps the
+aspect ratio), scale to [0, 1] as the paper does, resize to
 `config.image_size` (0 keeps the stored size) -> batch -> prefetch.
-Evaluation reads in order: no cache or shuffle.
+Evaluation reads in stored order.
 
 Training data order is a function of (seed, epoch) only, so a run resumed
 from a checkpoint sees exactly the batches an uninterrupted run would. Each
@@ -23,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from camri import memory
 from camri.config_lib import ConfigError
+from camri.data import records as records_lib
 from camri.data.spec import DatasetSpec
 from camri.data.spec import Split
 from camri.data.spec import image_shape
@@ -49,12 +51,17 @@ def read_checked(examples, builder):
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
       # Without TensorFlow's "{{function_node ...}}" prefix and "[Op:...]" suffix.
       reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:.*", "", str(e.message))
-      reason = (reason.strip().splitlines() or [""])[0][:200]
-      raise DamagedDataError(
-          f"reading the prepared {builder.name} data failed ({type(e).__name__}: "
-          f"{reason}): delete {builder.data_dir} and the next run prepares it again "
-          "(the checkpoints written so far are kept)") from e
+      raise damaged(builder, type(e).__name__, reason) from e
     yield example
+
+
+def damaged(builder, kind: str, reason: str) -> DamagedDataError:
+  """The error for `builder`'s prepared data failing to read with `kind` of error, `reason`."""
+  reason = (reason.strip().splitlines() or [""])[0][:200]
+  return DamagedDataError(
+      f"reading the prepared {builder.name} data failed ({kind}: {reason}): delete "
+      f"{builder.data_dir} and the next run prepares it again (the checkpoints written so "
+      "far are kept)")
 
 
 def split_size(builder, tfds_split) -> int:
@@ -90,12 +97,16 @@ def _read_tfds(builder, tfds_split):
       read_config=tfds.ReadConfig(shuffle_seed=0, add_tfds_id=True))
 
 
+def _share_split(split: Split):
+  """The tfds split of this process's share of `split`, before holding examples out."""
+  if jax.process_count() > 1:
+    return tfds.split_for_jax_process(split.tfds_split, drop_remainder=False)
+  return split.tfds_split
+
+
 def _read(builder, split: Split):
   """This process's share of `split` (every example is in one process's share)."""
-  name = split.tfds_split
-  if jax.process_count() > 1:
-    name = tfds.split_for_jax_process(name, drop_remainder=False)
-  ds = _read_tfds(builder, name)
+  ds = _read_tfds(builder, _share_split(split))
   if split.held_out is None:
     return ds
   ids = tf.constant(sorted(split.held_out), tf.string, shape=[len(split.held_out)])
@@ -212,7 +223,7 @@ def _epoch_seed(seed, epoch) -> int:
 
 
 def _shuffled(ds, builder, split: Split, seed, epoch):
-  """`ds` (this process's share of `split`) in epoch `epoch`'s order.
+  """`ds` (this process's share of `split`, or its positions) in epoch `epoch`'s order.
 
   tf.data's shuffle with a buffer holding the whole share: the order depends
   only on (seed, epoch) and the share's size, never on the examples.
@@ -308,20 +319,71 @@ def train_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size
   with its global id ("example", int32, `first_example`).
 
   The order depends only on (seed, epoch): an epoch resumed at `start_step`
-  yields the batches an uninterrupted epoch yields from that step.
+  yields the batches an uninterrupted epoch yields from that step. The
+  examples are read by index (`camri.data.records`), in `epoch_order`, from
+  `start_step` on: memory holds a few batches, whatever the split's size, and
+  a resume reads nothing it skips. Data that is not TFRecord files on disk
+  (tfds's mock data) is read whole and shuffled (`_shuffled`).
   """
   local_batch = global_batch_size // jax.process_count()
-  steps = steps_per_epoch(builder, split, global_batch_size)
+  records = _share_records(builder, split)
+  if records is None:
+    return _shuffled_batches(builder, spec, split, global_batch_size=global_batch_size,
+                             image_size=image_size, seed=seed, epoch=epoch,
+                             start_step=start_step)
+  order = epoch_order(builder, split, local_size=len(records),
+                      global_batch_size=global_batch_size, seed=seed, epoch=epoch)
+  first = first_example(builder, split)
+  stored = _stored_shape(builder)
+  features = builder.info.features
 
+  def read(position):
+    serialized = tf.numpy_function(records.read, [position], tf.string, stateful=False)
+    example = features.deserialize_example(tf.ensure_shape(serialized, ()),
+                                           decoders={"image": tfds.decode.SkipDecoding()})
+    return {**_preprocess(example, spec, image_size, stored),
+            "example": tf.cast(position + first, tf.int32)}
+
+  ds = tf.data.Dataset.from_tensor_slices(order[start_step:].reshape(-1))
+  ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch)
+  return _with_mask(ds, builder, local_batch)
+
+
+_SHARE_RECORDS = {}
+
+
+def _share_records(builder, split: Split):
+  """`records.share_records` of this process's share of `split`, indexed once per process; a
+  truncated file raises DamagedDataError."""
+  key = (str(builder.data_dir), split)
+  if key not in _SHARE_RECORDS:
+    try:
+      _SHARE_RECORDS[key] = records_lib.share_records(
+          builder, _share_split(split), split.held_out, split.keep_held_out)
+    except records_lib.TruncatedRecordError as e:
+      raise damaged(builder, "DataLossError", str(e)) from e
+  return _SHARE_RECORDS[key]
+
+
+def _with_mask(ds, builder, local_batch):
+  ds = ds.map(lambda b: {**b, "mask": tf.ones([local_batch], tf.float32)})
+  return read_checked(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)), builder)
+
+
+def _shuffled_batches(builder, spec: DatasetSpec, split: Split, *, global_batch_size,
+                      image_size, seed, epoch, start_step):
+  """`train_batches` of data without random access: the share read in stored order into a
+  shuffle buffer that holds all of it, every batch up to `start_step` decoded and dropped."""
+  local_batch = global_batch_size // jax.process_count()
+  steps = steps_per_epoch(builder, split, global_batch_size)
   ds = _read(builder, split).enumerate(start=first_example(builder, split))
-  ds = _shuffled(ds.cache(), builder, split, seed, epoch)
+  ds = _shuffled(ds, builder, split, seed, epoch)
   stored = _stored_shape(builder)
   ds = ds.map(lambda i, ex: {**_preprocess(ex, spec, image_size, stored),
                              "example": tf.cast(i, tf.int32)},
               num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True).take(steps).skip(start_step)
-  ds = ds.map(lambda b: {**b, "mask": tf.ones([local_batch], tf.float32)})
-  return read_checked(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)), builder)
+  return _with_mask(ds, builder, local_batch)
 
 
 def eval_steps(builder, split: Split, global_batch_size) -> int:

@@ -1,6 +1,9 @@
 """The input pipeline: every test example once, seeded order, ROI and centre crops."""
 
 import collections
+import os
+import shutil
+from unittest import mock
 
 import jax
 import numpy as np
@@ -15,6 +18,7 @@ from camri import metrics
 from camri import prepare
 from camri import train
 from camri.data import pipeline
+from camri.data import records
 from tests.data import gtsrb_archives
 
 _GREEN, _BLUE, _RED = (0, 255, 0), (0, 0, 255), (255, 0, 0)
@@ -120,12 +124,38 @@ def test_train_order_is_a_function_of_seed_and_epoch_and_resumes_exactly(digits)
   # No example twice in an epoch (the last 1437 - 22 * 64 = 29 are dropped).
   assert sum(_examples(first).values()) == len(_examples(first)) == 22 * 64
   again = _train_epoch(digits)
-  resumed = _train_epoch(digits, start_step=5)
+  reads = []
+  original_read = records.Records.read
+
+  def read(self, position):
+    reads.append(int(position))
+    return original_read(self, position)
+
+  with mock.patch.object(records.Records, "read", read):
+    resumed = _train_epoch(digits, start_step=5)
+  # The resumed epoch reads its own examples, once each, and none it skips.
+  order = pipeline.epoch_order(digits[0], _TRAIN, local_size=1437, global_batch_size=64,
+                               seed=3, epoch=0)
+  assert sorted(reads) == sorted(order[5:].ravel())
   for a, b in zip(first + first[5:], again + resumed):
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["label"], b["label"])
   for other in (_train_epoch(digits, epoch=1), _train_epoch(digits, seed=4)):
     assert not np.array_equal(other[0]["label"], first[0]["label"])
+
+
+def test_a_truncated_tfrecord_stops_the_host_feed_naming_the_directory_to_delete(
+    digits, tmp_path):
+  builder, spec = digits
+  shutil.copytree(str(builder.data_dir), tmp_path / "digits" / "1.0.0")
+  (record,) = (tmp_path / "digits" / "1.0.0").glob("digits-train.tfrecord-*")
+  size = record.stat().st_size
+  os.truncate(record, size * 9 // 10)
+  copy = tfds.builder("digits", data_dir=tmp_path)
+  with pytest.raises(pipeline.DamagedDataError,
+                     match=r"\(DataLossError: truncated record at \d+\): delete "
+                           f"{copy.data_dir} and the next run"):
+    _train_epoch((copy, spec))
 
 
 def test_train_batches_carry_each_examples_id(digits):
