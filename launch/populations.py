@@ -4,10 +4,12 @@ Runs share a program when their configs differ only in
 `config_fields.member_fields` (camri/population.py checks it again) and their
 newest checkpoints are at the same step, so that they resume together. Each
 such group is cut into populations of at most K members, of sizes as even as
-K allows; a population of one is the run alone, with its own command. With a
-bound on the processes (the local executor's parallel slots), the populations
-are dealt out to that many processes, each training its share one after the
-other: a process start and TensorFlow's import cost more than a digits run.
+K allows. With a bound on the processes (the local executor's parallel slots),
+the populations, those of one run too, are dealt out to that many processes,
+each training its share one after the other: a process start and
+TensorFlow's import cost more than a digits run. Without (Slurm), each
+population is a process, and a population of one is the run alone, with its
+own command.
 A process's POPULATION.json and launch.log live in
 <runs>/_populations/<name>/.
 """
@@ -46,21 +48,28 @@ def _even_chunks(items, size):
 
 def pack(runs, size: int, log=None, processes: int | None = None):
   """The runs as `launch.grid.Run`s to execute: populations of at most `size` runs sharing a
-  program, in at most `processes` `python -m camri.population` commands (None: one each),
-  and the runs that share a program with no other, as they are (their files written)."""
+  program, in at most `processes` `python -m camri.population` commands (None: one each).
+
+  With `processes`, a run that shares its program with no other is a population of one
+  in one of those commands, which spares it a process start; without, or where it would
+  be a command's only run, it keeps its own command (its files are written).
+  """
   log = log or sys.stderr
   groups = {}
   for run in runs:
     groups.setdefault(program_key(run), []).append(run)
   chunks = [chunk for group in groups.values() for chunk in _even_chunks(group, size)]
-  alone = [chunk[0] for chunk in chunks if len(chunk) == 1]
-  chunks = sorted((c for c in chunks if len(c) > 1), key=len, reverse=True)
-  shares = [[] for _ in range(min(processes or len(chunks), len(chunks)))]
-  for chunk in chunks:  # The largest first, each to the share with the fewest runs.
-    min(shares, key=lambda share: sum(map(len, share))).append(chunk)
-  packed = [_process(share) for share in shares] + alone
-  print(f"{len(runs)} runs in {len(chunks)} populations of at most {size} in {len(shares)} "
-        f"processes, and {len(alone)} alone", file=log)
+  chunks.sort(key=len, reverse=True)
+  if processes is None:
+    shares = [[chunk] for chunk in chunks]
+  else:
+    shares = [[] for _ in range(min(processes, len(chunks)))]
+    for chunk in chunks:  # The largest first, each to the share with the fewest runs.
+      min(shares, key=lambda share: sum(map(len, share))).append(chunk)
+  packed = [_process(share) if sum(map(len, share)) > 1 else share[0][0] for share in shares]
+  singles = sum(len(chunk) == 1 for chunk in chunks)
+  print(f"{len(runs)} runs, {len(chunks)} populations of at most {size} ({singles} of one run), "
+        f"in {len(packed)} processes", file=log)
   return packed
 
 

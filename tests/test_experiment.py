@@ -51,8 +51,9 @@ def check_one_command_runs_the_grid_and_a_second_starts_nothing(root):
   assert status == 0, err
   assert "3 runs: 0 finished (skipped), 0 unfinished (resumed), 3 new" in err
   # By default the two CAMRI runs, which differ only in their margin, train as one
-  # population (`populations.DEFAULT_SIZE`); cross-entropy's program is another.
-  assert "3 runs in 1 populations of at most 16 in 1 processes, and 1 alone" in err
+  # population (`populations.DEFAULT_SIZE`); cross-entropy's program is another, its run
+  # alone in the other parallel slot.
+  assert "3 runs, 2 populations of at most 16 (1 of one run), in 2 processes" in err
   assert out.count("start ") == 2 and out.count("done ") == 2
   workdirs = run_log.find_runs(root)
   assert [os.path.basename(w) for w in workdirs] == [
