@@ -276,6 +276,9 @@ def _load_source(path):
 def take_trunk(variables, source) -> dict:
   """`variables` (a Classifier's) with the trunk of finished run `source` in place of theirs."""
   taken = trunk_variables(_load_source(os.path.abspath(os.path.expanduser(source))).variables)
+  # Host copies: the train step donates the state's buffers, and the source stays cached
+  # for the next run of this process on it (a population of heads after another).
+  taken = jax.tree.map(np.array, taken)
   merged = {c: dict(tree) for c, tree in variables.items()}
   for collection, modules in taken.items():
     merged[collection]["backbone"] = {**variables[collection]["backbone"], **modules}
