@@ -35,7 +35,6 @@ import dataclasses
 import functools
 import math
 
-from absl import logging
 import jax
 from jax import lax
 import jax.numpy as jnp
