@@ -192,7 +192,11 @@ def _check_feed(config, dataset, workdir: str, population: dict | None):
   if population is None:
     return  # A run alone takes either feed.
   from camri import train  # pylint: disable=g-import-not-at-top
+  from camri import trunk  # pylint: disable=g-import-not-at-top
   from camri.members import Members  # pylint: disable=g-import-not-at-top
+  if config.get("freeze_backbone") and trunk.why_recomputed(
+      config, train.make_model(config, dataset.num_classes)[0]) is None:
+    return  # Its frozen trunk's features, computed once, are what goes on the devices.
   size = population["size"]
   train.data_on_device(Members([config] * size, [workdir] * size, steps_per_epoch=1,
                                population=True), dataset)

@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from camri import config_fields
+from camri import config_lib
 from camri import feeds
 from camri import inference
 from camri import prepare
@@ -263,3 +264,18 @@ def test_with_augmentation_or_a_feature_map_head_the_trunk_runs_at_every_step(di
     config.loss.name = "cc_loss"
   cc_model, _ = train.make_model(config, len(names))
   assert trunk.why_recomputed(config, cc_model) == "loss 'cc_loss' reads the trunk's feature map"
+
+
+def test_a_population_on_features_is_not_refused_for_its_images(digits_config, tmp_path,
+                                                                monkeypatch):
+  """A population's images must fit on the devices, unless a frozen trunk's features,
+  computed once, replace them (as `train.data_on_device(images=False)` has it)."""
+  monkeypatch.setattr(feeds, "fits_on_devices", lambda dataset, runs=1: False)
+  config = _frozen_config(digits_config, tmp_path)
+  record = {"file": "p.json", "population": 0, "size": 15, "member": 0}
+  prepare.prepare_run(config.copy_and_resolve_references(), str(tmp_path / "a"), population=record)
+  config.augment = ("crop",)  # The trunk then runs at every step, on the images.
+  with pytest.raises(config_lib.ConfigError, match=r"^config.data_on_device='auto' is invalid "
+                     "for a population of 15 runs"):
+    prepare.prepare_run(config, str(tmp_path / "b"), population=record)
+
