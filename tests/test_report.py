@@ -180,15 +180,15 @@ def test_markdown(runs):
   lines = text.splitlines()
   assert "Dataset toy has no validation split (validation_fraction=0): selected on the test split" in text
   assert lines[2] == ("| dataset | role | class | method | setting | seeds | kept | recall | precision | "
-                      "accuracy | recall gain | accuracy gain |")
+                      "accuracy | recall gain | accuracy gain | recall gain vs +bias |")
   # Gains over seeds 0, 1, 2 by hand: recall 0.1, 0.05, 0 (sd 0.05), accuracy 0.02, 0.01, 0 (sd 0.01);
   # half widths t(0.975, 2) * sd / sqrt(3) = 0.1242 and 0.0248.
   assert ("| toy | worst1 | 0 (a) | camri | margin=0.1, scale=16 | 3 | 1/2 | 0.6500 ± 0.0500 | - | "
-          "0.8300 ± 0.0100 | +0.0500 [-0.0742, +0.1742]† | +0.0100 [-0.0148, +0.0348] |") in lines
+          "0.8300 ± 0.0100 | +0.0500 [-0.0742, +0.1742]† | +0.0100 [-0.0148, +0.0348] | - |") in lines
   assert ("| toy | median | 1 (b) | camri | margin=0.1, scale=16 (not kept) | 3 | 0/1 | 0.9500 ± 0.0000 | - | "
-          "0.8100 ± 0.0000 | +0.1500 [-0.0984, +0.3984]† | -0.0100 [-0.0597, +0.0397] |") in lines
+          "0.8100 ± 0.0000 | +0.1500 [-0.0984, +0.3984]† | -0.0100 [-0.0597, +0.0397] | - |") in lines
   assert ("| toy | worst1 | 0 (a) | cross_entropy | - | 3 | - | 0.6000 ± 0.1000 | - | 0.8200 ± 0.0200 | "
-          "- | - |") in lines
+          "- | - | - |") in lines
 
 
 def test_csv(runs):
@@ -211,9 +211,9 @@ def test_latex(runs):
   assert lines[0] == r"\begin{table}" and lines[-1] == r"\end{table}"
   assert r"\caption{" in text and "last epoch" in text and r"$\pm$" in text
   assert (r"toy & worst1 & 0 (a) & cross\_entropy & - & 3 & -- & $0.6000 \pm 0.1000$ & -- & "
-          r"$0.8200 \pm 0.0200$ & -- & -- \\") in lines
+          r"$0.8200 \pm 0.0200$ & -- & -- & -- \\") in lines
   assert (r"toy & median & 1 (b) & camri & margin=0.1, scale=16 (not kept) & 3 & 0/1 & $0.9500 \pm 0.0000$ & "
-          r"-- & $0.8100 \pm 0.0000$ & $+0.1500 [-0.0984, +0.3984]^\dagger$ & $-0.0100 [-0.0597, +0.0397]$ \\") in lines
+          r"-- & $0.8100 \pm 0.0000$ & $+0.1500 [-0.0984, +0.3984]^\dagger$ & $-0.0100 [-0.0597, +0.0397]$ & -- \\") in lines
   columns = lines[3][len(r"\begin{tabular}{"):-1]
   assert all(line.count(" & ") == len(columns) - 1 for line in lines if line.endswith(r" \\"))
 
@@ -238,9 +238,9 @@ def test_reference_columns_side_by_side(tmp_path):
   text = report.report(root, "last", "markdown", with_reference=True, warn=lambda m: None)
   assert "| paper recall | paper accuracy |" in text
   assert ("| cifar10 | worst1 | 0 (a) | camri | margin=0.2, scale=16 | 2 | 1/1 | 0.8000 ± 0.0000 | - | "
-          "0.8900 ± 0.0000 | +0.1000 [+0.1000, +0.1000] | +0.0100 [+0.0100, +0.0100] | 0.7919 | 0.8821 |") in text
+          "0.8900 ± 0.0000 | +0.1000 [+0.1000, +0.1000] | +0.0100 [+0.0100, +0.0100] | - | 0.7919 | 0.8821 |") in text
   assert ("| cifar10 | worst1 | 0 (a) | wce | weight=4 (not kept) | 2 | 0/1 | 0.9000 ± 0.0000 | - | "
-          "0.8700 ± 0.0000 | +0.2000 [+0.2000, +0.2000] | -0.0100 [-0.0100, -0.0100] | 0.8023 | 0.8797 |") in text
+          "0.8700 ± 0.0000 | +0.2000 [+0.2000, +0.2000] | -0.0100 [-0.0100, -0.0100] | - | 0.8023 | 0.8797 |") in text
   assert "does not cover" not in text
   rows = {r["method"]: r for r in csv.DictReader(io.StringIO(
       report.report(root, "last", "csv", with_reference=True, warn=lambda m: None)))}

@@ -37,15 +37,16 @@ def _cells(row, with_reference, pm, dash, dagger, escape=str, number=str):
   kept = dash if row.settings_total is None else f"{row.settings_kept}/{row.settings_total}"
   cells += [str(row.accuracy.n if row.accuracy else 0), kept]
   cells += [number(_mean_std(s, pm)) if s else dash for s in (row.recall, row.precision, row.accuracy)]
-  cells += [number(_gain(row.recall_gain) + (dagger if row.marked else "")) if row.recall_gain else dash,
-            number(_gain(row.accuracy_gain)) if row.accuracy_gain else dash]
+  gain = lambda g, marked=False: number(_gain(g) + (dagger if marked else "")) if g else dash
+  cells += [gain(row.recall_gain, row.marked), gain(row.accuracy_gain),
+            gain(row.recall_gain_over_bias, row.marked_over_bias)]
   if with_reference:
     cells += [dash if v is None else number(f"{v:.4f}") for v in (row.paper_recall, row.paper_accuracy)]
   return cells
 
 
 HEADER = ["dataset", "role", "class", "method", "setting", "seeds", "kept", "recall", "precision",
-          "accuracy", "recall gain", "accuracy gain"]
+          "accuracy", "recall gain", "accuracy gain", "recall gain vs +bias"]
 REFERENCE_HEADER = ["paper recall", "paper accuracy"]
 
 
@@ -96,10 +97,10 @@ def caption(rows, policy, select_on, tolerance=0.0, uncovered=(), roles=()):
                "to [-1, 1], v the variance of the mean difference that a bootstrap over the test "
                "examples finds (one resample for every run; per class of the role, the variance "
                "over its examples of the seeds' mean hit difference over their number), from the "
-               "runs' saved test predictions: seeds and the test set both]; † the recall interval "
+               "runs' saved test predictions: seeds and the test set both]; † a recall interval "
                "includes 0.")
-  seeds_only = sum(1 for r in rows if r.recall_gain and r.recall_gain.n > 1
-                   and not r.recall_gain.with_test_set)
+  seeds_only = sum(1 for r in rows if any(g and g.n > 1 and not g.with_test_set
+                                          for g in (r.recall_gain, r.recall_gain_over_bias)))
   if seeds_only:
     parts.append(f"{seeds_only} rows have v = 0, their runs having saved no test predictions at "
                  "the reported epoch: their intervals leave out the test set's sampling error.")
@@ -108,13 +109,19 @@ def caption(rows, policy, select_on, tolerance=0.0, uncovered=(), roles=()):
                  f"class's score, per run the b of best {split} recall among 0 and the breakpoints "
                  f"whose {split} accuracy is at least the run's own at b = 0{minus}; its gains are "
                  "over cross-entropy's last-epoch predictions.")
+  if any(r.recall_gain_over_bias for r in rows):
+    parts.append(f"Recall gain vs +bias: the same paired gain and interval over the same seed's "
+                 f"{table.BASELINE}{table.BIAS} run instead (its last-epoch test predictions at its "
+                 "b, whatever the epoch of the row; the csv also has the accuracy gain): a "
+                 "class-sensitive method shows more than the trade-off any classifier gets for free "
+                 "only where this interval lies above 0.")
   heads = sorted({r.method.split(runs_lib.HEAD_ON)[1].rstrip(")") for r in rows
                   if runs_lib.HEAD_ON in r.method})
   if heads:
     parts.append(f"'(head on {', '.join(heads)})': decoupled runs, which trained only new layers "
                  "(the feature layer and the head) with the row's loss on the frozen trunk of the "
                  "same seed's run of that loss (Kang et al., ICLR 2020); their gains are over "
-                 "that seed's end-to-end cross-entropy run.")
+                 "that seed's end-to-end cross-entropy run and its +bias row.")
   parts += roles
   if uncovered:
     parts.append(f"The paper's Table 1 does not cover {', '.join(uncovered)}.")
@@ -153,11 +160,17 @@ def to_latex(rows, policy, with_reference=False, **caption_args):
   return "\n".join(lines) + "\n"
 
 
+def _gain_columns(over):
+  """pairs, the recall and accuracy gains' mean and interval, and the interval's kind (csv)."""
+  return ([f"pairs{over}"] + [f"{field}_gain{over}_{end}" for field in ("recall", "accuracy")
+                              for end in ("mean", "ci_low", "ci_high")] + [f"interval{over}"])
+
+
+# Over cross-entropy, then over cross_entropy+bias (`_over_bias`).
 CSV_HEADER = ["epoch", "dataset", "role", "classes", "class_names", "method", "setting", "seeds",
               "settings_kept", "settings_total", "recall_mean", "recall_std", "accuracy_mean",
-              "accuracy_std", "selected_on", "precision_mean", "precision_std", "pairs",
-              "recall_gain_mean", "recall_gain_ci_low", "recall_gain_ci_high", "accuracy_gain_mean",
-              "accuracy_gain_ci_low", "accuracy_gain_ci_high", "interval"]
+              "accuracy_std", "selected_on", "precision_mean", "precision_std",
+              *_gain_columns(""), *_gain_columns("_over_bias")]
 
 
 def to_csv(rows, policy, with_reference=False, **unused_caption_args):
@@ -174,11 +187,13 @@ def to_csv(rows, policy, with_reference=False, **unused_caption_args):
       line += [number(s.mean), number(s.std)] if s else ["", ""]
     line += [r.selected_on]
     line += [number(r.precision.mean), number(r.precision.std)] if r.precision else ["", ""]
-    line += [r.recall_gain.n if r.recall_gain else ""]
-    for g in (r.recall_gain, r.accuracy_gain):
-      line += [number(g.mean), number(g.low), number(g.high)] if g else ["", "", ""]
-    gain = r.recall_gain
-    line += ["" if gain is None or gain.n < 2 else "seeds+test" if gain.with_test_set else "seeds"]
+    for recall, accuracy in ((r.recall_gain, r.accuracy_gain),
+                             (r.recall_gain_over_bias, r.accuracy_gain_over_bias)):
+      line += [recall.n if recall else ""]
+      for g in (recall, accuracy):
+        line += [number(g.mean), number(g.low), number(g.high)] if g else ["", "", ""]
+      line += ["" if recall is None or recall.n < 2 else "seeds+test" if recall.with_test_set
+               else "seeds"]
     if with_reference:
       line += [number(r.paper_recall), number(r.paper_accuracy)]
     writer.writerow(line)

@@ -1,7 +1,8 @@
 """The table's rows: per dataset and role, cross-entropy, its bias row, then each method.
 
 Each row summarizes one run per seed (mean and sample std) and pairs it by seed
-with cross-entropy (`paired_gain`). What is selected (epoch, split, setting,
+(`paired_gain`) with cross-entropy and, but for the two baselines' own rows,
+with `cross_entropy+bias`. What is selected (epoch, split, setting,
 bias) comes from `selection`; how the rows read, from `formats`.
 """
 
@@ -78,6 +79,9 @@ class Row:
   precision: stats_lib.Stats | None = None  # None where no run predicts the class.
   recall_gain: stats_lib.Interval | None = None  # Paired with cross-entropy by seed.
   accuracy_gain: stats_lib.Interval | None = None
+  # Paired by seed with cross_entropy+bias: the free trade-off a class-sensitive method must beat.
+  recall_gain_over_bias: stats_lib.Interval | None = None
+  accuracy_gain_over_bias: stats_lib.Interval | None = None
   selected_on: str = "test"
   paper_recall: float | None = None
   paper_accuracy: float | None = None
@@ -91,7 +95,16 @@ class Row:
   @property
   def marked(self):
     """Whether the recall gain's interval includes 0."""
-    return self.recall_gain is not None and self.recall_gain.contains(0.0)
+    return holds_zero(self.recall_gain)
+
+  @property
+  def marked_over_bias(self):
+    """Whether the interval of the recall gain over cross_entropy+bias includes 0."""
+    return holds_zero(self.recall_gain_over_bias)
+
+
+def holds_zero(gain):
+  return gain is not None and gain.contains(0.0)
 
 
 def _examples(test, predicted):
@@ -157,15 +170,19 @@ class _Block:
   selected_on: str
   baseline: dict  # seed -> cross-entropy's Outcome at the epoch policy.
   saved_baseline: dict  # seed -> cross-entropy's Outcome from its last-epoch predictions.
+  bias_baseline: dict  # seed -> cross_entropy+bias's Outcome (last-epoch predictions, its b).
   reference: dict
 
   def row(self, method, setting, outcomes, kept=None, total=None, chosen=None, selected_on=None,
           baseline=None):
     precisions = [o.precision for o in outcomes if not math.isnan(o.precision)]
-    baseline = self.baseline if baseline is None else baseline
-    gains = {} if method == BASELINE else {
-        f"{field}_gain": paired_gain(outcomes, baseline, field, self.classes)
-        for field in ("recall", "accuracy")}
+    baselines = {}
+    if method != BASELINE:
+      baselines["gain"] = self.baseline if baseline is None else baseline
+    if method not in (BASELINE, BASELINE + BIAS):
+      baselines["gain_over_bias"] = self.bias_baseline
+    gains = {f"{field}_{name}": paired_gain(outcomes, against, field, self.classes)
+             for name, against in baselines.items() for field in ("recall", "accuracy")}
     paper = self.reference.get((self.dataset, self.role, method), (None, None))
     return Row(self.dataset, self.role, self.classes, self.class_names, method, setting, kept, total,
                recall=stats(o.recall for o in outcomes), accuracy=stats(o.accuracy for o in outcomes),
@@ -173,19 +190,17 @@ class _Block:
                selected_on=selected_on or self.selected_on, paper_recall=paper[0],
                paper_accuracy=paper[1], chosen=chosen)
 
-  def bias_row(self, method, runs, tolerance, warn, kept=None, total=None):
-    """The `<method>+bias` row from the runs' saved predictions, or None when none has any."""
-    found = [selection.run_bias(r.run, self.classes[0], self.selected_on, tolerance) for r in runs]
-    outcomes = [predictions_outcome(r, self.classes, b) for r, (b, _) in zip(runs, found)
-                if b is not None]
+  def bias_row(self, method, runs, biased, warn, kept=None, total=None):
+    """The `<method>+bias` row of the runs' `biased_outcomes`, or None when no run saved predictions."""
+    outcomes = [o for o, _ in biased if o is not None]
     if len(outcomes) < len(runs):
-      missing = [r.workdir for r, (b, _) in zip(runs, found) if b is None]
+      missing = [r.workdir for r, (o, _) in zip(runs, biased) if o is None]
       warn(f"{len(missing)} of {len(runs)} {method} runs of {self.dataset} have no saved test "
            f"predictions: {method}{BIAS} rows " + ("leave them out" if outcomes else "are not shown")
            + f" ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})")
     if not outcomes:
       return None
-    on = {split for b, split in found if b is not None}
+    on = {split for o, split in biased if o is not None}
     selected_on = on.pop() if len(on) == 1 else "val+test"
     biases = stats(o.bias for o in outcomes)
     setting = f"b on {selected_on}: {format_value(biases.mean)}" + (
@@ -193,6 +208,16 @@ class _Block:
     # Gains over cross-entropy at the predictions' epoch, whatever --epoch says.
     return self.row(method + BIAS, setting, outcomes, kept, total, selected_on=selected_on,
                     baseline=self.saved_baseline)
+
+
+def biased_outcomes(runs, classes, split, tolerance):
+  """Per run, (its test `Outcome` at the bias chosen on `split`, the split b was chosen on).
+
+  (None, None) for a run without saved test predictions (`selection.run_bias`).
+  """
+  found = [selection.run_bias(r.run, classes[0], split, tolerance) for r in runs]
+  return [(predictions_outcome(r, classes, b), on) if b is not None else (None, None)
+          for r, (b, on) in zip(runs, found)]
 
 
 def check_recall_defined(runs, classes, splits, dataset, role):
@@ -279,11 +304,13 @@ def _dataset_rows(dataset, runs, reference, select_on, tolerance, post_hoc_bias,
                          dict.fromkeys((split, "test")), dataset, role)
     baseline = {r.seed: outcome(r, classes) for r in ce}
     saved = {r.seed: o for r in ce if (o := predictions_outcome(r, classes)) is not None}
+    ce_biased = biased_outcomes(ce, classes, split, tolerance)
     block = _Block(dataset, role, classes, tuple(names[k] for k in classes if k < len(names)),
-                   split, baseline, saved, reference)
+                   split, baseline, saved, {o.seed: o for o, _ in ce_biased if o is not None},
+                   reference)
     if ce:
       rows.append(block.row(BASELINE, "-", list(baseline.values())))
-      rows.append(block.bias_row(BASELINE, ce, tolerance, warn))
+      rows.append(block.bias_row(BASELINE, ce, ce_biased, warn))
     for method in methods:
       groups = by_setting(runs, role=role, method=method)
       if not groups:
@@ -294,7 +321,8 @@ def _dataset_rows(dataset, runs, reference, select_on, tolerance, post_hoc_bias,
       rows.append(block.row(method, label, [outcome(r, classes) for r in best.runs], kept,
                             len(summaries), chosen=best.setting))
       if post_hoc_bias:
-        rows.append(block.bias_row(method, best.runs, tolerance, warn, kept, len(summaries)))
+        rows.append(block.bias_row(method, best.runs, biased_outcomes(best.runs, classes, split, tolerance),
+                                   warn, kept, len(summaries)))
   return [r for r in rows if r is not None]
 
 
