@@ -23,13 +23,14 @@ T_975 = {1: 12.706204736174698, 2: 4.302652729749464, 3: 3.182446305284263}  # S
 
 
 def write_run(root, name, method, seed, rows, classes=(0,), tag="", dataset="toy", num_epochs=2,
-              precision=None, validation_fraction=None, folder=None, **loss):
+              precision=None, validation_fraction=None, folder=None, trunk_source=None, **loss):
   """A run dir like camri.main's.
 
   rows: (epoch, accuracy, (recall of class 0, 1, 2)), for the test split, or
   (epoch, accuracy, recalls, val_accuracy, val_recalls) with a validation split.
   precision: test precision of class 0, 1, 2 in every row (no such columns when None).
   folder: config.folder, the tree of an image-folder dataset.
+  trunk_source: config.trunk_source of a decoupled head, e.g. {"loss": "cross_entropy"}.
   """
   workdir = os.path.join(root, name)
   os.makedirs(workdir)
@@ -41,6 +42,8 @@ def write_run(root, name, method, seed, rows, classes=(0,), tag="", dataset="toy
             else 0.1 if has_val else 0.0}
   if folder:
     config["folder"] = folder
+  if trunk_source:
+    config["trunk_source"] = trunk_source
   run_log.write_config(workdir, config)
   mean = lambda recalls: sum(recalls[k] for k in classes) / len(classes)
   with open(os.path.join(workdir, "metrics.csv"), "w", newline="") as f:
@@ -742,6 +745,21 @@ def test_runs_a_protocol_did_not_launch_are_named(tmp_path):
   assert sum(w.endswith(f"are pooled with its runs: {quickstart}, {later}") for w in warnings) == 1
 
 
+def _scored_run(root, name, method, seed, test, val=None, **kwargs):
+  """A run of one epoch whose metrics are those of its saved predictions, (scores, labels) per split."""
+  def rates(scores, labels):
+    predicted = scores.argmax(1)
+    return (float(np.mean(predicted == labels)),
+            tuple(float(np.mean(predicted[labels == k] == k)) for k in range(3)))
+  row = (*rates(*test), *(rates(*val) if val is not None else rates(*test)))
+  workdir = write_run(root, name, method, seed, [(2, *row)],
+                      tag="" if method == "cross_entropy" else "worst1", **kwargs)
+  for split, arrays in (("test", test), ("val", val)):
+    if arrays is not None:
+      run_log.write_predictions(workdir, split, _predictions(*arrays))
+  return workdir
+
+
 def _twelve_images(root, ce_right, camri_right):
   """Two seeds on a test set of 12 images, 4 of class 0; each run's metrics agree with its predictions.
 
@@ -752,12 +770,7 @@ def _twelve_images(root, ce_right, camri_right):
     for name, method, right in (("ce", "cross_entropy", ce_right), ("camri", "camri", camri_right)):
       scores = np.eye(3, dtype=np.float32)[labels]
       scores[right:4] = np.eye(3, dtype=np.float32)[1]  # Class 0's misses go to class 1.
-      predicted = scores.argmax(1)
-      recall = tuple(float(np.mean(predicted[labels == k] == k)) for k in range(3))
-      accuracy = float(np.mean(predicted == labels))
-      workdir = write_run(root, f"{name}{seed}", method, seed, [(2, accuracy, recall, accuracy, recall)],
-                          tag="" if method == "cross_entropy" else "worst1")
-      run_log.write_predictions(workdir, "test", _predictions(scores, labels))
+      _scored_run(root, f"{name}{seed}", method, seed, (scores, labels))
   return root
 
 
@@ -799,3 +812,103 @@ def test_test_set_variance_is_the_binomial_variance_of_a_mean_difference():
   half = T_975[1] * math.sqrt(v)
   assert (interval.low, interval.high) == (pytest.approx(0.3 - half), pytest.approx(min(0.3 + half, 1.0)))
   assert interval.with_test_set and not stats.t_interval([0.3, 0.3]).with_test_set
+
+
+# Gains over cross_entropy+bias.
+
+def _biased_reference(scores, labels, b):
+  """(predicted, accuracy, recall of class 0) with b added to class 0's score (ties to class 0: argmax's first)."""
+  predicted = np.argmax(scores.astype(np.float64) + np.array([b, 0.0, 0.0]), axis=1)
+  return predicted, np.mean(predicted == labels), np.mean(predicted[labels == 0] == 0)
+
+
+def _chosen_bias_reference(scores, labels):
+  """The b of highest recall among 0 and every example's gap whose accuracy is at least b = 0's."""
+  scores64 = scores.astype(np.float64)
+  gaps = scores64[:, 1:].max(1) - scores64[:, 0]
+  candidates = [0.0] + sorted(set(gaps[gaps > 0]))
+  rates = [_biased_reference(scores, labels, b)[1:] for b in candidates]
+  best = max((recall, accuracy, -b) for (accuracy, recall), b in zip(rates, candidates)
+             if accuracy >= rates[0][0] - 1e-9)
+  return -best[2]
+
+
+def _gain_reference(a, b, labels, field, t):
+  """Mean, low, high of the paired gain of hits a over hits b ((n, N) bool), as stats' docstring defines it."""
+  group = labels == 0 if field == "recall" else np.ones_like(labels, bool)
+  rates = lambda hits: hits[:, group].mean(1)
+  diffs = rates(a) - rates(b)
+  if len(diffs) < 2:
+    return diffs[0], math.nan, math.nan
+  v = np.var((a.astype(float) - b)[:, group].mean(0)) / group.sum()
+  half = t * math.sqrt(np.var(diffs, ddof=1) / len(diffs) + v)
+  return diffs.mean(), max(diffs.mean() - half, -1.0), min(diffs.mean() + half, 1.0)
+
+
+def test_every_method_row_is_paired_with_cross_entropy_plus_bias_by_seed(tmp_path):
+  """The gains over cross_entropy+bias against NumPy on random scores: cross-entropy seeds 0-2
+  (class 0's score lowered, so a bias pays), camri seeds 0-3 (3 has no cross-entropy run: no
+  pair), a camri head of seed 0 only (one pair: no interval).
+
+  Every number is a mean, variance or square root of at most 40 terms in [-1, 1], and the table
+  and this reference compute them in float64 in another order: they agree to a few ulps of 1,
+  well within 1e-12 (the csv rounds to 12 decimals).
+  """
+  root, rng = str(tmp_path), np.random.default_rng(1)
+  labels = {"test": rng.integers(0, 3, 40), "val": rng.integers(0, 3, 30)}
+  def scores(split, shift):
+    s = rng.normal(size=(len(labels[split]), 3)) + 1.5 * np.eye(3)[labels[split]] - shift * np.eye(3)[0]
+    return s.astype(np.float32), labels[split]
+  runs = {}
+  for method, seeds, shift, extra in [("cross_entropy", range(3), 1.0, {}), ("camri", range(4), 0.3, {}),
+                                      ("head", [0], 0.5, {"trunk_source": {"loss": "cross_entropy"}})]:
+    for seed in seeds:
+      runs[method, seed] = test, val = scores("test", shift), scores("val", shift)
+      _scored_run(root, f"{method}{seed}", "camri" if method == "head" else method, seed, test, val,
+                  margin=[0.1], **extra)
+  rows = {r.method: r for r in report.build_table(report.load_results(root, "last", warn=quiet),
+                                                  warn=quiet, post_hoc_bias=True)}
+  y = labels["test"]
+  def hits(method, seeds, biased):
+    out = []
+    for seed in seeds:
+      test, val = runs[method, seed]
+      b = _chosen_bias_reference(*val) if biased else 0.0
+      out.append(_biased_reference(test[0], y, b)[0] == y)
+    return np.array(out)
+  ce_bias = hits("cross_entropy", range(3), biased=True)
+  expected = {"camri": (hits("camri", range(3), False), ce_bias, 3),
+              "camri+bias": (hits("camri", range(3), True), ce_bias, 3),
+              "camri (head on cross_entropy)": (hits("head", [0], False), ce_bias[:1], 1)}
+  for method, (a, b, n) in expected.items():
+    for field in ("recall", "accuracy"):
+      gain = getattr(rows[method], f"{field}_gain_over_bias")
+      mean, low, high = _gain_reference(a, b, y, field, T_975[2])
+      assert gain.n == n and gain.with_test_set == (n > 1), method
+      assert gain.mean == pytest.approx(mean, abs=1e-12), (method, field)
+      assert np.allclose([gain.low, gain.high], [low, high], rtol=0, atol=1e-12, equal_nan=True)
+  assert rows["camri"].recall_gain_over_bias.low > -1 and rows["camri"].recall_gain_over_bias.high < 1
+  for baseline in ("cross_entropy", "cross_entropy+bias"):
+    assert rows[baseline].recall_gain_over_bias is None and rows[baseline].accuracy_gain_over_bias is None
+
+  csv_rows = {r["method"]: r for r in csv.DictReader(io.StringIO(
+      report.report(root, "last", "csv", warn=quiet, post_hoc_bias=True)))}
+  camri, head = csv_rows["camri"], csv_rows["camri (head on cross_entropy)"]
+  assert (camri["pairs_over_bias"], camri["interval_over_bias"], camri["seeds"]) == ("3", "seeds+test", "4")
+  for column in ("recall_gain_over_bias_mean", "recall_gain_over_bias_ci_low", "accuracy_gain_over_bias_ci_high"):
+    field, end = column.split("_gain_over_bias_")
+    value = getattr(rows["camri"], f"{field}_gain_over_bias")
+    assert float(camri[column]) == pytest.approx(getattr(value, {"mean": "mean", "ci_low": "low",
+                                                                  "ci_high": "high"}[end]), abs=1e-12)
+  assert (head["pairs_over_bias"], head["recall_gain_over_bias_ci_low"], head["interval_over_bias"]) == ("1", "", "")
+  assert csv_rows["cross_entropy+bias"]["pairs_over_bias"] == "" and csv_rows["cross_entropy+bias"]["pairs"] == "3"
+
+  text = report.report(root, "last", warn=quiet)
+  gain = rows["camri"].recall_gain_over_bias
+  cell = f"{gain.mean:+.4f} [{gain.low:+.4f}, {gain.high:+.4f}]" + ("†" if gain.low <= 0 <= gain.high else "")
+  assert any(line.startswith("| toy | worst1 | 0 (a) | camri |") and line.endswith(f"| {cell} |")
+             for line in text.splitlines())
+  head_cell = f"| {rows['camri (head on cross_entropy)'].recall_gain_over_bias.mean:+.4f} |"
+  assert any("| camri (head on cross_entropy) |" in line and line.endswith(head_cell) for line in text.splitlines())
+  assert "Recall gain vs +bias: the same paired gain and interval over the same seed's cross_entropy+bias" in text
+  assert "'(head on cross_entropy)': decoupled runs" in report.report(root, warn=quiet, post_hoc_bias=True)

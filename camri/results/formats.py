@@ -115,8 +115,8 @@ def caption(rows, policy, select_on, tolerance=0.0, uncovered=(), roles=()):
                  "b, whatever the epoch of the row; the csv also has the accuracy gain): a "
                  "class-sensitive method shows more than the trade-off any classifier gets for free "
                  "only where this interval lies above 0.")
-  heads = sorted({r.method.split(runs_lib.HEAD_ON)[1].rstrip(")") for r in rows
-                  if runs_lib.HEAD_ON in r.method})
+  heads = sorted({r.method.removesuffix(table.BIAS).split(runs_lib.HEAD_ON)[1].rstrip(")")
+                  for r in rows if runs_lib.HEAD_ON in r.method})
   if heads:
     parts.append(f"'(head on {', '.join(heads)})': decoupled runs, which trained only new layers "
                  "(the feature layer and the head) with the row's loss on the frozen trunk of the "
