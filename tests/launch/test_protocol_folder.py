@@ -63,6 +63,7 @@ def test_folder_protocol_report_and_plots_end_to_end(tmp_path, image_tree, compi
   ce_runs = [w for w in run_log.find_runs(root) if "cross_entropy" in w]
   ce_recall = [run_log.read_metrics(w)[-1]["test_recall_2"] for w in ce_runs]
   assert float(rows[0]["recall_mean"]) == math.fsum(ce_recall) / 2
+  _check_gains_over_bias(rows)
   assert report.main([str(root)]) == 0
   assert "Roles of folder:signs: the classes named on the command line" in capsys.readouterr().out
   out = tmp_path / "plots"
@@ -90,6 +91,7 @@ def test_folder_protocol_report_and_plots_end_to_end(tmp_path, image_tree, compi
   assert not [w for w in warnings if "not launched" in w], warnings
   assert [(r["dataset"], r["role"], r["classes"], r["method"]) for r in packed] == [
       ("folder:signs", "cow", "2", method) for method in WITH_HEADS]
+  _check_gains_over_bias(packed)
   _check_heads(pop, [w for w in run_log.find_runs(pop)
                      if "cross_entropy" in w and os.path.dirname(w) == str(pop)], tree, tmp_path)
   assert report.main([str(pop)]) == 0
@@ -106,6 +108,22 @@ def test_folder_protocol_report_and_plots_end_to_end(tmp_path, image_tree, compi
   for a, p in zip(rows, packed):
     assert abs(float(a["accuracy_mean"]) - float(p["accuracy_mean"])) <= 1 / len(labels), a
     assert abs(float(a["recall_mean"]) - float(p["recall_mean"])) <= 1 / sum(labels == 2), a
+
+
+def _check_gains_over_bias(rows):
+  """Every method row, heads too, is paired with cross_entropy+bias on both seeds.
+
+  With the same two seeds on both sides the mean paired difference is the difference of the
+  means: equal but for float64 round-off (1e-16) and the csv's rounding to 12 decimals of
+  the three numbers (5e-13 each).
+  """
+  bias = next(r for r in rows if r["method"] == "cross_entropy+bias")
+  assert bias["pairs_over_bias"] == "" and bias["pairs"] == "2"
+  for r in rows[2:]:
+    assert (r["pairs_over_bias"], r["interval_over_bias"]) == ("2", "seeds+test"), r["method"]
+    for field in ("recall", "accuracy"):
+      difference = float(r[f"{field}_mean"]) - float(bias[f"{field}_mean"])
+      assert abs(float(r[f"{field}_gain_over_bias_mean"]) - difference) <= 2e-12, (r["method"], field)
 
 
 def _check_heads(root, ce_runs, tree, tmp_path):
