@@ -54,9 +54,19 @@ Columns (test split; mean ± sample std, ddof=1, over seeds):
                    predictions are the last epoch's). † marks a recall
                    interval that holds 0: the gain may be noise of the seeds
                    or of the test set.
+  recall gain      the same paired recall gain and interval, over the
+  vs +bias         `cross_entropy+bias` run of the same seed (below) instead:
+                   every row but the two baselines' own, end-to-end and
+                   decoupled heads alike. The trade-off a bias gives any
+                   classifier is free, so a class-sensitive method shows
+                   something only where this interval lies above 0; † where
+                   it holds 0. The bias's numbers are its last epoch's
+                   predictions, whatever --epoch says.
 The csv has every number: recall_gain_mean, recall_gain_ci_low, ...,
 selected_on (val or test), pairs (n of the gains), interval (seeds+test, or
-seeds where v is 0 for want of predictions).
+seeds where v is 0 for want of predictions), and the same over
+cross_entropy+bias: pairs_over_bias, recall_gain_over_bias_mean, ...,
+accuracy_gain_over_bias_ci_high, interval_over_bias.
 
 The baseline row `cross_entropy+bias`, per dataset x role: each cross-entropy
 run's saved predictions with a bias b >= 0 added to the important class's
@@ -65,8 +75,8 @@ run, b is chosen on the selection split among 0 and the breakpoints
 t_i = max_{k != c} s_ik - s_ic > 0: among the b whose accuracy is at least the
 run's own at b = 0 minus DELTA, the highest recall of c; ties go to the higher
 accuracy, then the smaller b. The row reports the test split at that b. A
-class-sensitive loss shows something only where it beats this row: the same
-trade-off is free for any trained classifier. `--post-hoc-bias` adds the row
+class-sensitive loss shows something only where it beats this row (the gains
+vs +bias): the same trade-off is free for any trained classifier. `--post-hoc-bias` adds the row
 for every method too (`camri+bias`, from its reported setting's runs). With
 several important classes in a role the bias goes to the first. The bias rows
 use the predictions saved at each run's last epoch, whatever --epoch says, and
