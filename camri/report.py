@@ -76,9 +76,10 @@ t_i = max_{k != c} s_ik - s_ic > 0: among the b whose accuracy is at least the
 run's own at b = 0 minus DELTA, the highest recall of c; ties go to the higher
 accuracy, then the smaller b. The row reports the test split at that b. A
 class-sensitive loss shows something only where it beats this row (the gains
-vs +bias): the same trade-off is free for any trained classifier. `--post-hoc-bias` adds the row
-for every method too (`camri+bias`, from its reported setting's runs). With
-several important classes in a role the bias goes to the first. The bias rows
+vs +bias): the same trade-off is free for any trained classifier.
+`--post-hoc-bias` adds the row for every method too (`camri+bias`, from its
+reported setting's runs). With several important classes in a role the bias
+goes to the first. The bias rows
 use the predictions saved at each run's last epoch, whatever --epoch says, and
 their gains are over cross-entropy's last-epoch predictions (at b = 0).
 
