@@ -224,7 +224,7 @@ def _epoch_seed(seed, epoch) -> int:
 
 
 def _shuffled(ds, builder, split: Split, seed, epoch):
-  """`ds` (this process's share of `split`, or its positions) in epoch `epoch`'s order.
+  """`ds` (this process's share of `split`) in epoch `epoch`'s order: `epoch_order`'s.
 
   tf.data's shuffle with a buffer holding the whole share: the order depends
   only on (seed, epoch) and the share's size, never on the examples.
