@@ -234,4 +234,6 @@ def prepare_run(config, workdir: str, population: dict | None = None):
     for name, text in (spec.run_files(builder) if spec.run_files else {}).items():
       run_log.atomic_write(os.path.join(workdir, name), text)
     run_log.write_config(workdir, record)
+  for used in (builder, dataset.builder):  # Read again, the run's data is its bound copy.
+    data_lib.folder.release_tree(used)
   return resolved

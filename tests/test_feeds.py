@@ -1,16 +1,23 @@
 """The two feeds (camri/feeds.py): same batches, same training, same evaluation."""
 
+import re
+import signal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from camri import checkpoint
 from camri import feeds
 from camri import prepare
+from camri import run_log
+from camri import state as state_lib
 from camri import train
 from camri.data import dataset as dataset_lib
 from camri.data import pipeline
 from camri.members import Members
+from camri.preemption import StopRequest
 from configs import folder as folder_config
 from tests.data import test_folder_runs as folder_runs
 from tests.feed_probe import seen_batches
@@ -67,9 +74,9 @@ def _in_float64(tree):
       lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def _epoch(config, dataset, on_device, steps_per_call=0, resumed_at=None):
-  """One epoch through a feed in float64: (train sums, params, test Predictions); with
-  `resumed_at`, its steps from there on through the other feed."""
+def _epoch(config, dataset, on_device, steps_per_call=0):
+  """One epoch through a feed in float64: (calls' steps, (train sums, params), test
+  Predictions)."""
   config = config.copy_and_resolve_references()
   config.steps_per_call = steps_per_call
   sharding = feeds.Sharding.over_all_devices()
@@ -84,24 +91,68 @@ def _epoch(config, dataset, on_device, steps_per_call=0, resumed_at=None):
                         sharding.replicated)
   feed, calls = make_feed(on_device), []
   for steps, call in feed.train_calls(epoch=0, start_step=0):
-    if sum(calls) == resumed_at:
-      break
     state, sums = call(state, sums)
     calls.append(steps)
-  if resumed_at is not None:
-    feed = make_feed(not on_device)
-    for steps, call in feed.train_calls(epoch=0, start_step=resumed_at):
-      state, sums = call(state, sums)
-      calls.append(steps)
   _, predictions = feed.evaluate(state, "test", keep_predictions=True)
   return calls, jax.device_get((sums, state.params)), predictions
 
 
+def _checkpointed_and_resumed_on_the_device(config, dataset, workdir, stop_after, monkeypatch,
+                                            capsys):
+  """`_epoch`'s figures of `train.train_and_evaluate` in float64: the host feed stopped
+  (SIGTERM, a checkpoint) after step `stop_after`, then the run resumed on the device feed.
+
+  The resumed run shows its progress where stderr is not a terminal: one line, no
+  carriage returns (camri/progress.py).
+  """
+  for module in (state_lib, train):
+    real = module.create_train_state
+    monkeypatch.setattr(module, "create_train_state",
+                        lambda *args, real=real, **kwargs: _in_float64(real(*args, **kwargs)))
+  empty = train.empty_train_sums
+  monkeypatch.setattr(train, "empty_train_sums", lambda *args: _in_float64(empty(*args)))
+  calls, stop, real_call_hooks = [], StopRequest(), train.call_hooks
+
+  def call_hooks(*args, **kwargs):
+    def stop_after_step(step, steps, sums):
+      calls.append(steps)
+      if step >= stop_after:
+        stop.received_elsewhere(signal.SIGTERM)
+      return False
+    return [stop_after_step, *real_call_hooks(*args, **kwargs)]
+
+  monkeypatch.setattr(train, "call_hooks", call_hooks)
+  config = config.copy_and_resolve_references()
+  config.update(num_epochs=1, steps_per_call=1, data_on_device="false")
+  assert train.train_and_evaluate(config, str(workdir), stop) == []
+  assert checkpoint.complete_steps(workdir) == [stop_after]
+  capsys.readouterr()
+  config.update(data_on_device="true", progress_bar=True)
+  assert len(train.train_and_evaluate(config, str(workdir))) == 1
+  out, err = capsys.readouterr()
+  assert f"resuming from the checkpoint at step {stop_after}" in out
+  steps = dataset.steps_per_epoch(config.batch_size)
+  assert "\r" not in err and re.search(
+      f"^epoch 1/1: step {steps}/{steps}, {steps - stop_after} steps in [\\d.]+ s, "
+      r"loss \d\.\d{4}$", err, re.MULTILINE), err
+  sharding = feeds.Sharding.over_all_devices()
+  model, _ = train.make_model(config, dataset.num_classes)
+  with checkpoint.manager(workdir, read_only=True) as manager:
+    step, state, sums = train.restore_train_state(
+        manager, config, model, dataset.image_shape, sharding.replicated,
+        train.empty_train_sums(dataset.num_classes))
+  assert step == steps
+  saved = run_log.read_predictions(workdir, "test")
+  return calls, jax.device_get((sums, state.params)), feeds.Predictions(
+      saved["ids"], saved["labels"], saved["scores"])
+
+
 @pytest.mark.parametrize("name", ["digits", "folder"])
-def test_the_feeds_and_any_steps_per_call_train_alike(name, request):
+def test_the_feeds_and_any_steps_per_call_train_alike(name, request, tmp_path, monkeypatch,
+                                                      capsys):
   """tf.data, the device feed, and (digits) 1 or 7 steps per call: one epoch agrees;
-  digits augmented (crop and flip), and also resumed on the device feed at step 9 of
-  tf.data's epoch, as a run resumed on the other feed is.
+  digits augmented (crop and flip), and also as a run stopped on the host feed after step
+  9 (its checkpoint written) and resumed from that checkpoint on the device feed.
 
   The programs differ (a step alone, a step in a loop, float32 or uint8
   input), so XLA may order their sums differently. Compared in float64, as in
@@ -125,8 +176,9 @@ def test_the_feeds_and_any_steps_per_call_train_alike(name, request):
     if name == "digits":
       runs["device, 7 steps per call"] = _epoch(config, dataset, on_device=True,
                                                 steps_per_call=7)
-      runs["tf.data, resumed on the device at step 9"] = _epoch(
-          config, dataset, on_device=False, steps_per_call=1, resumed_at=9)
+      runs["tf.data, checkpointed at step 9, resumed on the device"] = (
+          _checkpointed_and_resumed_on_the_device(config, dataset, tmp_path / "resumed", 9,
+                                                  monkeypatch, capsys))
   assert [calls for calls, _, _ in runs.values()] == [
       [1] * steps, [1] * steps, [7, 7, 6], [1] * steps][:len(runs)]
   _, (sums, params), predictions = runs.pop("tf.data")

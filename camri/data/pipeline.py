@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 from camri import memory
 from camri.config_lib import ConfigError
 from camri.data import records as records_lib
+from camri.data import shuffle
 from camri.data.spec import DatasetSpec
 from camri.data.spec import Split
 from camri.data.spec import image_shape
@@ -223,7 +224,7 @@ def _epoch_seed(seed, epoch) -> int:
 
 
 def _shuffled(ds, builder, split: Split, seed, epoch):
-  """`ds` (this process's share of `split`, or its positions) in epoch `epoch`'s order.
+  """`ds` (this process's share of `split`) in epoch `epoch`'s order: `epoch_order`'s.
 
   tf.data's shuffle with a buffer holding the whole share: the order depends
   only on (seed, epoch) and the share's size, never on the examples.
@@ -234,14 +235,16 @@ def _shuffled(ds, builder, split: Split, seed, epoch):
 
 def epoch_order(builder, split: Split, *, local_size, global_batch_size, seed,
                 epoch) -> np.ndarray:
-  """(steps, local batch): the positions, in this process's share of `split` (of
+  """(steps, local batch), int32: the positions, in this process's share of `split` (of
   `local_size` examples), of the examples `train_batches` yields in epoch `epoch`.
+
+  `_shuffled`'s order of the positions (tf.data's), computed in NumPy, 4 bytes a
+  position (`camri.data.shuffle`).
   """
   local_batch = global_batch_size // jax.process_count()
   steps = steps_per_epoch(builder, split, global_batch_size)
-  order = _shuffled(tf.data.Dataset.range(local_size), builder, split, seed, epoch)
-  order = order.take(steps * local_batch).batch(steps * local_batch).get_single_element()
-  return order.numpy().reshape(steps, local_batch)
+  order = shuffle.tf_data_order(local_size, steps * local_batch, _epoch_seed(seed, epoch))
+  return order.reshape(steps, local_batch)
 
 
 def _examples(builder, spec: DatasetSpec, split: Split, image_size):

@@ -51,11 +51,13 @@ def record_spans(path: str, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 class Records:
   """Serialized examples by position: record p is `lengths[p]` bytes at `offsets[p]` of
-  `paths[files[p]]`."""
+  `paths[k]`, the file with starts[k] <= p < starts[k + 1]. 12 bytes a record."""
 
-  def __init__(self, paths, files, offsets, lengths):
+  def __init__(self, paths, counts, offsets, lengths):
     self.paths = list(paths)
-    self.files, self.offsets, self.lengths = files, offsets, lengths
+    self.starts = np.cumsum([0, *counts], dtype=np.int64)
+    self.offsets = offsets.astype(np.int64)
+    self.lengths = lengths.astype(np.uint32) if lengths.max(initial=0) < 2**32 else lengths
     self._files = [open(path, "rb", buffering=0) for path in self.paths]  # pylint: disable=consider-using-with
 
   def __len__(self) -> int:
@@ -64,7 +66,8 @@ class Records:
   def read(self, position) -> bytes:
     """The serialized example at `position`."""
     position = int(position)
-    return os.pread(self._files[self.files[position]].fileno(), int(self.lengths[position]),
+    file = int(np.searchsorted(self.starts, position, side="right")) - 1
+    return os.pread(self._files[file].fileno(), int(self.lengths[position]),
                     int(self.offsets[position]))
 
 
@@ -85,8 +88,8 @@ def share_records(builder, tfds_split: str, held_out=None, keep_held_out=False) 
   paths = [instruction.filename for instruction in instructions]
   if not all(os.path.isfile(path) for path in paths):
     return None
-  files, offsets, lengths = [], [], []
-  for file, instruction in enumerate(instructions):
+  counts, offsets, lengths = [], [], []
+  for instruction in instructions:
     take = instruction.take if instruction.take >= 0 else (
         instruction.examples_in_shard - instruction.skip)
     indices = np.arange(instruction.skip, instruction.skip + take)
@@ -95,8 +98,8 @@ def share_records(builder, tfds_split: str, held_out=None, keep_held_out=False) 
       name = os.path.basename(instruction.filename)
       indices = indices[np.array([(f"{name}__{k}" in held_out) == keep_held_out
                                   for k in indices], bool)]
-    files.append(np.full(len(indices), file, np.int32))
+    counts.append(len(indices))
     offsets.append(spans[0][indices])
     lengths.append(spans[1][indices])
-  return Records(paths, *(np.concatenate(x) if x else np.zeros(0, np.int64)
-                          for x in (files, offsets, lengths)))
+  return Records(paths, counts, *(np.concatenate(x) if x else np.zeros(0, np.int64)
+                                  for x in (offsets, lengths)))

@@ -1,8 +1,10 @@
 """The folder dataset: a user's image tree, its checks, its reuse, and a run on it."""
 
+import gc
 import os
 import shutil
 import unicodedata
+import weakref
 
 import numpy as np
 from PIL import Image
@@ -310,13 +312,25 @@ def test_unchanged_tree_is_not_decoded_again_and_a_new_image_prepares_again(
   assert first.describe() == "train 33, val 3, test 9"
 
 
-def test_a_run_reads_its_own_prepared_copy_whatever_the_tree_does(tmp_path):
+def test_a_run_reads_its_own_prepared_copy_whatever_the_tree_does(tmp_path, monkeypatch):
   from camri.data import dataset  # pylint: disable=g-import-not-at-top
   tree = tmp_path / "tree"
   write_tree(tree)
   workdir = str(tmp_path / "run")
   config = config_for(tree, tmp_path / "tfds")
-  prepare.prepare_run(config.copy_and_resolve_references(), workdir)
+  scanned, scan = [], folder.scan
+
+  def spied_scan(path):
+    listed = scan(path)
+    scanned.append(weakref.ref(listed))
+    return listed
+
+  with monkeypatch.context() as patch:
+    patch.setattr(folder, "scan", spied_scan)
+    prepare.prepare_run(config.copy_and_resolve_references(), workdir)
+  gc.collect()
+  # The listing is not kept for the run's life (tfds keeps the builders that held it).
+  assert scanned and not [ref for ref in scanned if ref() is not None]
   bound = run_log.read_config(workdir)["prepared_data"]
   assert bound == folder.builder_config(folder.scan(str(tree)), 3).name
 

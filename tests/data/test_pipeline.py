@@ -19,6 +19,7 @@ from camri import prepare
 from camri import train
 from camri.data import pipeline
 from camri.data import records
+from camri.data import shuffle
 from tests.data import gtsrb_archives
 
 _GREEN, _BLUE, _RED = (0, 255, 0), (0, 0, 255), (255, 0, 0)
@@ -142,6 +143,23 @@ def test_train_order_is_a_function_of_seed_and_epoch_and_resumes_exactly(digits)
     np.testing.assert_array_equal(a["label"], b["label"])
   for other in (_train_epoch(digits, epoch=1), _train_epoch(digits, seed=4)):
     assert not np.array_equal(other[0]["label"], first[0]["label"])
+
+
+@pytest.mark.parametrize("n, buffer, take, seed", [
+    (1437, 1437, 1408, 3 * 1_000_003 + 1),
+    (10, 13, 8, 2**31 + 5),  # A larger share's buffer; a seed tf.random truncates.
+    (70_000, 70_000, 69_952, 0),  # Past the first chunk of draws.
+])
+def test_the_epoch_order_is_tfdatas_shuffle_computed_in_numpy(n, buffer, take, seed):
+  """`shuffle.tf_data_order` is the order runs have always trained in, tf.data's shuffle
+  of the positions, so a run checkpointed before it came resumes on its own batches."""
+  expected = tf.data.Dataset.range(n).shuffle(buffer, seed=seed, reshuffle_each_iteration=False)
+  expected = expected.take(take).batch(take).get_single_element().numpy()
+  order = shuffle.tf_data_order(n, take, seed)
+  assert order.dtype == np.int32
+  np.testing.assert_array_equal(order, expected)
+  # Pinned, should a TensorFlow release change its shuffle.
+  np.testing.assert_array_equal(shuffle.tf_data_order(1000, 6, 5), [791, 615, 648, 222, 780, 444])
 
 
 def test_a_truncated_tfrecord_stops_the_host_feed_naming_the_directory_to_delete(
