@@ -52,6 +52,20 @@ def compile_cache(tmp_path_factory):
   return tmp_path_factory.mktemp("jax_cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _in_process_compile_cache(compile_cache):
+  """The tests in this process share the worker's compilation cache with its subprocesses.
+
+  A test builds its step functions afresh (new closures), so `jax.jit`'s own cache
+  misses and XLA compiles again a program it compiled for another run or test: the
+  members of a population alone, the runs of one config. The persistent cache
+  recognises the program; the executable it loads is the one a compile gives.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", str(compile_cache))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
 @pytest.fixture(scope="session")
 def digits_args(tfds_dir):
   """camri.main's arguments but --workdir: digits, 3 epochs of 323 steps (batch size 4)."""

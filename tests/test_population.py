@@ -3,8 +3,8 @@
 The numbers are compared in float64, as in test_feeds.py: a population's step
 is another program than a run's alone (members stacked and vmapped, or
 unrolled), so XLA may order its sums differently. With u = 1.1e-16 and
-batch sums of 64 terms of size <= 10, a gradient's round-off is |dg| <=
-64 * 4u * 10 ~ 3e-13. Adam moves a parameter whose true gradient is ~0 (a
+batch sums of at most 64 terms of size <= 10, a gradient's round-off is
+|dg| <= 64 * 4u * 10 ~ 3e-13. Adam moves a parameter whose true gradient is ~0 (a
 bias before a BatchNorm) by at most lr * |dg| / eps a step: over 20 steps at
 the members' largest rate, 2e-3, that parts it by <= 2 * 20 * 2e-3 * 3e-13 /
 1e-8 ~ 2.4e-6: atol 1e-5. Such a bias does not change the model's outputs,
@@ -32,14 +32,18 @@ from camri.members import stack
 
 # (seed, margin, learning rate) of the three members.
 MEMBERS = [(0, 0.1, 1e-3), (1, 0.3, 2e-3), (2, 0.2, 5e-4)]
+# An epoch of 20 steps at batch 8 on 160 training images (the rest held out as the
+# validation split): the steps of batch 64 on the whole split, an eighth of the float64
+# compute.
+SMALL_EPOCH = dict(validation_fraction=0.887, batch_size=8)
 
 
 def _configs(digits_config, tmp_path, members=MEMBERS, **fields):
   configs = []
   for i, (seed, margin, learning_rate) in enumerate(members):
     config = digits_config.copy_and_resolve_references()
-    config.update(batch_size=64, eval_batch_size=100, seed=seed, learning_rate=learning_rate,
-                  **fields)
+    config.update(**{"batch_size": 64, "eval_batch_size": 100, "seed": seed,
+                     "learning_rate": learning_rate, **fields})
     config.loss.margin = (margin,)
     configs.append(prepare.prepare_run(config, str(tmp_path / f"run{i}")))
   return configs
@@ -99,7 +103,8 @@ def test_each_member_trains_as_it_would_alone(digits_config, tmp_path, member_ax
   a step.
   """
   members = MEMBERS if member_axis == "unroll" else MEMBERS[:2]
-  configs = _configs(digits_config, tmp_path, members, augment=("crop",))
+  small = SMALL_EPOCH if steps is None else {"batch_size": 8}  # Steps of 8 images.
+  configs = _configs(digits_config, tmp_path, members, augment=("crop",), **small)
   with jax.enable_x64(True):
     population = _epoch(configs, member_axis, steps, split)
     alone = [_epoch([config], steps=steps, split=split)[0] for config in configs]
@@ -115,8 +120,9 @@ def test_a_diverging_member_leaves_the_others_alone(digits_config, tmp_path):
   population without it does."""
   members = [MEMBERS[0], (1, 0.3, 1e38), MEMBERS[2]]
   with jax.enable_x64(True):
-    three = _epoch(_configs(digits_config, tmp_path / "three", members))
-    two = _epoch(_configs(digits_config, tmp_path / "two", [members[0], members[2]]))
+    three = _epoch(_configs(digits_config, tmp_path / "three", members, **SMALL_EPOCH))
+    two = _epoch(_configs(digits_config, tmp_path / "two", [members[0], members[2]],
+                          **SMALL_EPOCH))
   assert not np.allclose(np.asarray(three[1][1]["head"]["kernel"]),
                          np.asarray(three[0][1]["head"]["kernel"]), rtol=1e-3)
   _assert_alike(two[0], three[0], "member 0")
