@@ -186,20 +186,13 @@ def check_workdir(workdir: str, record: dict):
         f"already holds {done} trained epochs; use num_epochs >= {done}, or {fresh}")
 
 
-def _check_feed(config, dataset, workdir: str, population: dict | None):
+def _check_feed(config, dataset, population: dict | None):
   """Raises the ConfigError `train.data_on_device` would: a population, of
   `population["size"]` runs, whose data cannot be on the devices."""
   if population is None:
     return  # A run alone takes either feed.
   from camri import train  # pylint: disable=g-import-not-at-top
-  from camri import trunk  # pylint: disable=g-import-not-at-top
-  from camri.members import Members  # pylint: disable=g-import-not-at-top
-  if config.get("freeze_backbone") and trunk.why_recomputed(
-      config, train.make_model(config, dataset.num_classes)[0]) is None:
-    return  # Its frozen trunk's features, computed once, are what goes on the devices.
-  size = population["size"]
-  train.data_on_device(Members([config] * size, [workdir] * size, steps_per_epoch=1,
-                               population=True), dataset)
+  train.data_on_device(config, dataset, runs=population["size"])
 
 
 def prepare_run(config, workdir: str, population: dict | None = None):
@@ -227,7 +220,7 @@ def prepare_run(config, workdir: str, population: dict | None = None):
   from camri.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top  (loads TensorFlow)
   dataset = dataset_lib.open_dataset(resolved, workdir=workdir)
   dataset.steps_per_epoch(resolved.batch_size)
-  _check_feed(resolved, dataset, workdir, population)
+  _check_feed(resolved, dataset, population)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     spec = data_lib.get_spec(resolved.dataset)

@@ -269,7 +269,7 @@ def test_with_augmentation_or_a_feature_map_head_the_trunk_runs_at_every_step(di
 def test_a_population_on_features_is_not_refused_for_its_images(digits_config, tmp_path,
                                                                 monkeypatch):
   """A population's images must fit on the devices, unless a frozen trunk's features,
-  computed once, replace them (as `train.data_on_device(images=False)` has it)."""
+  computed once, replace them (`trunk.features_replace_images`, which `train.data_on_device` asks)."""
   monkeypatch.setattr(feeds, "fits_on_devices", lambda dataset, runs=1: False)
   config = _frozen_config(digits_config, tmp_path)
   record = {"file": "p.json", "population": 0, "size": 15, "member": 0}
