@@ -50,8 +50,7 @@ from camri.data.dataset import Dataset
 # The share of each device's memory (and of the host's) that `auto` lets a dataset take.
 DEVICE_MEMORY_FRACTION = 0.25
 
-# The most train steps per call on a frozen trunk's output (`steps_per_call`).
-FEATURE_STEPS_PER_CALL = 1000
+FEATURE_STEPS_PER_CALL = 1000  # The most `steps_per_call` runs on a frozen trunk's output.
 
 # One call: (the number of train steps it runs, (state, sums) -> (state, sums)).
 Call = tuple[int, Callable]
@@ -271,9 +270,8 @@ def _train_steps(train_step, augmentations, steps_per_call: int, member_axis, on
   scalar from the host. A population (`member_axis` "vmap" or "unroll",
   `members.map_members`) steps every member at once: its states, sums,
   batches and `runs` arrays have a leading member axis, and its members share
-  a step count. `on_features`: the batches are a frozen trunk's output, and
-  the steps see the state without the trunk (`trunk.without_trunk`), whose
-  arrays leave the call as they came in: unread, unchecked, uncopied.
+  a step count. `on_features` (batches of a frozen trunk's output): the steps see
+  the state without the trunk (`trunk.without_trunk`), whose arrays pass untouched.
   """
   stacked = member_axis is not None
   steps_per_epoch = batches["label"].shape[int(stacked)]
@@ -289,11 +287,9 @@ def _train_steps(train_step, augmentations, steps_per_call: int, member_axis, on
                                                             keepdims=False), batches)
     return step(*carry, batch, runs)
 
-  if steps_per_call == 1:
-    state, sums = body(0, (state, sums))
-  else:
-    count = jnp.minimum(steps_per_call, steps_per_epoch - start)
-    state, sums = lax.fori_loop(0, count, body, (state, sums))
+  count = jnp.minimum(steps_per_call, steps_per_epoch - start)
+  state, sums = (body(0, (state, sums)) if steps_per_call == 1
+                 else lax.fori_loop(0, count, body, (state, sums)))
   return (trunk.with_trunk(state, whole) if on_features else state), sums
 
 
@@ -321,9 +317,8 @@ def _eval_batches(eval_step, looped: bool, member_axis, state, sums, batches, st
 
 
 def steps_per_call(config, steps_per_epoch: int, on_features: bool = False) -> int:
-  """`config.steps_per_call`, where 0 (auto) is 1 on CPU and 50 elsewhere; on a frozen
-  trunk's output (`on_features`), on every backend, the epoch's steps, at most
-  `FEATURE_STEPS_PER_CALL`.
+  """`config.steps_per_call`, where 0 (auto) is 1 on CPU and 50 elsewhere, and on a frozen
+  trunk's output (`on_features`) the epoch's steps, at most `FEATURE_STEPS_PER_CALL`.
 
   XLA:CPU runs a convolution inside a loop many times slower than outside
   one (20x for cifar10's reference_cnn), so on CPU each call is one step. The

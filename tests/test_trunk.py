@@ -87,7 +87,7 @@ def _epoch(config, dataset, model, once: bool):
   for steps, call in feed.train_calls(epoch=0, start_step=0):
     state, sums = call(state, sums)
     calls.append(steps)
-  feed._eval = lambda *args: (calls.append("eval"), evaluate(*args))[1]  # pylint: disable=protected-access
+  feed._eval = lambda *a: (calls.append("eval"), evaluate(*a))[1]  # pylint: disable=protected-access
   _, predictions = feed.evaluate(state, "test", keep_predictions=True)
   return jax.device_get((sums, state.params)), predictions, calls
 
@@ -285,7 +285,7 @@ def test_with_augmentation_or_a_feature_map_head_the_trunk_runs_at_every_step(di
 def test_a_population_on_features_is_not_refused_for_its_images(digits_config, tmp_path,
                                                                 monkeypatch):
   """A population's images must fit on the devices, unless a frozen trunk's features,
-  computed once, replace them (`trunk.features_replace_images`, which `train.data_on_device` asks)."""
+  computed once, replace them (`trunk.features_replace_images`, asked by `data_on_device`)."""
   monkeypatch.setattr(feeds, "fits_on_devices", lambda dataset, runs=1: False)
   config = _frozen_config(digits_config, tmp_path)
   record = {"file": "p.json", "population": 0, "size": 15, "member": 0}
