@@ -70,8 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.tag = ""  # Free-form label for grids (e.g. a protocol role); not used in training.
   c.keep_checkpoints = 2
   c.progress_bar = True
-  # The convolutions' weight gradient (camri/models/conv.py): "auto" (per
-  # layer, tap matmuls where they are faster on this backend), "xla", "taps".
+  # The convolutions' forward pass, input and weight gradients (camri/models/conv.py):
+  # "auto" (per layer, tap matmuls where they are faster on this backend), "xla", "taps".
   c.conv_weight_grad = "auto"
   # Where batches come from (camri/feeds.py): "true", the splits held in device
   # memory; "false", tf.data on the host; "auto", the devices when the data fits

@@ -43,11 +43,14 @@ import numpy as np
 from camri import members
 from camri import memory
 from camri import metrics
+from camri import trunk
 from camri.data import pipeline
 from camri.data.dataset import Dataset
 
 # The share of each device's memory (and of the host's) that `auto` lets a dataset take.
 DEVICE_MEMORY_FRACTION = 0.25
+
+FEATURE_STEPS_PER_CALL = 1000  # The most `steps_per_call` runs on a frozen trunk's output.
 
 # One call: (the number of train steps it runs, (state, sums) -> (state, sums)).
 Call = tuple[int, Callable]
@@ -258,8 +261,8 @@ def fed_step(train_step, steps_per_epoch: int, augmentations):
   return step
 
 
-def _train_steps(train_step, augmentations, steps_per_call: int, member_axis, state, sums,
-                 batches, runs):
+def _train_steps(train_step, augmentations, steps_per_call: int, member_axis, on_features: bool,
+                 state, sums, batches, runs):
   """The next `steps_per_call` steps (fewer where the epoch ends) of the epoch whose
   `batches` are on the devices; with 1, the step is outside any loop.
 
@@ -267,11 +270,14 @@ def _train_steps(train_step, augmentations, steps_per_call: int, member_axis, st
   scalar from the host. A population (`member_axis` "vmap" or "unroll",
   `members.map_members`) steps every member at once: its states, sums,
   batches and `runs` arrays have a leading member axis, and its members share
-  a step count.
+  a step count. `on_features` (batches of a frozen trunk's output): the steps see
+  the state without the trunk (`trunk.without_trunk`), whose arrays pass untouched.
   """
   stacked = member_axis is not None
   steps_per_epoch = batches["label"].shape[int(stacked)]
-  start = jnp.ravel(state.step)[0] % steps_per_epoch
+  whole, start = state, jnp.ravel(state.step)[0] % steps_per_epoch
+  if on_features:
+    state = trunk.without_trunk(state)
 
   run_step = fed_step(train_step, steps_per_epoch, augmentations)
   step = members.map_members(run_step, member_axis, (0, 0, 0, 0)) if stacked else run_step
@@ -281,10 +287,10 @@ def _train_steps(train_step, augmentations, steps_per_call: int, member_axis, st
                                                             keepdims=False), batches)
     return step(*carry, batch, runs)
 
-  if steps_per_call == 1:
-    return body(0, (state, sums))
   count = jnp.minimum(steps_per_call, steps_per_epoch - start)
-  return lax.fori_loop(0, count, body, (state, sums))
+  state, sums = (body(0, (state, sums)) if steps_per_call == 1
+                 else lax.fori_loop(0, count, body, (state, sums)))
+  return (trunk.with_trunk(state, whole) if on_features else state), sums
 
 
 def _eval_batches(eval_step, looped: bool, member_axis, state, sums, batches, start, runs):
@@ -310,22 +316,27 @@ def _eval_batches(eval_step, looped: bool, member_axis, state, sums, batches, st
   return sums, jnp.moveaxis(scores, 0, 1) if stacked else scores
 
 
-def steps_per_call(config) -> int:
-  """`config.steps_per_call`, where 0 (auto) is 1 on CPU and 50 elsewhere.
+def steps_per_call(config, steps_per_epoch: int, on_features: bool = False) -> int:
+  """`config.steps_per_call`, where 0 (auto) is 1 on CPU and 50 elsewhere, and on a frozen
+  trunk's output (`on_features`) the epoch's steps, at most `FEATURE_STEPS_PER_CALL`.
 
   XLA:CPU runs a convolution inside a loop many times slower than outside
-  one (20x for cifar10's reference_cnn), so on CPU each call is one step.
+  one (20x for cifar10's reference_cnn), so on CPU each call is one step. The
+  steps on a trunk's output have no convolution: there, a call per step costs
+  more than the step.
   """
   if config.steps_per_call:
     return config.steps_per_call
+  if on_features:
+    return min(steps_per_epoch, FEATURE_STEPS_PER_CALL)
   return 1 if jax.default_backend() == "cpu" else 50
 
 
-def evaluates_in_one_call(steps_per_call: int) -> bool:
+def evaluates_in_one_call(steps_per_call: int, on_features: bool = False) -> bool:
   """Whether a split on the devices is evaluated in one call (a loop over its batches): with
   several steps per call, but not on CPU, where XLA runs the loop's convolutions as slowly as
-  the train steps' (`steps_per_call`)."""
-  return steps_per_call > 1 and jax.default_backend() != "cpu"
+  the train steps' (`steps_per_call`), unless there are none (`on_features`)."""
+  return steps_per_call > 1 and (on_features or jax.default_backend() != "cpu")
 
 
 class DeviceFeed:
@@ -340,11 +351,13 @@ class DeviceFeed:
   def __init__(self, config, dataset: Dataset, sharding: Sharding, train_step, eval_step,
                runs, split_arrays=None):
     self.config, self.dataset, self.sharding = config, dataset, sharding
-    self.steps_per_call = steps_per_call(config)
+    on_features = split_arrays is not None
+    steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
+    self.steps_per_call = steps_per_call(config, steps_per_epoch, on_features)
     stacked = bool(sharding.members)
-    steps = dataset.steps_per_epoch(config.batch_size) * config.num_epochs
-    axis = members.member_axis(config, steps) if stacked else None
-    self._eval_looped = evaluates_in_one_call(self.steps_per_call)
+    axis = (members.member_axis(config, steps_per_epoch * config.num_epochs, on_features)
+            if stacked else None)
+    self._eval_looped = evaluates_in_one_call(self.steps_per_call, on_features)
     looped = self._eval_looped
     self._seeds = [int(seed) for seed in np.ravel(runs["seed"])]
     self._runs = jax.device_put(runs, sharding.state)
@@ -359,7 +372,7 @@ class DeviceFeed:
       self._eval_arrays[split], self._eval_ids[split] = self._put_eval_split(split)
     self._run = jax.jit(
         functools.partial(_train_steps, train_step, tuple(config.augment), self.steps_per_call,
-                          axis),
+                          axis, on_features),
         donate_argnums=(0, 1), out_shardings=(sharding.state, sharding.state))
     scores_sharding = sharding.batches if looped else sharding.batch
     self._eval = jax.jit(

@@ -36,9 +36,10 @@ def stack(trees):
 UNROLL_FROM_STEPS = 300
 
 
-def member_axis(config, steps: int) -> str:
+def member_axis(config, steps: int, on_features: bool = False) -> str:
   """`config.member_axis` of a population whose members train `steps` steps each; "auto"
-  is "vmap" on GPU and TPU, and on CPU "unroll" from `UNROLL_FROM_STEPS` steps on.
+  is "vmap" on GPU and TPU and on a frozen trunk's output (`on_features`), and on CPU
+  "unroll" from `UNROLL_FROM_STEPS` steps on.
 
   `jax.vmap` turns each member's convolution into one grouped convolution,
   which XLA:CPU runs 2-4x slower per member than the plain one: small_cnn at
@@ -48,11 +49,13 @@ def member_axis(config, steps: int) -> str:
   (K=16: 74 s, against 5 s vmapped). So unrolling pays from about 4 s /
   15 ms ~ 300 steps a member; both figures scale alike with the CPU's speed.
   On GPU and TPU the grouped convolution is the standard way to batch small
-  models.
+  models. The steps on a trunk's output have no convolution: vmapped, 15
+  ResNet-18 heads compiled in 8 s where unrolled took 89 s, and ran an epoch
+  no slower.
   """
   if config.member_axis != "auto":
     return config.member_axis
-  if jax.default_backend() != "cpu":
+  if jax.default_backend() != "cpu" or on_features:
     return "vmap"
   return "unroll" if steps >= UNROLL_FROM_STEPS else "vmap"
 

@@ -80,11 +80,17 @@ def _validated(config, workdir=None):
   return resolved, names, builder
 
 
-def _check_init_checkpoint(config, num_classes, image_shape):
+def _check_init_checkpoint(config, num_classes, image_shape, sha256=None):
   """Raises ConfigError unless config.init_checkpoint fits the model's backbone.
 
-  Only shapes are built (jax.eval_shape): no parameters are initialised.
+  Only shapes are built (jax.eval_shape): no parameters are initialised. A
+  `.safetensors` file (its `sha256`) found to fit once is not read again for the
+  same backbone in this process (a population's members: one file, ~0.5 s each).
   """
+  fitted = (sha256, config.model, config.feature_dim, tuple(image_shape),
+            bool(config.freeze_backbone))
+  if sha256 and fitted in _FITTED:
+    return
   from camri import train  # pylint: disable=g-import-not-at-top
   model, _ = train.make_model(config, num_classes)
   images = jnp.zeros((1, *image_shape))
@@ -92,6 +98,11 @@ def _check_init_checkpoint(config, num_classes, image_shape):
                              jax.random.key(0), images)
   models.load_backbone(variables, config.init_checkpoint, config.model,
                        frozen=config.freeze_backbone)
+  if sha256:
+    _FITTED.add(fitted)
+
+
+_FITTED = set()  # `_check_init_checkpoint`'s files that fit, by SHA-256 and backbone.
 
 
 # What config.json records besides the config: derived from it and the data.
@@ -186,20 +197,13 @@ def check_workdir(workdir: str, record: dict):
         f"already holds {done} trained epochs; use num_epochs >= {done}, or {fresh}")
 
 
-def _check_feed(config, dataset, workdir: str, population: dict | None):
+def _check_feed(config, dataset, population: dict | None):
   """Raises the ConfigError `train.data_on_device` would: a population, of
   `population["size"]` runs, whose data cannot be on the devices."""
   if population is None:
     return  # A run alone takes either feed.
   from camri import train  # pylint: disable=g-import-not-at-top
-  from camri import trunk  # pylint: disable=g-import-not-at-top
-  from camri.members import Members  # pylint: disable=g-import-not-at-top
-  if config.get("freeze_backbone") and trunk.why_recomputed(
-      config, train.make_model(config, dataset.num_classes)[0]) is None:
-    return  # Its frozen trunk's features, computed once, are what goes on the devices.
-  size = population["size"]
-  train.data_on_device(Members([config] * size, [workdir] * size, steps_per_epoch=1,
-                               population=True), dataset)
+  train.data_on_device(config, dataset, runs=population["size"])
 
 
 def prepare_run(config, workdir: str, population: dict | None = None):
@@ -222,12 +226,13 @@ def prepare_run(config, workdir: str, population: dict | None = None):
     record["population"] = population
   check_workdir(workdir, record)
   if resolved.init_checkpoint:
-    _check_init_checkpoint(resolved, len(class_names), record["image_shape"])
+    _check_init_checkpoint(resolved, len(class_names), record["image_shape"],
+                           record.get("init_checkpoint_sha256"))
   keep_accelerators_for_jax()
   from camri.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top  (loads TensorFlow)
   dataset = dataset_lib.open_dataset(resolved, workdir=workdir)
   dataset.steps_per_epoch(resolved.batch_size)
-  _check_feed(resolved, dataset, workdir, population)
+  _check_feed(resolved, dataset, population)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     spec = data_lib.get_spec(resolved.dataset)

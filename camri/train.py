@@ -18,6 +18,7 @@ orbax or tensorstore's error; `run_log.write_failure` reads it).
 """
 
 import dataclasses
+import time
 from typing import Any
 
 from absl import logging
@@ -42,6 +43,12 @@ from camri.preemption import StopRequest
 from camri.state import (TrainState, abstract_train_state, create_train_state,  # noqa: F401  (train.X for every caller)
                          empty_train_sums, make_eval_step, make_model, make_optimizer,
                          make_train_step, restore_train_state, run_arrays)
+
+
+# A run on a frozen trunk's output computed once (camri/trunk.py) saves its checkpoints at
+# most this often, and at its end or a stop: its checkpoint holds the whole model, mostly
+# the trunk that its epochs never change, and writing it costs more than such an epoch.
+FEATURES_CHECKPOINT_INTERVAL_S = 60
 
 
 class NonFiniteLossError(RuntimeError):
@@ -282,8 +289,7 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
     state, features = trunk.features_for(config, dataset, model, state, members)
     feed = feeds.make_feed(config, dataset, sharding, make_train_step(objective, config.seed),
                            make_eval_step(objective),
-                           on_device=data_on_device(members, dataset,
-                                                    images=not (features and features.arrays)),
+                           on_device=data_on_device(config, dataset, members.count),
                            runs=members.stack([run_arrays(c, dataset.num_classes)
                                                for c in configs]),
                            split_arrays=features and features.arrays)
@@ -296,7 +302,8 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
              main_process)
     for log in members.logs:
       log.truncate(step // steps_per_epoch)
-    last_saved = step
+    last_saved, saved_at = step, time.monotonic()
+    save_every_s = FEATURES_CHECKPOINT_INTERVAL_S if features and features.arrays else 0
     check_every = max(1, min(50, steps_per_epoch // 4))
     for epoch in range(step // steps_per_epoch, config.num_epochs):
       if _stop_now(stop) or not members.live:
@@ -317,9 +324,12 @@ def _train(configs, workdirs, stop: StopRequest, population: bool) -> list[list[
             members.logs[member].write(epoch + 1, metrics.summarize(
                 sums[member], configs[member].loss.important_classes, "train") | rows[member],
                 step)
-      if step != last_saved:
+      if step != last_saved and _save_due(saved_at, save_every_s):
         save_checkpoints(members, step, state, train_sums)
-        last_saved = step
+        last_saved, saved_at = step, time.monotonic()
+    if step != last_saved:  # The end, or a stop, between two saves of `save_every_s`.
+      save_checkpoints(members, step, state, train_sums)
+      last_saved = step
     if restored_step == total_steps:  # A rerun of a finished run: remake lost predictions.
       evaluate_splits(feed, state, step, members, save=True, splits=lost)
   if stop and step < total_steps:
@@ -361,31 +371,37 @@ def _empty_sums(members: Members, num_classes: int, sharding: Sharding):
                         sharding.state)
 
 
-def data_on_device(members: Members, dataset: Dataset, images: bool = True) -> bool:
-  """Whether the runs' data is fed from device memory (`config.data_on_device`).
+def data_on_device(config, dataset: Dataset, runs: int = 1) -> bool:
+  """Whether the data of `runs` runs of `config` (a population of them, if several) is fed
+  from device memory (`config.data_on_device`).
 
   "auto" decides at every start, a resumed run's too (the feeds give the
   same batches, so a run may switch), all processes alike: the devices where
   the data fits in every process's. A population's data is on the devices,
-  and so are a frozen trunk's cached features where they replace the images
-  (`images` False).
+  and so are a frozen trunk's features where they replace the images
+  (`trunk.features_replace_images`).
 
   Raises:
     ConfigError: a population's data cannot be on the devices.
   """
-  config = members.configs[0]
-  if not images:
+  if trunk.features_replace_images(config, make_model(config, dataset.num_classes)[0]):
     return True
   if config.data_on_device == "auto":
-    on_device = _in_every_process(feeds.fits_on_devices(dataset, runs=members.count))
+    on_device = _in_every_process(feeds.fits_on_devices(dataset, runs=runs))
   else:
     on_device = config.data_on_device == "true"
-  if members.stacked and not on_device:
+  if runs > 1 and not on_device:
     raise config_lib.ConfigError(
         f"config.data_on_device={config.data_on_device!r} is invalid for a population of "
-        f"{members.count} runs: its data must fit on the devices (a quarter of their memory); "
+        f"{runs} runs: its data must fit on the devices (a quarter of their memory); "
         "use a smaller population, or train the runs alone")
   return on_device
+
+
+def _save_due(saved_at: float, every_s: float) -> bool:
+  """Whether `every_s` seconds have passed since `saved_at` (time.monotonic), in every process
+  alike (a collective, where `every_s` is not 0)."""
+  return not every_s or _in_every_process(time.monotonic() - saved_at >= every_s)
 
 
 def _in_every_process(true: bool) -> bool:

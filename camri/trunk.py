@@ -40,6 +40,7 @@ import zlib
 from absl import logging
 import jax
 import numpy as np
+import optax
 
 from camri import config_lib
 from camri import models
@@ -82,26 +83,30 @@ def why_recomputed(config, model) -> str | None:
   return None
 
 
+def features_replace_images(config, model) -> bool:
+  """Whether the run's steps take its frozen trunk's output, computed once, in place of the
+  images: the one answer for the feed (`train.data_on_device`) and for `features_for`."""
+  return bool(config.get("freeze_backbone")) and why_recomputed(config, model) is None
+
+
 def features_for(config, dataset, model, state, members):
   """(state, `TrunkFeatures`) of a run with a frozen trunk, or (state, None) without one.
 
-  Where the features are computed once, the returned state's model is
-  `model.clone(on_trunk_output=True)`: its steps take the features as their
-  images. A population's members must share one trunk; members whose trunks
-  differ run it at every step.
+  Where the features are computed once (`features_replace_images`), the
+  returned state's model is `model.clone(on_trunk_output=True)`: its steps
+  take the features as their images. A population's members share one trunk:
+  a frozen trunk is loaded from config.init_checkpoint or config.trunk_from,
+  neither of which a member may change (`config_fields.member_fields`).
   """
   if not config.get("freeze_backbone"):
     return state, None
-  why = why_recomputed(config, model)
-  digests = ({digest(trunk_variables(_variables(members.of(state, m))))
-              for m in range(members.count)} if why is None else set())
-  if len(digests) > 1:
-    why = "the population's members have different trunks"
-  if why is not None:
-    return state, TrunkFeatures(None, f"trunk features: computed at every step ({why})")
+  if not features_replace_images(config, model):
+    return state, TrunkFeatures(
+        None, f"trunk features: computed at every step ({why_recomputed(config, model)})")
   start = time.perf_counter()
   # Fetched to the host: each process computes its share of the features on its own devices.
-  variables, (trunk_sha256,) = jax.device_get(_variables(members.of(state, 0))), digests
+  variables = jax.device_get(_variables(members.of(state, 0)))
+  trunk_sha256 = digest(trunk_variables(variables))
   arrays, computed = {}, False
   for split in dataset.splits:
     arrays[split], fresh = cached_split(config, dataset, split, model, variables, trunk_sha256)
@@ -112,6 +117,25 @@ def features_for(config, dataset, model, state, members):
           f"trunk features: {images:,} images, read from the cache in {took:.1f} s")
   return state.replace(apply_fn=model.clone(on_trunk_output=True).apply), TrunkFeatures(
       arrays, line)
+
+
+def without_trunk(state):
+  """`state` with its trunk's parameters and BatchNorm statistics as `optax.MaskedNode`s
+  (the leaves its optimiser state already masks): the state of the steps on the trunk's
+  output, which neither read nor change the trunk (`with_trunk` puts it back)."""
+  def masked(tree):
+    return jax.tree.map(lambda x, group: optax.MaskedNode() if group == "trunk" else x,
+                        tree, models.param_groups(tree))
+  return state.replace(params=masked(state.params), batch_stats=masked(state.batch_stats))
+
+
+def with_trunk(state, whole):
+  """`state` (`without_trunk`'s) with the trunk of `whole` in place of its masked leaves."""
+  def filled(tree, whole_tree):
+    return jax.tree.map(lambda x, w: w if isinstance(x, optax.MaskedNode) else x, tree,
+                        whole_tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  return state.replace(params=filled(state.params, whole.params),
+                       batch_stats=filled(state.batch_stats, whole.batch_stats))
 
 
 def _variables(state) -> dict:

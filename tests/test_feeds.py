@@ -16,7 +16,6 @@ from camri import state as state_lib
 from camri import train
 from camri.data import dataset as dataset_lib
 from camri.data import pipeline
-from camri.members import Members
 from camri.preemption import StopRequest
 from configs import folder as folder_config
 from tests.data import test_folder_runs as folder_runs
@@ -286,15 +285,14 @@ def test_auto_decides_in_every_process_alike(digits, monkeypatch):
   config, dataset = digits
   config = config.copy_and_resolve_references()
   config.data_on_device = "auto"
-  run = Members([config], [""], steps_per_epoch=1)
-  assert feeds.fits_on_devices(dataset) and train.data_on_device(run, dataset)
+  assert feeds.fits_on_devices(dataset) and train.data_on_device(config, dataset)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(multihost_utils, "process_allgather",
                       lambda x: np.stack([x, np.zeros_like(x)]))  # The other does not fit.
-  assert not train.data_on_device(run, dataset)
+  assert not train.data_on_device(config, dataset)
   config.data_on_device = "true"
-  assert train.data_on_device(run, dataset)
+  assert train.data_on_device(config, dataset)
 
 
 def test_evaluation_is_a_call_per_batch_on_cpu_and_copies_scores_only_when_kept(
@@ -321,7 +319,7 @@ def test_evaluation_is_a_call_per_batch_on_cpu_and_copies_scores_only_when_kept(
   feed, calls = feed_and_calls()
   feed.evaluate(state, "test", keep_predictions=False)
   assert calls == [0, 1, 2, 3]  # 360 test images, eval batch 100: a call per batch.
-  monkeypatch.setattr(feeds, "evaluates_in_one_call", lambda steps_per_call: True)
+  monkeypatch.setattr(feeds, "evaluates_in_one_call", lambda *args: True)
   feed, calls = feed_and_calls()
   copied = []
   for name in ("local_rows", "local_columns"):

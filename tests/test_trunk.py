@@ -1,6 +1,7 @@
 """A frozen trunk's output computed once (camri/trunk.py): the same training, one cache."""
 
 import logging
+import re
 import shutil
 import threading
 import time
@@ -82,10 +83,13 @@ def _epoch(config, dataset, model, once: bool):
                          runs=train.run_arrays(config, dataset.num_classes), split_arrays=arrays)
   sums = jax.device_put(_in_float64(train.empty_train_sums(dataset.num_classes)),
                         sharding.replicated)
-  for _, call in feed.train_calls(epoch=0, start_step=0):
+  calls, evaluate = [], feed._eval  # pylint: disable=protected-access
+  for steps, call in feed.train_calls(epoch=0, start_step=0):
     state, sums = call(state, sums)
+    calls.append(steps)
+  feed._eval = lambda *a: (calls.append("eval"), evaluate(*a))[1]  # pylint: disable=protected-access
   _, predictions = feed.evaluate(state, "test", keep_predictions=True)
-  return jax.device_get((sums, state.params)), predictions
+  return jax.device_get((sums, state.params)), predictions, calls
 
 
 def test_features_once_train_as_the_trunk_recomputed_at_every_step(frozen):
@@ -102,11 +106,20 @@ def test_features_once_train_as_the_trunk_recomputed_at_every_step(frozen):
   round-off of their own sums, ~1e4 u (rtol 1e-9). The frozen trunk's
   parameters never move: equal bit for bit. Scores are rounded to the saved
   float32: rtol 2^-22.
+
+  On CPU the steps on images are a call each, and so is each test batch (XLA:CPU
+  loops over convolutions slowly, `feeds.steps_per_call`); the steps on the
+  features, which have none, are one call for the epoch, and the test split another.
   """
   config, dataset, model, _ = frozen
   with jax.enable_x64(True):
-    (sums, params), predictions = _epoch(config, dataset, model, once=False)
-    (once_sums, once_params), once_predictions = _epoch(config, dataset, model, once=True)
+    (sums, params), predictions, calls = _epoch(config, dataset, model, once=False)
+    (once_sums, once_params), once_predictions, once_calls = _epoch(config, dataset, model,
+                                                                    once=True)
+  steps = dataset.steps_per_epoch(config.batch_size)
+  if jax.default_backend() == "cpu":
+    assert calls == [1] * steps + ["eval"] * 4  # 360 test images, eval batch 100.
+  assert once_calls == [steps, "eval"]
   assert sums["loss_sum"].dtype == np.float64
   np.testing.assert_allclose(once_sums["loss_sum"], sums["loss_sum"], rtol=1e-9)
   np.testing.assert_array_equal(once_sums["confusion"], sums["confusion"])
@@ -182,6 +195,9 @@ def test_a_frozen_small_cnn_runs_end_to_end_on_features_computed_once(
   rows = train.train_and_evaluate(prepare.prepare_run(config, workdir), workdir)
   first_line = capsys.readouterr().out.splitlines()[0]
   assert "; trunk features: 1,797 images once, " in first_line
+  steps = re.search(r"; (\d+) steps per epoch; ", first_line).group(1)
+  assert re.search(rf"; data on the devices \(float32, [\d.]+ MiB\), {steps} steps per call;",
+                   first_line)
   run = inference.load_run(workdir)  # The checkpoint holds the whole model.
   saved = run_log.read_predictions(workdir, "test")
   scores, labels = [], []
@@ -269,7 +285,7 @@ def test_with_augmentation_or_a_feature_map_head_the_trunk_runs_at_every_step(di
 def test_a_population_on_features_is_not_refused_for_its_images(digits_config, tmp_path,
                                                                 monkeypatch):
   """A population's images must fit on the devices, unless a frozen trunk's features,
-  computed once, replace them (as `train.data_on_device(images=False)` has it)."""
+  computed once, replace them (`trunk.features_replace_images`, asked by `data_on_device`)."""
   monkeypatch.setattr(feeds, "fits_on_devices", lambda dataset, runs=1: False)
   config = _frozen_config(digits_config, tmp_path)
   record = {"file": "p.json", "population": 0, "size": 15, "member": 0}

@@ -119,7 +119,8 @@ def get_backbone(name: str, feature_dim: int, conv_weight_grad: str = "auto", *,
   Args:
     name: a key of `BACKBONES`.
     feature_dim: the size of the feature z.
-    conv_weight_grad: the convolutions' weight gradient (models/conv.py).
+    conv_weight_grad: the convolutions' forward pass, input and weight gradients: XLA's
+      or tap matmuls (`conv.methods`).
     frozen_trunk: the trunk in inference mode, without gradient; config.freeze_backbone.
     resnet_padding: a ResNet's padding (`resnet.ResNet.padding`).
 

@@ -44,7 +44,8 @@ class VGGStyleCNN(nn.Module):
   BatchNorm's `bn_momentum` weighs the old running statistics, as Keras's
   `momentum` does: running = momentum * running + (1 - momentum) * batch.
   `feature_init` initialises the feature layer's Dense kernel.
-  `conv_weight_grad` chooses the convolutions' weight gradient (`conv.conv_general_dilated`).
+  `conv_weight_grad` (config.conv_weight_grad) chooses, for each convolution, XLA's or tap
+  matmuls for its forward pass, input gradient and weight gradient (`conv.methods`).
   `frozen_trunk`: the convolutional stages in inference mode (BatchNorm keeps its running
   statistics, no dropout) and without gradient; only the feature layer trains.
   `part` is `resnet.ResNet`'s: "all", "trunk" (the pooled trunk output) or "new" (x is that

@@ -112,8 +112,9 @@ class ResNet(nn.Module):
     axis_name: named mapped axis (e.g. under jax.shard_map) over which
       BatchNorm averages batch statistics; None under jax.jit, where the
       batch is one global array.
-    conv_weight_grad: how the convolutions compute their weight gradient
-      (`conv.conv_general_dilated`).
+    conv_weight_grad: config.conv_weight_grad: for each convolution, whether its
+      forward pass, input gradient and weight gradient are XLA's or tap matmuls
+      (`conv.methods`).
     padding: "torchvision" (kernel_size // 2 on each side) or "same" (XLA's
       SAME, as runs before torchvision's padding had); module doc.
     frozen_trunk: the trunk in inference mode, without gradient (module doc).
