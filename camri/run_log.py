@@ -270,11 +270,12 @@ class MetricsLog:
     self.enabled = enabled
     self.num_epochs = num_epochs
     self.rows = read_metrics(workdir) if enabled else []
-    self._tb = self._summary = None
+    self._tb = self._summary = self._proto = None
     if enabled:
       # Imported here: readers of run directories (report, launcher) don't need TensorFlow.
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      self._summary = tf.summary
+      from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
+      self._summary, self._proto = tf.summary, summary_pb2
       self._tb = tf.summary.create_file_writer(str(self.workdir / "tensorboard"))
 
   def truncate(self, last_epoch: int):
@@ -292,10 +293,12 @@ class MetricsLog:
     shown = "  ".join(f"{key} {row[key]:.4f}" for key in _PRINTED if key in row)
     of = f"/{self.num_epochs}" if self.num_epochs else ""
     tqdm.tqdm.write(f"epoch {epoch}{of}  {shown}")
+    # One event of every scalar, not an op per scalar: a population writes a row for each
+    # member at every epoch, and an eager op per value took a sixth of a head's time.
+    event = self._proto.Summary(value=[self._proto.Summary.Value(tag=key, simple_value=value)
+                                       for key, value in row.items() if math.isfinite(value)])
     with self._tb.as_default(step=step):
-      for key, value in row.items():
-        if math.isfinite(value):
-          self._summary.scalar(key, value)
+      self._summary.experimental.write_raw_pb(event.SerializeToString(), step=step)
     self._tb.flush()
 
   def _flush(self):
