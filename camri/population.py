@@ -124,8 +124,10 @@ def _train(spec_path: str, spec: Spec):
       with contextlib.ExitStack() as held:
         for _, workdir in members:
           held.enter_context(main_lib.holding_workdir(workdir))
-        configs = [prepare.prepare_run(config, workdir, population=record(i))
-                   for i, (config, workdir) in enumerate(members)]
+        from camri.data import folder  # pylint: disable=g-import-not-at-top  (loads TensorFlow)
+        with folder.one_scan_per_tree():
+          configs = [prepare.prepare_run(config, workdir, population=record(i))
+                     for i, (config, workdir) in enumerate(members)]
         workdirs = [workdir for _, workdir in members]
         check_one_program(configs, workdirs)
         from camri import train  # pylint: disable=g-import-not-at-top
