@@ -5,13 +5,13 @@ import os
 import subprocess
 import sys
 
+import digits_runs
 import numpy as np
 import pytest
 import round_off
 import run_main
 import tensorflow as tf
 from test_predict import read_csv
-from test_predict import train_run
 from test_predict import write_test_pngs
 
 from camri import export
@@ -32,7 +32,7 @@ assert not {"camri", "flax", "tensorflow"} & set(sys.modules), sorted(sys.module
 
 @pytest.fixture(scope="module")
 def camri_run(tfds_dir, tmp_path_factory) -> str:
-  return train_run(tfds_dir, tmp_path_factory.mktemp("run") / "camri", "camri")
+  return digits_runs.shared_run(tfds_dir, tmp_path_factory, "camri")
 
 
 def test_artifact_without_camri_equals_predict(camri_run, tfds_dir, tmp_path, capsys):
@@ -41,7 +41,7 @@ def test_artifact_without_camri_equals_predict(camri_run, tfds_dir, tmp_path, ca
   artifact = str(tmp_path / "out" / "model.jax")
   assert export.main(["--workdir", camri_run, "--out", artifact]) == 0
   assert capsys.readouterr().out.splitlines()[-1] == (
-      f"exported {camri_run} (step 20) for cpu, cuda, rocm, tpu: uint8 (n, 8, 8, 1) -> "
+      f"exported {camri_run} (step 40) for cpu, cuda, rocm, tpu: uint8 (n, 8, 8, 1) -> "
       f"float32 (n, 10) scores: {artifact}, {tmp_path / 'out' / 'model.json'}")
 
   with open(tmp_path / "out" / "model.json") as f:
@@ -71,9 +71,9 @@ def test_artifact_without_camri_equals_predict(camri_run, tfds_dir, tmp_path, ca
   round_off.assert_scores_agree(np.load(tmp_path / "out" / "scores7.npy"), scores[:7])
 
 
-def test_a_linear_head_exports_its_logits(tfds_dir, tmp_path):
-  run = inference.load_run(train_run(tfds_dir, tmp_path / "ce", "cross_entropy"),
-                           prepare_data=False)
+def test_a_linear_head_exports_its_logits(tfds_dir, tmp_path_factory):
+  workdir = digits_runs.shared_run(tfds_dir, tmp_path_factory, "cross_entropy")
+  run = inference.load_run(workdir, prepare_data=False)
   exported = export.export_run(run, platforms=("cpu",))
   images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
   expected = np.asarray(run.scores(run.variables, images.astype(np.float32) / 255))

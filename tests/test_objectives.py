@@ -5,8 +5,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +15,11 @@ from camri import config_lib
 from camri import losses
 from camri import objectives
 from camri import prepare
+from camri import run_log
 from camri import train
 from configs import digits
+from tests import digits_runs
+from tests import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(objectives.OBJECTIVES)
@@ -197,22 +198,17 @@ def _check_trained(workdir, name, accuracy):
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != CLI_LOSS])
-def test_every_loss_trains_digits_with_its_defaults(tfds_dir, tmp_path, name):
-  config = _config(tfds_dir, name)
-  config.num_epochs = 2
-  workdir = str(tmp_path / name)
-  rows = train.train_and_evaluate(prepare.prepare_run(config, workdir), workdir)
-  _check_trained(workdir, name, rows[-1]["test_accuracy"])
+def test_every_loss_trains_digits_with_its_defaults(tfds_dir, tmp_path_factory, name):
+  """Each run is trained once for the session; test_predict.py and test_export.py read some."""
+  workdir = digits_runs.shared_run(tfds_dir, tmp_path_factory, name)
+  _check_trained(workdir, name, run_log.read_metrics(workdir)[-1]["test_accuracy"])
 
 
 def test_main_trains_a_loss_picked_in_the_config_argument(tfds_dir, tmp_path):
   workdir = str(tmp_path / CLI_LOSS)
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-  result = subprocess.run(
-      [sys.executable, "-m", "camri.main", f"--config=configs/digits.py:loss={CLI_LOSS}",
-       f"--workdir={workdir}", "--config.num_epochs=2", f"--config.data_dir={tfds_dir}",
-       "--config.progress_bar=False"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+  result = run_main.run(f"--config=configs/digits.py:loss={CLI_LOSS}", f"--workdir={workdir}",
+                        "--config.num_epochs=2", f"--config.data_dir={tfds_dir}",
+                        "--config.progress_bar=False")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "done: epoch 2" in result.stdout
   with open(os.path.join(workdir, "metrics.csv")) as f:

@@ -1,4 +1,5 @@
-"""`camri.predict` on one-epoch digits runs: the run's own test predictions, bias, bad input.
+"""`camri.predict` on digits runs (tests/digits_runs.py): the run's own test predictions, bias,
+bad input.
 
 The digits test split is written to PNG files (tfds stores the encoded PNG
 bytes, written as they are), so predicting on that folder must reproduce
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 
+import digits_runs
 import numpy as np
 from PIL import Image
 import pytest
@@ -23,23 +25,10 @@ import tensorflow_datasets as tfds
 from camri import data
 from camri import posthoc
 from camri import predict
-from camri import prepare
 from camri import run_log
-from camri import train
 
 # An angular head, a linear head, and a distance-based prediction rule.
 LOSSES = ("camri", "cross_entropy", "lgm")
-
-
-def train_run(tfds_dir, workdir, loss: str) -> str:
-  """A one-epoch digits run with `loss`, trained as camri.main trains it."""
-  from configs import digits  # pylint: disable=g-import-not-at-top
-  config = digits.get_config(f"loss={loss}")
-  config.data_dir = tfds_dir
-  config.progress_bar = False
-  config.num_epochs = 1
-  train.train_and_evaluate(prepare.prepare_run(config, str(workdir)), str(workdir))
-  return str(workdir)
 
 
 def write_test_pngs(tfds_dir, folder) -> dict[str, str]:
@@ -67,8 +56,8 @@ def read_csv(path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tfds_dir, tmp_path_factory) -> dict[str, str]:
-  root = tmp_path_factory.mktemp("runs")
-  return {loss: train_run(tfds_dir, root / loss, loss) for loss in LOSSES}
+  return {loss: digits_runs.shared_run(tfds_dir, tmp_path_factory, loss)
+          for loss in LOSSES}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +72,7 @@ def test_predict_reproduces_the_runs_test_predictions(runs, pngs, loss, tmp_path
   out = str(tmp_path / "predictions.csv")
   assert predict.main(["--workdir", runs[loss], folder, "--out", out, "--batch-size", "100"]) == 0
   assert capsys.readouterr().out == (
-      f"predicted 360 images with {runs[loss]} (step 20): {out}\n")
+      f"predicted 360 images with {runs[loss]} (step 40): {out}\n")
 
   table = read_csv(out)
   classes = [str(k) for k in range(10)]
@@ -203,6 +192,6 @@ def test_command_line_is_quiet_and_help_exits_0(runs, pngs, tmp_path):
   out = tmp_path / "p.csv"
   result = _command("--workdir", runs["lgm"], folder, "--out", out)
   assert result.returncode == 0, result.stderr
-  assert result.stdout == f"predicted 360 images with {runs['lgm']} (step 20): {out}\n"
+  assert result.stdout == f"predicted 360 images with {runs['lgm']} (step 40): {out}\n"
   assert result.stderr == ""  # No progress bar off a terminal, no library notes.
   assert len(read_csv(out)) == 360

@@ -4,8 +4,9 @@ Two runs, each then predicted and exported as `tests/data/test_folder_runs.py`
 checks a run: fine-tuning RGB images, the trunk at its own learning rate (in
 this process, through main's code path: prepare_run, train_and_evaluate), and
 a linear probe of greyscale images, each repeated to RGB, through the command
-line (--config.freeze_backbone=True), resumed for a second epoch. The weights
-are random, under torchvision's names (`tests/torchvision_resnet.py`), and are
+line (--config.freeze_backbone=True), then resumed in this process for a
+second epoch, which must equal two epochs run at once. The weights are
+random, under torchvision's names (`tests/torchvision_resnet.py`), and are
 moved away before predict and export, which must not need them. Scores are
 compared within `tests/round_off.py`'s bound, which holds here with room:
 evaluation, predict and the artifact differ by at most a few 1e-7 in these
@@ -93,7 +94,7 @@ def test_fine_tuning_trains_every_layer_from_the_weights_and_readers_normalise(
 
 
 def test_linear_probe_keeps_every_trunk_tensor_of_greyscale_runs_bit_identical(
-    weights, compile_cache, tmp_path):
+    weights, compile_cache, tmp_path, capsys):
   path, _ = weights
   tree, workdir = tmp_path / "tree", tmp_path / "run"
   folder_runs.write_tree(tree, ("train", "test"), stored_at_size=True, seed=1)
@@ -115,19 +116,22 @@ def test_linear_probe_keeps_every_trunk_tensor_of_greyscale_runs_bit_identical(
     assert all(not np.array_equal(a, b) for a, b in zip(after, before)), keys
   _check_readers(workdir, tree, path, 1, tmp_path / "out")
 
-  # Resumed from its checkpoint (the frozen trunk's optimiser state too) for a second epoch.
-  result = run_main.run(*command, "--config.num_epochs=2", compile_cache=compile_cache)
-  assert result.returncode == 0, result.stderr
-  assert "resuming from the checkpoint at step 2 (epoch 1 of 2 done)" in result.stdout
+  # Resumed from its checkpoint (the frozen trunk's optimiser state too) for a second epoch,
+  # in this process: the command line's resume is tests/test_preemption.py's.
+  config = folder_config.get_config(_arg(tree, path, 1))
+  config.update(data_dir=str(tmp_path / "tfds"), freeze_backbone=True, **SMALL)
+  config.num_epochs = 2
+  capsys.readouterr()
+  train.train_and_evaluate(prepare.prepare_run(config.copy_and_resolve_references(),
+                                               str(workdir)), str(workdir))
+  assert "resuming from the checkpoint at step 2 (epoch 1 of 2 done)" in capsys.readouterr().out
   assert [row["epoch"] for row in run_log.read_metrics(workdir)] == [1, 2]
   resumed = inference.load_run(workdir)
   assert resumed.step == 4
   _assert_trunk_is(resumed.variables, initial)
   # And it repeats a run of two epochs from the start, bit for bit.
   uninterrupted = tmp_path / "uninterrupted"
-  result = run_main.run(*command[:-1], uninterrupted, "--config.num_epochs=2",
-                        compile_cache=compile_cache)
-  assert result.returncode == 0, result.stderr
+  train.train_and_evaluate(prepare.prepare_run(config, str(uninterrupted)), str(uninterrupted))
   assert ((uninterrupted / "metrics.csv").read_text()
           == (workdir / "metrics.csv").read_text())
 

@@ -5,6 +5,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 from unittest import mock
 
 import jax
@@ -19,6 +20,7 @@ from camri import metrics
 from camri import prepare
 from camri import run_log
 from camri import train
+from tests import digits_runs
 
 
 def _sharding(devices):
@@ -177,11 +179,15 @@ def test_dataset_config_trains_on_mocked_data(tmp_path, name, arg, important, mo
              for k in range(record["num_classes"])) >= 1
 
 
-def test_rerun_resumes_and_a_finished_run_is_not_retrained(digits_config, tmp_path, capsys):
+def test_rerun_resumes_and_a_finished_run_is_not_retrained(digits_config, tmp_path_factory,
+                                                            tmp_path, capsys):
+  """From a copy of the session's two-epoch run of this config (tests/digits_runs.py)."""
   workdir = str(tmp_path / "run")
-  digits_config.num_epochs = 2
+  shutil.copytree(digits_runs.shared_run(digits_config.data_dir, tmp_path_factory, "camri"),
+                  workdir)
+  digits_config.num_epochs = digits_runs.EPOCHS
   config = prepare.prepare_run(digits_config, workdir)
-  first = train.train_and_evaluate(config, workdir)
+  first = run_log.read_metrics(workdir)
   assert [r["epoch"] for r in first] == [1, 2]
   _assert_predictions_match_the_last_row(workdir, first[-1])
   with mock.patch.object(feeds, "make_feed", side_effect=AssertionError("no feed is needed")):

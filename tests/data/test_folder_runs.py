@@ -1,12 +1,14 @@
 """Image-folder runs end to end, for every option: train and evaluate, predict, export.
 
-Four one-epoch runs through the command line cover `channels` 1 and 3, images
-stored at the run's `size` and at other sizes, and trees with both val/ and
-test/, with one of them, and with neither. Every split folder of every tree
-mixes greyscale, RGB, RGBA, palette and 16-bit (greyscale and RGB) PNGs and
-RGB and greyscale JPEGs. The two runs of one channel count build the same
-model (SIZE x SIZE inputs, 3 classes) in one test, so the second compiles
-nothing: it reads the first's programs from the compilation cache.
+Four one-epoch runs through main's code path (prepare_run, train_and_evaluate;
+the command line reads folder configs in `tests/test_pretrained_runs.py`) cover
+`channels` 1 and 3, images stored at the run's `size` and at other sizes, and
+trees with both val/ and test/, with one of them, and with neither. Every
+split folder of every tree mixes greyscale, RGB, RGBA, palette and 16-bit
+(greyscale and RGB) PNGs and RGB and greyscale JPEGs. The two runs of one
+channel count build the same model (SIZE x SIZE inputs, 3 classes) in one
+test, so the second compiles nothing: it reads the first's programs from the
+compilation cache (conftest.py's, in this process).
 
 Tolerances: the run's evaluation, `camri.predict` and the exported artifact
 compute the same float32 model in different compiled programs, which may sum
@@ -28,11 +30,13 @@ import tensorflow_datasets as tfds
 from camri import export
 from camri import inference
 from camri import predict
+from camri import prepare
 from camri import run_log
+from camri import train
 from camri.data import folder
 from camri.data import pipeline
+from configs import folder as folder_config
 from tests import round_off
-from tests import run_main
 
 CLASSES = ("ant", "bee", "cow")
 SIZE = 8
@@ -76,18 +80,17 @@ LAYOUTS = {
 
 
 @pytest.mark.parametrize("channels", sorted(LAYOUTS))
-def test_runs_train_evaluate_predict_and_export(channels, compile_cache, tmp_path):
+def test_runs_train_evaluate_predict_and_export(channels, tmp_path, capsys):
   for i, (splits, stored_at_size) in enumerate(LAYOUTS[channels]):
     tree, workdir = tmp_path / f"tree{i}", tmp_path / f"run{i}"
     write_tree(tree, splits, stored_at_size, seed=10 * channels + i)
-    result = run_main.run(
-        "--config", f"configs/folder.py:path={tree},important=bee,size={SIZE},channels={channels}",
-        f"--config.data_dir={tmp_path / 'tfds'}", "--config.num_epochs=1",
-        "--config.batch_size=8", "--config.progress_bar=False", "--workdir", workdir,
-        compile_cache=compile_cache, timeout=300)
+    config = folder_config.get_config(
+        f"path={tree},important=bee,size={SIZE},channels={channels}")
+    config.update(data_dir=str(tmp_path / "tfds"), num_epochs=1, batch_size=8,
+                  progress_bar=False)
+    train.train_and_evaluate(prepare.prepare_run(config, str(workdir)), str(workdir))
     layout = f"channels={channels}, {'/, '.join(splits)}/, stored at size: {stored_at_size}"
-    assert result.returncode == 0, (layout, result.stderr)
-    assert folder.describe(folder.scan(str(tree))) in result.stdout, layout
+    assert folder.describe(folder.scan(str(tree))) in capsys.readouterr().out, layout
     record = run_log.read_config(workdir)
     assert (record["class_names"], record["folder"]) == (list(CLASSES), str(tree))
     assert (record["loss"]["important_classes"], record["channels"]) == ([1], channels)

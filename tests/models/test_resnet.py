@@ -86,10 +86,23 @@ def test_trunk_parameter_count_is_the_known_resnet_size(make, small_inputs,
   assert out.shape == (2, _FEATURE_DIM)
 
 
-def test_load_pretrained_round_trip(resnet18, tmp_path):
-  _, init = resnet18
-  saved = init(0)["params"]
-  fresh = init(1)["params"]
+@pytest.fixture(scope="module")
+def resnet18_shapes():
+  """The parameter tree of `resnet18`'s model, as shapes: load_pretrained moves values, so the
+  trees it is given need no initialiser (whose compile takes seconds), only random values."""
+  model = resnet.ResNet18(feature_dim=_FEATURE_DIM, small_inputs=True)
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                        jnp.zeros((4, 32, 32, 3)))["params"]
+
+
+def _random(shapes, seed):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: rng.standard_normal(s.shape, np.float32).astype(s.dtype), shapes)
+
+
+def test_load_pretrained_round_trip(resnet18_shapes, tmp_path):
+  saved = _random(resnet18_shapes, 0)
+  fresh = _random(resnet18_shapes, 1)
   path = _save(tmp_path / "ckpt", saved)
   loaded = resnet.load_pretrained(fresh, path)
   assert jax.tree.structure(loaded) == jax.tree.structure(fresh)
@@ -97,10 +110,9 @@ def test_load_pretrained_round_trip(resnet18, tmp_path):
 
 
 def test_load_pretrained_overlays_the_trunk_and_ignores_a_foreign_head(
-    resnet18, tmp_path):
-  _, init = resnet18
-  saved = init(0)["params"]
-  fresh = init(1)["params"]
+    resnet18_shapes, tmp_path):
+  saved = _random(resnet18_shapes, 0)
+  fresh = _random(resnet18_shapes, 1)
   checkpoint = dict(_trunk(saved), Dense_0={
       "kernel": np.ones((512, 1000), np.float32),
       "bias": np.zeros((1000,), np.float32)})
