@@ -260,8 +260,9 @@ def test_restore_latest_refuses_when_no_checkpoint_restores(tmp_path):
 
 
 def _population(tmp_path, name, digits_args, extra=()):
-  """A POPULATION.json of two digits members (other seeds and learning rates), 2 epochs."""
-  members = [[*digits_args, "--config.num_epochs=2", "--config.batch_size=8", *extra,
+  """A POPULATION.json of two digits members (other seeds and learning rates), 2 epochs of
+  80 steps (batch 16)."""
+  members = [[*digits_args, "--config.num_epochs=2", "--config.batch_size=16", *extra,
                f"--config.seed={seed}",
               f"--config.learning_rate={rate}", "--workdir", str(tmp_path / name / f"m{seed}")]
              for seed, rate in ((0, 1e-3), (1, 3e-3))]
@@ -281,16 +282,17 @@ def test_a_killed_or_stopped_population_resumes_every_member_exactly(digits_args
 
   spec, stopped = _population(tmp_path, "stopped", digits_args)
   process = run_main.start(spec, module="camri.population", compile_cache=compile_cache)
-  assert run_main.wait_for_checkpoint(stopped[0], process) == 161  # An epoch at batch 8.
-  process.kill()  # SIGKILL, somewhere in epoch 2 (member 1 may not have saved step 161).
+  assert run_main.wait_for_checkpoint(stopped[0], process) == 80  # An epoch.
+  process.kill()  # SIGKILL, somewhere in epoch 2 (member 1 may not have saved step 80).
   process.communicate()
-  result = run_main.run("200", "--population", spec, main="tests/signal_at_step_main.py",
+  # The stop poll comes every 20 steps: a signal after step 100 stops at step 100.
+  result = run_main.run("100", "--population", spec, main="tests/signal_at_step_main.py",
                         compile_cache=compile_cache)
   assert result.returncode == 143, result.stderr
   assert "Resume with the same command:" in result.stderr and "-m camri.population" in result.stderr
-  assert [run_main.checkpoint_steps(w)[-1] for w in stopped] == [200, 200]
+  assert [run_main.checkpoint_steps(w)[-1] for w in stopped] == [100, 100]
   result = run_main.run(spec, module="camri.population", compile_cache=compile_cache)
   assert result.returncode == 0, result.stderr
-  assert "resuming from the checkpoint at step 200" in result.stdout
+  assert "resuming from the checkpoint at step 100" in result.stdout
   for workdir, reference_dir in zip(stopped, uninterrupted):
     assert _metrics_text(workdir) == _metrics_text(reference_dir)
