@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ import run_main
 
 from camri import checkpoint
 from camri import run_log
+from camri import workdir_lock
 
 STEPS_PER_EPOCH = 323  # 1437 - 145 validation = 1292 training images, batch size 4.
 
@@ -37,36 +39,12 @@ def _metrics_text(workdir):
     return f.read()
 
 
-def test_sigkill_then_rerun_repeats_the_uninterrupted_run(reference, digits_args, compile_cache,
-                                                          tmp_path):
-  workdir = tmp_path / "run"
-  args = [*digits_args, "--workdir", workdir]
-  process = run_main.start(*args, compile_cache=compile_cache)
-  assert run_main.wait_for_checkpoint(workdir, process) == STEPS_PER_EPOCH
-  process.kill()  # SIGKILL, somewhere in epoch 2.
-  process.communicate()
-  assert len(run_log.read_metrics(workdir)) <= 2
-
-  # Rerun; stop it with SIGTERM as it finishes epoch 2: the row of a completed
-  # epoch is flushed before it exits.
-  process = run_main.start(*args, compile_cache=compile_cache)
-  for line in process.stdout:
-    if line.startswith("epoch 2/3"):
-      process.send_signal(signal.SIGTERM)
-      break
-  out, err = process.communicate(timeout=60)
-  assert process.returncode == 143, err
-  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2]
-  assert max(run_main.checkpoint_steps(workdir)) >= 2 * STEPS_PER_EPOCH
-
-  result = run_main.run(*args, compile_cache=compile_cache)
-  assert result.returncode == 0, result.stderr
-  assert "resuming from the checkpoint at step" in result.stdout
-  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2, 3]
-  assert _metrics_text(workdir) == _metrics_text(reference)
-
-
-def test_sigterm_mid_epoch_saves_exits_and_resumes(reference, digits_args, compile_cache, tmp_path):
+def test_sigterm_mid_epoch_or_sigkill_then_rerun_repeats_the_uninterrupted_run(
+    reference, digits_args, compile_cache, tmp_path):
+  """SIGTERM mid-epoch 2 saves and exits; its rerun, killed (SIGKILL) mid-epoch, leaves
+  that checkpoint the newest and its lock file, which the next takes over; that one,
+  stopped as it finishes epoch 2, first flushes the epoch's row; and the last run ends as
+  the uninterrupted one, byte for byte."""
   workdir = tmp_path / "run"
   args = [*digits_args, "--workdir", workdir]
   process = run_main.start(*args, compile_cache=compile_cache)
@@ -78,16 +56,46 @@ def test_sigterm_mid_epoch_saves_exits_and_resumes(reference, digits_args, compi
   assert process.returncode == 143, err
   assert "Traceback" not in err
   assert "SIGTERM received: stopped at step" in err
-  assert "Resume with the same command:" in err and "-m camri.main --config configs/digits.py" in err
+  assert "Resume with the same command:" in err
+  assert "-m camri.main --config configs/digits.py" in err
   step = max(run_main.checkpoint_steps(workdir))
   assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH  # Inside epoch 2.
   assert f"checkpoint saved at step {step}" in err
   assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1]
 
+  killed = run_main.start(*args, compile_cache=compile_cache)
+  for line in killed.stdout:
+    if line.startswith(f"resuming from the checkpoint at step {step}"):
+      killed.kill()  # SIGKILL, somewhere in epoch 2.
+      break
+  else:
+    raise AssertionError(f"exited with {killed.wait()}:\n{killed.stderr.read()}")
+  killed.communicate()
+  assert max(run_main.checkpoint_steps(workdir)) == step
+  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1]
+  # It leaves the workdir's lock file, but not the lock.
+  assert workdir_lock.holder(workdir).pid == killed.pid
+
+  # Rerun; stop it with SIGTERM as it finishes epoch 2: the row of a completed
+  # epoch is flushed before it exits.
+  process = run_main.start(*args, compile_cache=compile_cache)
+  for line in process.stdout:
+    if line.startswith("epoch 2/3"):
+      process.send_signal(signal.SIGTERM)
+      break
+  out, err = process.communicate(timeout=60)
+  assert process.returncode == 143 and "Traceback" not in err, err
+  assert (f"taking over the lock of --workdir {workdir} left by pid {killed.pid} on host "
+          f"{socket.gethostname()}" in err and "its process is gone" in err), err
+  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2]
+  assert max(run_main.checkpoint_steps(workdir)) >= 2 * STEPS_PER_EPOCH
+
   result = run_main.run(*args, compile_cache=compile_cache)
   assert result.returncode == 0, result.stderr
-  assert f"resuming from the checkpoint at step {step}" in result.stdout
+  assert "resuming from the checkpoint at step" in result.stdout
+  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2, 3]
   assert _metrics_text(workdir) == _metrics_text(reference)
+  assert not (workdir / ".lock").exists()
 
 
 def test_sigterm_between_calls_of_several_steps_resumes_exactly(digits_args, compile_cache,
