@@ -177,22 +177,25 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous(reference, digits_a
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
-    digits_args, compile_cache, tmp_path):
-  # NaN images in batch 3 of epoch 2 (bad data), that is at step 323 + 4.
+    reference, digits_args, compile_cache, tmp_path):
+  # The reference as it was after epoch 2, resumed: NaN images in batch 3 of epoch 3 (bad
+  # data), that is at step 646 + 4.
   workdir = tmp_path / "run"
-  result = run_main.run(str(STEPS_PER_EPOCH + 3), *digits_args, "--workdir", workdir,
+  shutil.copytree(reference, workdir)
+  shutil.rmtree(workdir / "checkpoints" / str(3 * STEPS_PER_EPOCH))
+  result = run_main.run(str(2 * STEPS_PER_EPOCH + 3), *digits_args, "--workdir", workdir,
                         main="tests/nan_data_main.py",
                         compile_cache=compile_cache)
   lines = run_main.error_lines(result.stderr)
   assert result.returncode == 3, result.stderr
   assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
   assert lines[0].startswith(
-      f"error: the training loss or state became NaN or Inf at step {STEPS_PER_EPOCH + 4}; ")
-  assert f"the last good checkpoint (step {STEPS_PER_EPOCH}) is kept" in lines[0]
-  assert run_main.checkpoint_steps(workdir) == [STEPS_PER_EPOCH]
-  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1]
+      f"error: the training loss or state became NaN or Inf at step {2 * STEPS_PER_EPOCH + 4}; ")
+  assert f"the last good checkpoint (step {2 * STEPS_PER_EPOCH}) is kept" in lines[0]
+  assert run_main.checkpoint_steps(workdir) == [2 * STEPS_PER_EPOCH]
+  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2]
   saved = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, "checkpoints", str(STEPS_PER_EPOCH), "state"))
+      os.path.join(workdir, "checkpoints", str(2 * STEPS_PER_EPOCH), "state"))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved)
              if np.issubdtype(np.asarray(x).dtype, np.floating))
 
