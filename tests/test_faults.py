@@ -63,15 +63,6 @@ def _one_error_line(result, status):
   return lines[0]
 
 
-def _wait_for_holder(workdir, process, timeout=120) -> workdir_lock.Holder:
-  deadline = time.monotonic() + timeout
-  while (found := workdir_lock.holder(workdir)) is None or found.pid != process.pid:
-    assert process.poll() is None, process.stderr.read()
-    assert time.monotonic() < deadline, "the lock was not taken in time"
-    time.sleep(0.01)
-  return found
-
-
 # The workdir lock.
 
 def _stopped(pid) -> bool:
@@ -125,20 +116,8 @@ def test_a_second_run_on_a_busy_workdir_exits_2_and_the_first_finishes_unharmed(
   assert first.returncode == 0 and "Traceback" not in err, err
   assert _metrics_text(workdir) == _metrics_text(reference)
   assert not (workdir / ".lock").exists()
-
-  # A run killed with kill -9 leaves the lock file, but not the lock.
-  killed = run_main.start(*args, compile_cache=compile_cache)
-  _wait_for_holder(workdir, killed)
-  killed.kill()
-  killed.communicate()
-  assert workdir_lock.holder(workdir).pid == killed.pid
-  rerun = run_main.run(*args, compile_cache=compile_cache)
-  assert rerun.returncode == 0 and "Traceback" not in rerun.stderr, rerun.stderr
-  assert f"taking over the lock of --workdir {workdir} left by pid {killed.pid} on host {HOST}" \
-         in rerun.stderr and "its process is gone" in rerun.stderr
-  assert "done: epoch 3" in rerun.stdout
-  assert _metrics_text(workdir) == _metrics_text(reference)
-  assert not (workdir / ".lock").exists()
+  # (A run killed with kill -9 leaves the lock file but not the lock, and its rerun takes
+  # the lock over: test_preemption.py's SIGKILLed run.)
 
 
 def test_a_held_workdir_refuses_a_lock_and_release_leaves_nothing(tmp_path):

@@ -3,16 +3,16 @@
 Each process has the session's 2 simulated CPU devices (4 in all) and reads its
 own share of the data; they find each other the way they would in a Slurm job
 step (SLURM_* variables, with the coordinator's address given explicitly) and
-all-reduce over gloo. A preemption notice that reaches one process only must
-stop both at the same step, both exiting 143, and the rerun must repeat the
-uninterrupted two-process run byte for byte. The runs augment (crop), each
+all-reduce over gloo. A preemption notice that reaches one process only (process 1
+signals itself mid-epoch 2, tests/signal_at_step_main.py) must stop both at the
+same step, both exiting 143, and the rerun must repeat the uninterrupted
+two-process run byte for byte. The runs augment (crop), each
 example by its global id: the first records what its train steps see
 (tests/feed_probe_main.py), the same through either feed, and the i-th
 example of each process cropped apart.
 """
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,11 +27,12 @@ from camri import run_log
 from tests import feed_probe
 
 PROCESSES = 2
-PER_PROCESS = 8  # Examples per process and step.
-# 1292 training images: 651 and 641 per process. The stop poll comes every 20 steps
-# (`train.call_hooks`), so a signal sent when epoch 1's checkpoint is complete stops both
-# processes inside epoch 2 unless that save took 60 steps to finish.
-STEPS_PER_EPOCH = 80
+PER_PROCESS = 16  # Examples per process and step.
+# 1292 training images: 651 and 641 per process. The stop poll comes every 10 steps
+# (`train.call_hooks`, a quarter epoch): a signal after step 41 stops both at step 50.
+STEPS_PER_EPOCH = 40
+SIGNAL_STEP = STEPS_PER_EPOCH + 1
+STOP_STEP = 50
 
 
 def _free_port() -> int:
@@ -40,12 +41,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start_job(args, compile_cache, main=()) -> list[subprocess.Popen]:
+def _start_job(args, compile_cache, mains=((),) * PROCESSES) -> list[subprocess.Popen]:
   """The processes of one job step, each `camri.main --distributed` (or the script and
-  arguments `main`, taking the same flags)."""
+  arguments of its entry in `mains`, taking the same flags)."""
   port = _free_port()
   processes = []
-  for rank in range(PROCESSES):
+  for rank, main in enumerate(mains):
     env = {**run_main.env(compile_cache), "SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "localhost",
            "SLURM_NTASKS": str(PROCESSES), "SLURM_PROCID": str(rank),
            "SLURM_LOCALID": str(rank), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}"}
@@ -108,7 +109,7 @@ def test_a_signal_to_one_process_stops_both_and_the_rerun_repeats_the_job(
   probe = tmp_path / "probe"
   probe.mkdir()
   results = _finish(_start_job([*job_args, "--workdir", reference], compile_cache,
-                               main=("tests/feed_probe_main.py", probe)))
+                               mains=[("tests/feed_probe_main.py", probe)] * PROCESSES))
   for returncode, _, err in results:
     assert returncode == 0, err[-3000:]
   _assert_each_process_crops_its_own_examples(probe)
@@ -134,20 +135,18 @@ def test_a_signal_to_one_process_stops_both_and_the_rerun_repeats_the_job(
 
   workdir = tmp_path / "run"
   args = [*job_args, "--workdir", workdir]
-  processes = _start_job(args, compile_cache)
-  assert run_main.wait_for_checkpoint(workdir, processes[0]) == STEPS_PER_EPOCH
-  processes[1].send_signal(signal.SIGTERM)  # Process 0 is not told.
-  results = _finish(processes, timeout=120)
+  # Process 0 is not told.
+  results = _finish(_start_job(args, compile_cache,
+                               mains=[(), ("tests/signal_at_step_main.py", SIGNAL_STEP)]))
   for returncode, _, err in results:
     assert returncode == 143, err[-3000:]
     assert "Resume with the same command:" in err
-  step = max(run_main.checkpoint_steps(workdir))
-  assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH  # Inside epoch 2.
-  assert f"checkpoint saved at step {step}" in results[0][2]
+  assert run_main.checkpoint_steps(workdir) == [STEPS_PER_EPOCH, STOP_STEP]  # Inside epoch 2.
+  assert f"checkpoint saved at step {STOP_STEP}" in results[0][2]
   assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1]
 
   results = _finish(_start_job(args, compile_cache))
   for returncode, _, err in results:
     assert returncode == 0, err[-3000:]
-  assert f"resuming from the checkpoint at step {step}" in results[0][1]
+  assert f"resuming from the checkpoint at step {STOP_STEP}" in results[0][1]
   assert _metrics_text(workdir) == _metrics_text(reference)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ import run_main
 
 from camri import checkpoint
 from camri import run_log
+from camri import workdir_lock
 
 STEPS_PER_EPOCH = 323  # 1437 - 145 validation = 1292 training images, batch size 4.
 
@@ -37,36 +39,12 @@ def _metrics_text(workdir):
     return f.read()
 
 
-def test_sigkill_then_rerun_repeats_the_uninterrupted_run(reference, digits_args, compile_cache,
-                                                          tmp_path):
-  workdir = tmp_path / "run"
-  args = [*digits_args, "--workdir", workdir]
-  process = run_main.start(*args, compile_cache=compile_cache)
-  assert run_main.wait_for_checkpoint(workdir, process) == STEPS_PER_EPOCH
-  process.kill()  # SIGKILL, somewhere in epoch 2.
-  process.communicate()
-  assert len(run_log.read_metrics(workdir)) <= 2
-
-  # Rerun; stop it with SIGTERM as it finishes epoch 2: the row of a completed
-  # epoch is flushed before it exits.
-  process = run_main.start(*args, compile_cache=compile_cache)
-  for line in process.stdout:
-    if line.startswith("epoch 2/3"):
-      process.send_signal(signal.SIGTERM)
-      break
-  out, err = process.communicate(timeout=60)
-  assert process.returncode == 143, err
-  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2]
-  assert max(run_main.checkpoint_steps(workdir)) >= 2 * STEPS_PER_EPOCH
-
-  result = run_main.run(*args, compile_cache=compile_cache)
-  assert result.returncode == 0, result.stderr
-  assert "resuming from the checkpoint at step" in result.stdout
-  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2, 3]
-  assert _metrics_text(workdir) == _metrics_text(reference)
-
-
-def test_sigterm_mid_epoch_saves_exits_and_resumes(reference, digits_args, compile_cache, tmp_path):
+def test_sigterm_mid_epoch_or_sigkill_then_rerun_repeats_the_uninterrupted_run(
+    reference, digits_args, compile_cache, tmp_path):
+  """SIGTERM mid-epoch 2 saves and exits; its rerun, killed (SIGKILL) mid-epoch, leaves
+  that checkpoint the newest and its lock file, which the next takes over; that one,
+  stopped as it finishes epoch 2, first flushes the epoch's row; and the last run ends as
+  the uninterrupted one, byte for byte."""
   workdir = tmp_path / "run"
   args = [*digits_args, "--workdir", workdir]
   process = run_main.start(*args, compile_cache=compile_cache)
@@ -78,16 +56,46 @@ def test_sigterm_mid_epoch_saves_exits_and_resumes(reference, digits_args, compi
   assert process.returncode == 143, err
   assert "Traceback" not in err
   assert "SIGTERM received: stopped at step" in err
-  assert "Resume with the same command:" in err and "-m camri.main --config configs/digits.py" in err
+  assert "Resume with the same command:" in err
+  assert "-m camri.main --config configs/digits.py" in err
   step = max(run_main.checkpoint_steps(workdir))
   assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH  # Inside epoch 2.
   assert f"checkpoint saved at step {step}" in err
   assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1]
 
+  killed = run_main.start(*args, compile_cache=compile_cache)
+  for line in killed.stdout:
+    if line.startswith(f"resuming from the checkpoint at step {step}"):
+      killed.kill()  # SIGKILL, somewhere in epoch 2.
+      break
+  else:
+    raise AssertionError(f"exited with {killed.wait()}:\n{killed.stderr.read()}")
+  killed.communicate()
+  assert max(run_main.checkpoint_steps(workdir)) == step
+  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1]
+  # It leaves the workdir's lock file, but not the lock.
+  assert workdir_lock.holder(workdir).pid == killed.pid
+
+  # Rerun; stop it with SIGTERM as it finishes epoch 2: the row of a completed
+  # epoch is flushed before it exits.
+  process = run_main.start(*args, compile_cache=compile_cache)
+  for line in process.stdout:
+    if line.startswith("epoch 2/3"):
+      process.send_signal(signal.SIGTERM)
+      break
+  out, err = process.communicate(timeout=60)
+  assert process.returncode == 143 and "Traceback" not in err, err
+  assert (f"taking over the lock of --workdir {workdir} left by pid {killed.pid} on host "
+          f"{socket.gethostname()}" in err and "its process is gone" in err), err
+  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2]
+  assert max(run_main.checkpoint_steps(workdir)) >= 2 * STEPS_PER_EPOCH
+
   result = run_main.run(*args, compile_cache=compile_cache)
   assert result.returncode == 0, result.stderr
-  assert f"resuming from the checkpoint at step {step}" in result.stdout
+  assert "resuming from the checkpoint at step" in result.stdout
+  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2, 3]
   assert _metrics_text(workdir) == _metrics_text(reference)
+  assert not (workdir / ".lock").exists()
 
 
 def test_sigterm_between_calls_of_several_steps_resumes_exactly(digits_args, compile_cache,
@@ -169,22 +177,25 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous(reference, digits_a
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
-    digits_args, compile_cache, tmp_path):
-  # NaN images in batch 3 of epoch 2 (bad data), that is at step 323 + 4.
+    reference, digits_args, compile_cache, tmp_path):
+  # The reference as it was after epoch 2, resumed: NaN images in batch 3 of epoch 3 (bad
+  # data), that is at step 646 + 4.
   workdir = tmp_path / "run"
-  result = run_main.run(str(STEPS_PER_EPOCH + 3), *digits_args, "--workdir", workdir,
+  shutil.copytree(reference, workdir)
+  shutil.rmtree(workdir / "checkpoints" / str(3 * STEPS_PER_EPOCH))
+  result = run_main.run(str(2 * STEPS_PER_EPOCH + 3), *digits_args, "--workdir", workdir,
                         main="tests/nan_data_main.py",
                         compile_cache=compile_cache)
   lines = run_main.error_lines(result.stderr)
   assert result.returncode == 3, result.stderr
   assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
   assert lines[0].startswith(
-      f"error: the training loss or state became NaN or Inf at step {STEPS_PER_EPOCH + 4}; ")
-  assert f"the last good checkpoint (step {STEPS_PER_EPOCH}) is kept" in lines[0]
-  assert run_main.checkpoint_steps(workdir) == [STEPS_PER_EPOCH]
-  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1]
+      f"error: the training loss or state became NaN or Inf at step {2 * STEPS_PER_EPOCH + 4}; ")
+  assert f"the last good checkpoint (step {2 * STEPS_PER_EPOCH}) is kept" in lines[0]
+  assert run_main.checkpoint_steps(workdir) == [2 * STEPS_PER_EPOCH]
+  assert [r["epoch"] for r in run_log.read_metrics(workdir)] == [1, 2]
   saved = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, "checkpoints", str(STEPS_PER_EPOCH), "state"))
+      os.path.join(workdir, "checkpoints", str(2 * STEPS_PER_EPOCH), "state"))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(saved)
              if np.issubdtype(np.asarray(x).dtype, np.floating))
 
@@ -260,8 +271,9 @@ def test_restore_latest_refuses_when_no_checkpoint_restores(tmp_path):
 
 
 def _population(tmp_path, name, digits_args, extra=()):
-  """A POPULATION.json of two digits members (other seeds and learning rates), 2 epochs."""
-  members = [[*digits_args, "--config.num_epochs=2", "--config.batch_size=8", *extra,
+  """A POPULATION.json of two digits members (other seeds and learning rates), 2 epochs of
+  80 steps (batch 16)."""
+  members = [[*digits_args, "--config.num_epochs=2", "--config.batch_size=16", *extra,
                f"--config.seed={seed}",
               f"--config.learning_rate={rate}", "--workdir", str(tmp_path / name / f"m{seed}")]
              for seed, rate in ((0, 1e-3), (1, 3e-3))]
@@ -281,16 +293,17 @@ def test_a_killed_or_stopped_population_resumes_every_member_exactly(digits_args
 
   spec, stopped = _population(tmp_path, "stopped", digits_args)
   process = run_main.start(spec, module="camri.population", compile_cache=compile_cache)
-  assert run_main.wait_for_checkpoint(stopped[0], process) == 161  # An epoch at batch 8.
-  process.kill()  # SIGKILL, somewhere in epoch 2 (member 1 may not have saved step 161).
+  assert run_main.wait_for_checkpoint(stopped[0], process) == 80  # An epoch.
+  process.kill()  # SIGKILL, somewhere in epoch 2 (member 1 may not have saved step 80).
   process.communicate()
-  result = run_main.run("200", "--population", spec, main="tests/signal_at_step_main.py",
+  # The stop poll comes every 20 steps: a signal after step 100 stops at step 100.
+  result = run_main.run("100", "--population", spec, main="tests/signal_at_step_main.py",
                         compile_cache=compile_cache)
   assert result.returncode == 143, result.stderr
   assert "Resume with the same command:" in result.stderr and "-m camri.population" in result.stderr
-  assert [run_main.checkpoint_steps(w)[-1] for w in stopped] == [200, 200]
+  assert [run_main.checkpoint_steps(w)[-1] for w in stopped] == [100, 100]
   result = run_main.run(spec, module="camri.population", compile_cache=compile_cache)
   assert result.returncode == 0, result.stderr
-  assert "resuming from the checkpoint at step 200" in result.stdout
+  assert "resuming from the checkpoint at step 100" in result.stdout
   for workdir, reference_dir in zip(stopped, uninterrupted):
     assert _metrics_text(workdir) == _metrics_text(reference_dir)
