@@ -110,7 +110,7 @@ def _read(builder, split: Split):
   ds = _read_tfds(builder, _share_split(split))
   if split.held_out is None:
     return ds
-  ids = tf.constant(sorted(split.held_out), tf.string, shape=[len(split.held_out)])
+  ids = tf.constant(split.held_out.array, tf.string, shape=[len(split.held_out)])
   held_out = tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(ids, tf.ones_like(ids, tf.int32)), default_value=0)
   keep = tf.constant(split.keep_held_out)

@@ -5,9 +5,10 @@ info does not need it), so a config's dataset and class names are checked in
 about a second, before a run loads TensorFlow for `camri.data.pipeline`.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 import dataclasses
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from camri.config_lib import ConfigError
@@ -58,6 +59,48 @@ class DatasetSpec:
   run_files: Callable[..., dict[str, str]] | None = None
 
 
+class TfdsIds:
+  """An immutable set of tfds ids (`<shard file>__<index>`, ASCII), held as one sorted
+  NumPy bytes array: the longest id's width an id (about 40 bytes), not a Python
+  string and a set slot each (about 130), so a large folder's held-out ids cost
+  little memory. Iterating yields the ids as str, in sorted order.
+  """
+
+  __slots__ = ("array", "_hash")
+
+  def __init__(self, ids: Iterable[str | bytes]):
+    ids = [i.encode("ascii") if isinstance(i, str) else i for i in ids]
+    self.array = np.unique(np.array(ids, np.bytes_)) if ids else np.zeros(0, "S1")
+    self._hash = hash(self.array.tobytes() + str(self.array.dtype).encode())
+
+  def contains(self, ids: np.ndarray) -> np.ndarray:
+    """Whether each id of `ids` (a bytes array) is in the set: a bool array of its shape."""
+    if not len(self.array):
+      return np.zeros(np.shape(ids), bool)
+    where = np.minimum(np.searchsorted(self.array, ids), len(self.array) - 1)
+    return self.array[where] == ids
+
+  def __contains__(self, tfds_id) -> bool:
+    tfds_id = tfds_id.encode("ascii") if isinstance(tfds_id, str) else tfds_id
+    return bool(self.contains(np.array([tfds_id], np.bytes_))[0])
+
+  def __len__(self) -> int:
+    return len(self.array)
+
+  def __iter__(self):
+    return (i.decode("ascii") for i in self.array)
+
+  def __eq__(self, other) -> bool:
+    return (isinstance(other, TfdsIds) and self.array.dtype == other.array.dtype
+            and np.array_equal(self.array, other.array))
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __repr__(self) -> str:
+    return f"TfdsIds({len(self)} ids)"
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
   """The examples of one split a run reads: a tfds split, or part of one.
@@ -75,7 +118,7 @@ class Split:
   name: str
   tfds_split: str
   size: int
-  held_out: frozenset[str] | None = None
+  held_out: TfdsIds | None = None
   keep_held_out: bool = False
 
 

@@ -27,19 +27,20 @@ from camri.data import pipeline
 from camri.data import stratify
 from camri.data.spec import DatasetSpec
 from camri.data.spec import Split
+from camri.data.spec import TfdsIds
 
 SPLIT_SEED = 0
 
 
-def held_out_ids(builder, tfds_split: str, fraction: float) -> frozenset[str]:
+def held_out_ids(builder, tfds_split: str, fraction: float) -> TfdsIds:
   """The tfds ids of the validation examples held out of `tfds_split` (see the module doc)."""
   if fraction == 0:
-    return frozenset()
+    return TfdsIds([])
   cache = os.path.join(str(builder.data_dir),
                        f"camri-validation-{tfds_split}-{fraction!r}-seed{SPLIT_SEED}.json")
   try:
     with open(cache) as f:
-      return frozenset(json.load(f)["held_out"])
+      return TfdsIds(json.load(f)["held_out"])
   except (OSError, ValueError, KeyError):
     pass
   by_class = collections.defaultdict(list)
@@ -49,7 +50,7 @@ def held_out_ids(builder, tfds_split: str, fraction: float) -> frozenset[str]:
     by_class[int(label)].append(tfds_id.decode())
   held_out = stratify.stratified_split(by_class, fraction, SPLIT_SEED)["test"]
   _write_cache(builder, cache, held_out)
-  return frozenset(held_out)
+  return TfdsIds(held_out)
 
 
 def _write_cache(builder, path, held_out):

@@ -162,6 +162,26 @@ def test_the_epoch_order_is_tfdatas_shuffle_computed_in_numpy(n, buffer, take, s
   np.testing.assert_array_equal(shuffle.tf_data_order(1000, 6, 5), [791, 615, 648, 222, 780, 444])
 
 
+def test_record_spans_read_across_chunks_give_each_record(tmp_path, monkeypatch):
+  """Chunks of 40 bytes: headers split across chunks, records longer than a chunk, empty
+  records; each span is the record tf.data reads, and a cut file raises."""
+  payloads = [bytes([k]) * n for k, n in enumerate((0, 5, 100, 23, 0, 41, 7))]
+  path = str(tmp_path / "x.tfrecord")
+  with tf.io.TFRecordWriter(path) as writer:
+    for payload in payloads:
+      writer.write(payload)
+  assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == payloads
+  monkeypatch.setattr(records, "_CHUNK", 40)
+  offsets, lengths = records.record_spans(path, len(payloads))
+  with open(path, "rb") as f:
+    data = f.read()
+  assert [data[o:o + n] for o, n in zip(offsets, lengths)] == payloads
+  for cut in (len(data) - 1, offsets[-1] - 1, offsets[-1] - 12):  # In a record, its header.
+    os.truncate(path, cut)
+    with pytest.raises(records.TruncatedRecordError, match=f"truncated record at {offsets[-1] - 12}"):
+      records.record_spans(path, len(payloads))
+
+
 def test_a_truncated_tfrecord_stops_the_host_feed_naming_the_directory_to_delete(
     digits, tmp_path):
   builder, spec = digits

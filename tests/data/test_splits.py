@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from camri import prepare
 from camri.data import dataset as dataset_lib
 from camri.data import pipeline
+from camri.data.spec import TfdsIds
 
 
 def _ids_and_labels(dataset, split):
@@ -82,3 +83,20 @@ def test_fraction_zero_leaves_the_train_split_unchanged(digits_config):
   whole = [ex["tfds_id"] for ex in tfds.as_numpy(pipeline._read_tfds(dataset.builder, "train"))]  # pylint: disable=protected-access
   np.testing.assert_array_equal(read, whole)
   assert len(read) == dataset.splits["train"].size == 1437
+
+
+def test_held_out_ids_are_a_set_of_tfds_ids_in_one_bytes_array():
+  ids = TfdsIds(["f-train__10", "f-train__2", b"f-train__2", "g__0"])
+  assert len(ids) == 3 and list(ids) == ["f-train__10", "f-train__2", "g__0"]
+  assert ids.array.dtype.kind == "S"
+  assert "f-train__2" in ids and b"g__0" in ids
+  # A prefix, an extension and an id past the last are not members.
+  assert "f-train__1" not in ids and "f-train__100" not in ids and "zz" not in ids
+  np.testing.assert_array_equal(
+      ids.contains(np.char.add(b"f-train__", np.arange(9, 12).astype(np.bytes_))),
+      [False, True, False])
+  assert ids == TfdsIds([b"g__0", "f-train__2", "f-train__10"])
+  assert hash(ids) == hash(TfdsIds([b"g__0", "f-train__2", "f-train__10"]))
+  assert ids != TfdsIds(["g__0"])
+  empty = TfdsIds([])
+  assert len(empty) == 0 and "g__0" not in empty and list(empty) == []
