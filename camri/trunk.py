@@ -107,14 +107,20 @@ def features_for(config, dataset, model, state, members):
   # Fetched to the host: each process computes its share of the features on its own devices.
   variables = jax.device_get(_variables(members.of(state, 0)))
   trunk_sha256 = digest(trunk_variables(variables))
-  arrays, computed = {}, False
+  arrays, computed, waited = {}, False, 0.0
   for split in dataset.splits:
-    arrays[split], fresh = cached_split(config, dataset, split, model, variables, trunk_sha256)
-    computed |= fresh
+    arrays[split], fresh, wait = cached_split(config, dataset, split, model, variables,
+                                              trunk_sha256)
+    computed, waited = computed or fresh, waited + wait
   images = sum(len(a["label"]) for a in arrays.values())
   took = time.perf_counter() - start
-  line = (f"trunk features: {images:,} images once, {took:.0f} s" if computed else
-          f"trunk features: {images:,} images, read from the cache in {took:.1f} s")
+  if computed:
+    line = f"trunk features: {images:,} images once, {took:.0f} s"
+  elif waited >= 1:
+    line = (f"trunk features: {images:,} images, computed by another run (waited "
+            f"{waited:.0f} s for it), read from the cache in {took - waited:.1f} s")
+  else:
+    line = f"trunk features: {images:,} images, read from the cache in {took:.1f} s"
   return state.replace(apply_fn=model.clone(on_trunk_output=True).apply), TrunkFeatures(
       arrays, line)
 
@@ -166,7 +172,7 @@ def cache_path(dataset, key: dict, split: str) -> str:
 
 def cached_split(config, dataset, split: str, model, variables, trunk_sha256: str):
   """(the split's features as `TrunkFeatures.arrays` holds them, whether they were computed
-  now rather than read)."""
+  now rather than read, the seconds waited for another process computing them)."""
   forward = _trunk_forward(model)
   dtype = str(jax.eval_shape(forward, variables,
                              jax.ShapeDtypeStruct((1, *dataset.image_shape), np.float32)).dtype)
@@ -180,9 +186,9 @@ def cached_split(config, dataset, split: str, model, variables, trunk_sha256: st
                     "label": batch["label"][real], "id": batch["id"][real]})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-  arrays, computed = read_or_compute(cache_path(dataset, key, split), key, compute)
+  arrays, computed, waited = read_or_compute(cache_path(dataset, key, split), key, compute)
   return {**arrays, "id": arrays["id"].astype(object),
-          "mask": np.ones(len(arrays["label"]), np.float32)}, computed
+          "mask": np.ones(len(arrays["label"]), np.float32)}, computed, waited
 
 
 @functools.lru_cache(maxsize=4)
@@ -192,31 +198,34 @@ def _trunk_forward(model):
 
 
 def read_or_compute(path: str, key: dict, compute):
-  """(the arrays saved at `path` for `key`, or `compute()`'s, saved there; whether computed).
+  """(the arrays saved at `path` for `key`, or `compute()`'s, saved there; whether computed;
+  the seconds spent waiting for the lock).
 
   Under `path`.lock, so that of processes asking at once one computes and the
-  others read. A file that does not read back intact is computed again, with a
-  one-line warning.
+  others wait, then read. A file that does not read back intact is computed
+  again, with a one-line warning.
   """
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with _locked(path + ".lock"):
+  with _locked(path + ".lock") as waited:
     arrays, problem = _read(path, key)
     if arrays is not None:
-      return arrays, False
+      return arrays, False, waited
     if problem:
       logging.warning("the trunk features cache %s is damaged (%s): computing it again",
                       path, problem)
     arrays = compute()
     run_log.atomic_write(path, _encoded(arrays, key))
-    return arrays, True
+    return arrays, True, waited
 
 
 @contextlib.contextmanager
 def _locked(path):
+  """Holds an exclusive flock on `path`; yields the seconds it waited for it."""
   with open(path, "a") as f:
+    start = time.perf_counter()
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
-      yield
+      yield time.perf_counter() - start
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
 

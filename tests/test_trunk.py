@@ -135,9 +135,9 @@ def test_features_once_train_as_the_trunk_recomputed_at_every_step(frozen):
 def test_the_cache_is_computed_once_checked_and_keyed_by_the_weights(frozen, caplog):
   config, dataset, model, variables = frozen
   sha = trunk.digest(trunk.trunk_variables(variables))
-  first, computed = trunk.cached_split(config, dataset, "test", model, variables, sha)
+  first, computed, _ = trunk.cached_split(config, dataset, "test", model, variables, sha)
   assert computed and first["image"].shape == (dataset.splits["test"].size, 64)
-  again, computed = trunk.cached_split(config, dataset, "test", model, variables, sha)
+  again, computed, _ = trunk.cached_split(config, dataset, "test", model, variables, sha)
   assert not computed
   jax.tree.map(np.testing.assert_array_equal, again, first)
 
@@ -147,7 +147,7 @@ def test_the_cache_is_computed_once_checked_and_keyed_by_the_weights(frozen, cap
   with open(path, "r+b") as f:
     f.truncate(f.seek(0, 2) // 2)
   with caplog.at_level(logging.WARNING):
-    repaired, computed = trunk.cached_split(config, dataset, "test", model, variables, sha)
+    repaired, computed, _ = trunk.cached_split(config, dataset, "test", model, variables, sha)
   assert computed
   jax.tree.map(np.testing.assert_array_equal, repaired, first)
   warnings = [r.getMessage() for r in caplog.records if "trunk features cache" in r.getMessage()]
@@ -158,7 +158,7 @@ def test_the_cache_is_computed_once_checked_and_keyed_by_the_weights(frozen, cap
   shifted = jax.tree.map(lambda x: x * 1.5, variables)
   other_sha = trunk.digest(trunk.trunk_variables(shifted))
   assert other_sha != sha
-  other, computed = trunk.cached_split(config, dataset, "test", model, shifted, other_sha)
+  other, computed, _ = trunk.cached_split(config, dataset, "test", model, shifted, other_sha)
   assert computed and not np.allclose(other["image"], first["image"])
 
 
@@ -181,7 +181,10 @@ def test_runs_that_start_together_compute_the_cache_once(tmp_path):
   for thread in threads:
     thread.join()
   assert len(computed) == 1
-  assert sorted(fresh for _, fresh in results) == [False, True]
+  assert sorted(fresh for _, fresh, _ in results) == [False, True]
+  # The reader waited for the computing thread's 0.5 s (less the start-up between them).
+  waits = {fresh: waited for _, fresh, waited in results}
+  assert waits[True] < 0.1 and 0.1 < waits[False]
   np.testing.assert_array_equal(results[0][0]["id"].astype(object), [b"a", b"b", b"c"])
 
 
