@@ -1,5 +1,6 @@
 """camri: CAMRI loss and class-sensitive image classification in JAX/Flax."""
 
+import importlib.util as _importlib_util
 import os as _os
 
 # Every entry point (camri.main, camri.plots, launch.*, ...) and every program
@@ -11,5 +12,11 @@ import os as _os
 # already set in the environment win.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# TensorFlow imports Keras 3 at start-up (and through it scikit-learn: 2.5 s
+# of an 8.8 s start on a 2-core CPU) unless told to use tf_keras; where
+# tf_keras is not installed it then skips the import. camri uses no Keras, and
+# `tf.keras` is not touched by any of its programs.
+if _importlib_util.find_spec("tf_keras") is None:
+  _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 __version__ = "0.1.0"

@@ -104,6 +104,7 @@ def main(argv):
   from camri import prepare  # pylint: disable=g-import-not-at-top
 
   prepare.setup_runtime()
+  prepare.use_compilation_cache()
   if not show_traceback():
     quiet_failed_saves()
   if _DISTRIBUTED.value:

@@ -160,8 +160,7 @@ def main(argv):
     spec = read_spec(argv[1])
   except ConfigError as e:
     main_lib.fail(e, 2)
-  if spec.compilation_cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    jax.config.update("jax_compilation_cache_dir", spec.compilation_cache)
+  prepare.use_compilation_cache(spec.compilation_cache)
   configs, workdirs, rows, stop = _train(argv[1], spec)
   finished = [bool(r) and r[-1]["epoch"] == c.num_epochs for c, r in zip(configs, rows)]
   finished += [False] * (sum(map(len, spec.populations)) - len(rows))  # Not started.

@@ -17,10 +17,7 @@ def env(compile_cache=None) -> dict[str, str]:
       by the runs of one test module so that each compiles its programs once.
   """
   out = {**os.environ, "PYTHONUNBUFFERED": "1",
-         "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
-         # TensorFlow imports Keras at start-up (2 s of CPU) unless told to use
-         # tf_keras, which is not installed, so it skips it; camri uses no Keras.
-         "TF_USE_LEGACY_KERAS": "1"}
+         "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
   if compile_cache:
     out["JAX_COMPILATION_CACHE_DIR"] = str(compile_cache)
     out["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"

@@ -208,9 +208,15 @@ def test_main_trains_a_loss_picked_in_the_config_argument(tfds_dir, tmp_path):
   workdir = str(tmp_path / CLI_LOSS)
   result = run_main.run(f"--config=configs/digits.py:loss={CLI_LOSS}", f"--workdir={workdir}",
                         "--config.num_epochs=2", f"--config.data_dir={tfds_dir}",
-                        "--config.progress_bar=False")
+                        "--config.progress_bar=False",
+                        extra_env={"XDG_CACHE_HOME": str(tmp_path / "cache"),
+                                   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
   assert result.returncode == 0, result.stderr[-2000:]
   assert "done: epoch 2" in result.stdout
+  # The run kept its compiled train step in the default compilation cache (every program:
+  # the minimum compile time is 0 here, 1 s by default).
+  assert any(name.startswith("jit__train_steps-")
+             for name in os.listdir(tmp_path / "cache" / "camri" / "jax"))
   with open(os.path.join(workdir, "metrics.csv")) as f:
     last = list(csv.DictReader(f))[-1]
   _check_trained(workdir, CLI_LOSS, float(last["test_accuracy"]))
