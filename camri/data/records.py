@@ -79,8 +79,8 @@ class Records:
 def share_records(builder, tfds_split: str, held_out=None, keep_held_out=False) -> Records | None:
   """The records of `tfds_split` (a tfds split name, sliced or not), less (or, with
   `keep_held_out`, only) the examples whose tfds ids are in `held_out` (a
-  `spec.TfdsIds`); None where the split
-  is not TFRecord files on disk (another file format, or tfds's mock data).
+  `spec.TfdsIds`); None where the split is not TFRecord files on disk (another file
+  format, or tfds's mock data).
 
   Raises:
     TruncatedRecordError: a file of the split ends inside a record it should hold.
